@@ -1,0 +1,1 @@
+"""Adapters map native models onto the denoiser contract."""

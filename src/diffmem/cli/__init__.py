@@ -1,0 +1,1 @@
+"""The diffmem command line."""

@@ -1,0 +1,1 @@
+"""Renderers: they read saved results and never compute them."""

@@ -1,0 +1,110 @@
+"""Results are data: frozen dataclasses saved as JSON (scalars, provenance) plus safetensors (arrays).
+
+``save`` writes the arrays first and the JSON last, both atomically, so a result whose JSON exists is complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffmem.io import read_arrays, read_json, write_arrays, write_json
+
+__all__ = ["Result", "Provenance", "package_version"]
+
+
+def package_version() -> str:
+    from diffmem import __version__
+
+    return __version__
+
+
+def _to_tree(obj: Any, arrays: dict, prefix: str) -> Any:
+    if isinstance(obj, np.ndarray):
+        obj = torch.from_numpy(obj)
+    if isinstance(obj, torch.Tensor):
+        arrays[prefix] = obj
+        return {"__array__": prefix}
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_tree(getattr(obj, f.name), arrays, f"{prefix}.{f.name}".lstrip("."))
+                for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: _to_tree(v, arrays, f"{prefix}.{k}") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_tree(v, arrays, f"{prefix}.{i}") for i, v in enumerate(obj)]
+    return obj
+
+
+def _dataclass_in(tp) -> type | None:
+    """The dataclass named by a field annotation (``X`` or ``X | None``), if any."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
+
+
+def _from_tree(tree: Any, arrays: dict, tp=None) -> Any:
+    if isinstance(tree, dict) and set(tree) == {"__array__"}:
+        return arrays[tree["__array__"]]
+    cls = _dataclass_in(tp)
+    if cls is not None and isinstance(tree, dict):
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: _from_tree(tree[f.name], arrays, hints.get(f.name))
+                      for f in dataclasses.fields(cls) if f.name in tree})
+    if isinstance(tree, dict):
+        return {k: _from_tree(v, arrays) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_from_tree(v, arrays) for v in tree]
+    return tree
+
+
+class Result:
+    """Mixin for frozen result dataclasses: ``to_dict``/``from_dict`` and ``save``/``load``."""
+
+    def to_dict(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """(JSON-able tree with array placeholders, named arrays)."""
+        arrays: dict[str, torch.Tensor] = {}
+        return _to_tree(self, arrays, ""), arrays
+
+    @classmethod
+    def from_dict(cls, tree: dict, arrays: dict[str, torch.Tensor] | None = None):
+        return _from_tree(tree, arrays or {}, cls)
+
+    def save(self, directory: str | Path, name: str | None = None) -> Path:
+        """Write ``name.safetensors`` then ``name.json`` into ``directory``; returns the JSON path."""
+        name = name or type(self).__name__.lower()
+        tree, arrays = self.to_dict()
+        tree = {"type": type(self).__name__, "data": tree}
+        directory = Path(directory)
+        if arrays:
+            write_arrays(directory / f"{name}.safetensors", arrays)
+        return write_json(directory / f"{name}.json", tree)
+
+    @classmethod
+    def load(cls, directory: str | Path, name: str | None = None):
+        name = name or cls.__name__.lower()
+        directory = Path(directory)
+        tree = read_json(directory / f"{name}.json")
+        if tree.get("type") != cls.__name__:
+            raise ValueError(f"{directory / name}.json holds a {tree.get('type')!r}, not a {cls.__name__}")
+        path = directory / f"{name}.safetensors"
+        return cls.from_dict(tree["data"], read_arrays(path) if path.exists() else {})
+
+
+@dataclass(frozen=True)
+class Provenance(Result):
+    """How a result was made: enough to reproduce it (design lesson 8)."""
+
+    model: dict
+    solver: dict
+    grid: dict
+    guidance: dict
+    seeds: list[int] | None = None
+    interventions: list[dict] = field(default_factory=list)
+    package: str = field(default_factory=package_version)
+    extra: dict = field(default_factory=dict)

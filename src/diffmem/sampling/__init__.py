@@ -1,0 +1,1 @@
+"""The sampling loop, its solvers, guidance schedules, hooks and recorder."""

@@ -1,0 +1,28 @@
+"""Shared fixtures: small closed-form worlds used as oracles across the suite."""
+
+import pytest
+import torch
+
+from diffmem import DiscreteSchedule, discrete_grid
+from helpers import TinyNet
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def sd_schedule():
+    return DiscreteSchedule.named("scaled_linear")
+
+
+@pytest.fixture(scope="session")
+def sd_grid(sd_schedule):
+    """Stable Diffusion's DDIM grid: leading spacing, steps_offset 1, set_alpha_to_one False."""
+    return discrete_grid(sd_schedule, 50, steps_offset=1, next_rule="ratio", final="first")
+
+
+@pytest.fixture
+def tiny_net():
+    return TinyNet()

@@ -1,0 +1,79 @@
+"""Package-level promises: light import, atomic writes, run directories, the CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from diffmem import Provenance, __version__
+from diffmem.cli.demo import DemoResult
+from diffmem.cli.main import main
+from diffmem.io import atomic_write_text, new_run_dir, read_json, write_arrays, write_json
+
+
+def test_import_is_light():
+    code = ("import sys, diffmem, diffmem.theory.closed_form; "
+            "print([m for m in ('diffusers', 'transformers', 'matplotlib', 'sklearn') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "a.json"
+    write_json(target, {"v": 1})
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        write_json(target, {"v": 2})
+    with pytest.raises(OSError, match="disk full"):
+        write_arrays(tmp_path / "b.safetensors", {"x": torch.zeros(3)})
+    # the old file is intact, no half file under a final name, no temporary left behind
+    assert read_json(target) == {"v": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+
+
+def test_nan_survives_json(tmp_path):
+    atomic_write_text(tmp_path / "x.txt", "hé")
+    assert (tmp_path / "x.txt").read_text(encoding="utf-8") == "hé"
+    write_json(tmp_path / "n.json", {"d": float("nan")})
+    assert read_json(tmp_path / "n.json")["d"] != read_json(tmp_path / "n.json")["d"]
+
+
+def test_run_dirs_are_numbered(tmp_path):
+    assert [new_run_dir(tmp_path, "demo").name for _ in range(3)] == ["00000-demo", "00001-demo", "00002-demo"]
+    (tmp_path / "00007-other").mkdir()
+    assert new_run_dir(tmp_path, "x").name == "00008-x"
+    with pytest.raises(ValueError, match="'a b'"):
+        new_run_dir(tmp_path, "a b")
+
+
+def test_cli_version(capsys):
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == __version__
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "demo" in capsys.readouterr().out
+
+
+def test_cli_demo_writes_a_complete_run(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    (run,) = tmp_path.iterdir()
+    assert sorted(p.name for p in run.iterdir()) == ["demo.json", "demo.safetensors", "report.md"]
+    res = DemoResult.load(run, "demo")
+    assert isinstance(res.provenance, Provenance) and res.provenance.seeds == list(range(8))
+    rows = {r["name"]: r for r in res.rows}
+    # the empirical denoiser reproduces training points exactly; the population denoiser does not copy
+    assert rows["empirical_w1"]["f_mem"] == 1.0 and rows["population_w1"]["f_mem"] == 0.0
+    assert torch.cdist(res.samples["empirical_w7.5"], res.train).min(1).values.max() < 1e-3
+    assert "| empirical | 7.5 |" in (run / "report.md").read_text()
+    assert json.loads((run / "demo.json").read_text())["type"] == "DemoResult"
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["demo", "--samples", "1", "--out", str(tmp_path)]) == 2
+    assert "got 1" in capsys.readouterr().err
