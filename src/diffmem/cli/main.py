@@ -1,13 +1,17 @@
-"""``diffmem`` command line: one sub-command per job (``version``, ``demo``; later issues add more)."""
+"""``diffmem`` command line: one module per sub-command under ``diffmem.cli``, each with ``add_parser(sub)``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from diffmem import __version__
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+# Sub-command modules in ``diffmem.cli``; each defines ``add_parser(subparsers)`` which sets ``run=fn(args)``.
+COMMANDS = ("demo",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,9 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"diffmem {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     sub.add_parser("version", help="print the package version").set_defaults(run=lambda args: print(__version__))
-    from diffmem.cli import demo
-
-    demo.add_parser(sub)
+    for name in COMMANDS:
+        importlib.import_module(f"diffmem.cli.{name}").add_parser(sub)
     return parser
 
 
