@@ -40,17 +40,12 @@ def _world(n_per_class: int, classes: int, dim: int, spread: float, seed: int):
     return centres, train, labels
 
 
-def _nn_ratio(x0: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(‖x − a₁‖ / ‖x − a₂‖, ‖x − a₁‖, index of a₁) against the training set."""
-    d, idx = torch.cdist(x0, train).topk(2, largest=False)
-    return d[:, 0] / d[:, 1], d[:, 0], idx[:, 0]
-
-
 def run_demo(out: str | Path, *, samples: int = 32, steps: int = 50, weights=(1.0, 3.0, 7.5), seed: int = 0,
              progress: bool = True) -> Path:
     """Sample both worlds at each weight, save a :class:`DemoResult` and its report; returns the run dir."""
     from diffmem import Cond, Constant, Recorder, SeededNoise, discrete_grid, sample
     from diffmem.schedules import DiscreteSchedule
+    from diffmem.similarity.criteria import COPY_RATIO, nn_ratio
     from diffmem.theory.closed_form import NULL_LABEL, GaussianMixtureDenoiser
 
     classes, dim, spread = 4, 64, 0.6
@@ -69,11 +64,12 @@ def run_demo(out: str | Path, *, samples: int = 32, steps: int = 50, weights=(1.
             noise = SeededNoise(seeds, dtype=torch.float64)
             tr = sample(models[name], noise.randn((dim,)), grid, cond, guidance=Constant(w, always_uncond=True),
                         recorder=Recorder(keep=("x0_hat",), every=steps))
-            ratio, dist, nearest = _nn_ratio(tr.x_0, train)
+            ratio, nearest = nn_ratio(tr.x_0, train)
             a1 = train[nearest]
+            dist = (tr.x_0 - a1).norm(dim=1)
             overshoot = (tr.x0_hat[0] * a1).sum(1) / (a1 * a1).sum(1)  # x0_hat_T projected on the copy
             key = f"{name}_w{w:g}"
-            rows.append({"name": key, "model": name, "w": w, "f_mem": float((ratio < 1 / 3).double().mean()),
+            rows.append({"name": key, "model": name, "w": w, "f_mem": float((ratio <= COPY_RATIO).double().mean()),
                          "nn_dist_mean": float(dist.mean()), "early_overshoot_mean": float(overshoot.mean()),
                          "d_first_mean": float(tr.d_t[0].mean())})
             finals[key], provenance = tr.x_0, tr.provenance

@@ -1,0 +1,19 @@
+"""Where diffmem caches what it trains itself (world checkpoints, the digits classifier).
+
+``$DIFFMEM_HOME`` overrides the default ``~/.cache/diffmem``; nothing is ever downloaded into it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["diffmem_home"]
+
+
+def diffmem_home(*parts: str) -> Path:
+    """``$DIFFMEM_HOME/<parts>`` (default ``~/.cache/diffmem``), created on demand."""
+    root = Path(os.environ.get("DIFFMEM_HOME") or Path.home() / ".cache" / "diffmem").expanduser()
+    path = root.joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,1 @@
+"""Similarity and memorization metrics: pixel, structural, copy-detection, nearest-neighbour, quality."""

@@ -1,0 +1,1 @@
+"""Embedded worlds with planted memorization: data, trained models and ground truth, built offline on CPU."""
