@@ -34,3 +34,27 @@ def class_cond(labels, null_id=4):
 def seeded(seeds, shape, dtype=torch.float32):
     noise = SeededNoise(seeds, dtype=dtype)
     return noise.randn(shape), noise
+
+
+class PointMass(Denoiser):
+    """Exact denoiser of a point mass at x: x0_hat = x whatever x_t."""
+
+    prediction_type = "sample"
+
+    def __init__(self, x, schedule):
+        self.x, self.schedule = x, schedule
+
+    def model_output(self, x_t, t, c):
+        return self.x.expand_as(x_t)
+
+
+class ToyMemorizer(Denoiser):
+    """x0_hat(c) = x and x0_hat(null) = 0 (Kim et al. spec oracle 6)."""
+
+    prediction_type = "sample"
+
+    def __init__(self, x, schedule):
+        self.x, self.schedule = x, schedule
+
+    def model_output(self, x_t, t, c):
+        return torch.where(c.view(-1, 1) >= 0, self.x.expand_as(x_t), torch.zeros_like(x_t))

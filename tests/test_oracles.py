@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from diffmem import Cond, Recorder, SeededNoise, VPSDESchedule, cfg, continuous_grid, discrete_grid, sample
-from diffmem.adapters.base import Denoiser
 from diffmem.sampling.solvers import ddim_step, ddpm_step, euler_step
 from diffmem.schedules import eps_from_x0, x0_from_eps
 from diffmem.theory.closed_form import GaussianDenoiser, GaussianMixtureDenoiser
 from diffmem.types import Prediction
+from helpers import PointMass, ToyMemorizer
 
 
 def decompose(z, x, x_T):
@@ -39,18 +39,6 @@ def test_cfg_commutes_with_x0_hat():
     assert torch.allclose(eps_c - eps_u, -(ab / (1 - ab)) ** 0.5 * (x0_c - x0_u), atol=1e-10)
 
 
-class PointMass(Denoiser):
-    """Exact denoiser of a point mass at x: x0_hat = x whatever x_t."""
-
-    prediction_type = "sample"
-
-    def __init__(self, x, schedule):
-        self.x, self.schedule = x, schedule
-
-    def model_output(self, x_t, t, c):
-        return self.x.expand_as(x_t)
-
-
 def test_ddim_point_mass_reproduces_forward_marginal(sd_schedule, sd_grid):
     # Consistent start z_0 = sqrt(ab_981) x + sqrt(1 - ab_981) x_T (spec oracle 4): every later latent
     # decomposes onto (x, x_T) as (sqrt(ab), sqrt(1 - ab)) of the timestep it lives at, with zero residual.
@@ -72,18 +60,6 @@ def test_point_mass_from_pure_noise_is_not_exact(sd_schedule, sd_grid):
     tr = sample(PointMass(x[None], sd_schedule), x_T[None], sd_grid, Cond(torch.zeros(1)), guidance=1.0)
     w0 = decompose(tr.x_t[1:2, 0], x, x_T)[0, 0]
     assert float(w0 - sd_grid.alpha_bar_next[0].sqrt()) == pytest.approx(-0.0760, abs=5e-4)
-
-
-class ToyMemorizer(Denoiser):
-    """x0_hat(c) = x and x0_hat(null) = 0 (Kim et al. spec oracle 6)."""
-
-    prediction_type = "sample"
-
-    def __init__(self, x, schedule):
-        self.x, self.schedule = x, schedule
-
-    def model_output(self, x_t, t, c):
-        return torch.where(c.view(-1, 1) >= 0, self.x.expand_as(x_t), torch.zeros_like(x_t))
 
 
 @pytest.mark.parametrize("g,D1", [(1, -2.7433), (2, 22.3173), (4, 72.4387), (7.5, 160.1510), (10, 222.8026)])

@@ -1,0 +1,86 @@
+"""Latent decomposition z ≈ w0·x + wT·x_T and the schedule deviations D1, D2 (Kim et al., 2025, analysis A4).
+
+Under the forward process a latent at ᾱ is √ᾱ·x + √(1−ᾱ)·ε; a memorizing sampler gains image (w0 above √ᾱ) and
+loses noise (wT below √(1−ᾱ)) earlier than the schedule prescribes. D1 = Σ_k (E[w0_k] − √ᾱ(k)) and
+D2 = −Σ_k (E[wT_k] − √(1−ᾱ(k))), summed over the latents after x_T and averaged over seeds first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["decompose", "schedule_deviation", "trajectory_latents", "Decomposition", "decompose_trajectory"]
+
+
+def decompose(z: Tensor, x: Tensor, x_T: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Least squares z ≈ w0·x + wT·x_T by the 2×2 normal equations, in float64.
+
+    Shapes: ``x_T`` is [B, ...] (one initial noise per sample), ``x`` is [B, ...] or [...] (one image for all),
+    ``z`` is [*lead, B, ...]. Returns (w0, wT, ‖r‖/‖z‖), each [*lead, B].
+
+    Example:
+        >>> x, x_T = torch.tensor([[1.0, 0.0]], dtype=torch.float64), torch.tensor([[0.0, 1.0]], dtype=torch.float64)
+        >>> [round(v.item(), 12) for v in decompose(0.3 * x + 0.9 * x_T, x, x_T)]
+        [0.3, 0.9, 0.0]
+    """
+    B, data = x_T.shape[0], x_T.shape[1:]
+    if x.shape == data:
+        x = x.expand_as(x_T)
+    if x.shape != x_T.shape or z.shape[z.ndim - x_T.ndim:] != x_T.shape:
+        raise ValueError(f"shapes do not match: z {tuple(z.shape)}, x {tuple(x.shape)}, x_T {tuple(x_T.shape)}")
+    zf = z.double().reshape(*z.shape[:z.ndim - x_T.ndim], B, -1)
+    x, x_T = x.double().reshape(B, -1), x_T.double().reshape(B, -1)
+    xx, xt, tt = (x * x).sum(-1), (x * x_T).sum(-1), (x_T * x_T).sum(-1)
+    det = xx * tt - xt * xt
+    if bool((det <= 1e-12 * xx * tt).any()):
+        raise ValueError("x and x_T are (nearly) collinear: the decomposition is not identifiable")
+    bx, bt = (zf * x).sum(-1), (zf * x_T).sum(-1)
+    w0, wT = (tt * bx - xt * bt) / det, (xx * bt - xt * bx) / det
+    resid = zf - w0[..., None] * x - wT[..., None] * x_T
+    return w0, wT, resid.norm(dim=-1) / zf.norm(dim=-1).clamp_min(1e-300)
+
+
+def schedule_deviation(w0: Tensor, wT: Tensor, alpha_bar: Tensor) -> tuple[float, float]:
+    """(D1, D2) from coefficients [S, N] (steps × seeds) and the ᾱ [S] each latent lives at."""
+    ab = alpha_bar.double()
+    d1 = (w0.double().mean(1) - ab.sqrt()).sum()
+    d2 = -(wT.double().mean(1) - (1 - ab).sqrt()).sum()
+    return float(d1), float(d2)
+
+
+def trajectory_latents(traj) -> tuple[Tensor, Tensor]:
+    """(latents z_k after x_T [S', B, ...], the ᾱ each lives at [S']) from a trajectory that kept ``x_t``.
+
+    The state entering recorded step j lives at ᾱ = ``alpha_bar[j]``; the final x_0 at ``alpha_bar_next[-1]``.
+    x_T itself (step 0) is excluded: it decomposes trivially to (0, 1).
+    """
+    if traj.x_t is None:
+        raise ValueError("the trajectory did not keep x_t: record it with Recorder(keep=('x_t', ...))")
+    keep = traj.steps > 0
+    z = torch.cat([traj.x_t[keep].to(traj.x_0.dtype), traj.x_0[None]])
+    ab = torch.cat([traj.alpha_bar[keep], traj.alpha_bar_next[-1:]])
+    return z, ab
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """Per-step coefficients [S, N] (N = seeds of one prompt), their residuals and the deviations."""
+
+    w0: Tensor
+    wT: Tensor
+    resid: Tensor
+    alpha_bar: Tensor
+    D1: float
+    D2: float
+
+
+def decompose_trajectory(traj, x: Tensor) -> Decomposition:
+    """Analysis A4 for the N seeds of one prompt: ``x`` is the paired training image [...] (or one target per
+    seed [N, ...], e.g. each seed's own final x_0 for the self-referenced variant)."""
+    z, ab = trajectory_latents(traj)
+    w0, wT, resid = decompose(z, x, traj.x_T)
+    d1, d2 = schedule_deviation(w0, wT, ab)
+    return Decomposition(w0, wT, resid, ab, d1, d2)
