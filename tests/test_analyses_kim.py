@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffmem import Cond, SeededNoise, sample
+from diffmem import Cond, Denoiser, SeededNoise, sample
 from diffmem.analyses.convergence import collapse_step, convergence, dispersion, mean_pairwise_distance
 from diffmem.analyses.correlation import correlate
 from diffmem.analyses.decomposition import decompose, decompose_trajectory
@@ -136,3 +136,45 @@ def test_correlate_against_scipy():
     assert np.isnan(correlate([1, 1, 1], [1, 2, 3])["pearson"])
     with pytest.raises(ValueError, match="equal length"):
         correlate([1, 2], [1, 2, 3])
+
+
+def test_kim_study_separates_memorized_prompts(sd_schedule, tmp_path):
+    from diffmem import discrete_grid
+    from diffmem.analyses.kim import KimConfig, KimPrompt, KimResult, KimSubject, run_kim
+
+    # 4 planted prompts: one narrow component at a training image (memorized); 4 generic prompts: one narrow
+    # component at a class mean whose 5 training images lie around it (samples land between training images)
+    g = torch.Generator().manual_seed(12345)  # not a sampling seed: x must not equal some x_T
+    d = 3 * 4 * 4
+    planted = torch.randn(4, d, generator=g, dtype=torch.float64)
+    means = 2 * torch.randn(4, d, generator=g, dtype=torch.float64)
+    broad = means.repeat_interleave(5, 0) + torch.randn(20, d, generator=g, dtype=torch.float64)
+    train = torch.cat([planted, broad]).view(-1, 3, 4, 4)
+    den = GaussianMixtureDenoiser(torch.cat([planted, means]), sd_schedule, var=0.01)
+    prompts = [KimPrompt(f"c{k}", Cond(torch.tensor([k]), torch.tensor([-1])),
+                         train[k] if k < 4 else train[4 + 5 * (k - 4)], "planted" if k < 4 else "nonplanted")
+               for k in range(8)]
+
+    class Flat(Denoiser):  # the mixture works on flat vectors; the study sees [3, 4, 4] images
+        prediction_type, name, schedule = "sample", "gmm", sd_schedule
+
+        def model_output(self, x_t, t, c):
+            return den.model_output(x_t.flatten(1), t, c).view_as(x_t)
+
+    subject = KimSubject(Flat(), discrete_grid(sd_schedule, 20, steps_offset=1, next_rule="ratio", final="first"),
+                         prompts, train, name="planted-gmm")
+    res = run_kim(subject, KimConfig(seeds=4, draws=4, n_boot=100, sweep=(1.0, 7.5), primary="l2_sim"))
+    s = res.summary
+    assert s["n_memorized"] == 4 and s["n_nonmemorized"] == 4 and s["n_prompts"] == 8
+    assert {p.id for p in res.prompts if p.severity["copy_rate"] == 1.0} == {"c0", "c1", "c2", "c3"}
+    # memorized prompts deviate more from the schedule; guidance inflates their loss (relative to the conditional
+    # loss) far more than for generic prompts, and x0_hat overshoots the image more at the first step
+    assert min(p.D1 for p in res.prompts[:4]) > max(p.D1 for p in res.prompts[4:])
+    assert s["pearson_D1"] > 0.5
+    assert s["loss_guided_mem"] / s["loss_cond_mem"] > 2 * s["loss_guided_nonmem"] / s["loss_cond_nonmem"]
+    assert s["first_step_overshoot_mem"] > s["first_step_overshoot_nonmem"]
+    assert set(res.prompts[0].severity) >= {"copy_rate", "l2_sim", "cosine"}
+    res.save(tmp_path)
+    back = KimResult.load(tmp_path)
+    assert back.summary == res.summary and isinstance(back.prompts[0], type(res.prompts[0]))
+    assert torch.equal(back.prompts[2].w0, res.prompts[2].w0)

@@ -51,15 +51,16 @@ def _dataclass_in(tp) -> type | None:
 def _from_tree(tree: Any, arrays: dict, tp=None) -> Any:
     if isinstance(tree, dict) and set(tree) == {"__array__"}:
         return arrays[tree["__array__"]]
-    cls = _dataclass_in(tp)
-    if cls is not None and isinstance(tree, dict):
+    cls = _dataclass_in(tp) if isinstance(tree, dict) else None
+    if cls is not None:
         hints = typing.get_type_hints(cls)
         return cls(**{f.name: _from_tree(tree[f.name], arrays, hints.get(f.name))
                       for f in dataclasses.fields(cls) if f.name in tree})
     if isinstance(tree, dict):
         return {k: _from_tree(v, arrays) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_from_tree(v, arrays) for v in tree]
+        args = typing.get_args(tp) if typing.get_origin(tp) in (list, tuple) else ()
+        return [_from_tree(v, arrays, args[0] if args else None) for v in tree]
     return tree
 
 
