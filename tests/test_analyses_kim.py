@@ -173,6 +173,8 @@ def test_kim_study_separates_memorized_prompts(sd_schedule, tmp_path):
     assert s["pearson_D1"] > 0.5
     assert s["loss_guided_mem"] / s["loss_cond_mem"] > 2 * s["loss_guided_nonmem"] / s["loss_cond_nonmem"]
     assert s["first_step_overshoot_mem"] > s["first_step_overshoot_nonmem"]
+    # A5: the deviation of memorized prompts grows with g (linearly for an exact memorizer, spec oracle 6)
+    assert s["sweep_g"] == [1.0, 7.5] and s["sweep_D1_mem"][1] > s["sweep_D1_mem"][0] + 1
     assert set(res.prompts[0].severity) >= {"copy_rate", "l2_sim", "cosine"}
     res.save(tmp_path)
     back = KimResult.load(tmp_path)

@@ -10,7 +10,7 @@ intervals, the self-referenced D, and any model/world.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -65,6 +65,7 @@ class KimConfig:
     primary: str = "ssim"
     n_boot: int = 2000
     collapse_threshold: float = 0.1
+    sample_sweep: bool = True  # A5: also sample at every g of the sweep (D and severity vs g)
 
     def __post_init__(self):
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 2:
@@ -93,6 +94,8 @@ class PromptAnalysis:
     loss_uncond: Tensor
     loss_guided: Tensor  # [G, T]
     k_guided: Tensor  # [G, T]
+    D1_by_g: Tensor | None = None  # [G] (A5; None when the sweep was not sampled)
+    severity_by_g: dict | None = None  # metric -> [G]
 
 
 @dataclass(frozen=True)
@@ -106,18 +109,28 @@ class KimResult(Result):
     config: dict = field(default_factory=dict)
 
 
-def _trajectory(subject: KimSubject, p: KimPrompt, cfg: KimConfig):
-    seeds = list(range(cfg.seeds))
+def _trajectory(subject: KimSubject, p: KimPrompt, cfg: KimConfig, g: float, recorder: Recorder):
+    seeds = list(range(cfg.seeds))  # the same seeds for every prompt and every g (spec §9)
     noise = SeededNoise(seeds, dtype=p.x.dtype)
     x_T = noise.randn(p.x.shape)
     cond = p.cond.select(torch.zeros(cfg.seeds, dtype=torch.long))
-    return sample(subject.denoiser, x_T, subject.grid, cond, guidance=Constant(cfg.guidance, always_uncond=True),
-                  noise=noise, recorder=Recorder())
+    return sample(subject.denoiser, x_T, subject.grid, cond, guidance=Constant(g, always_uncond=True),
+                  noise=noise, recorder=recorder)
+
+
+def _sweep(subject: KimSubject, p: KimPrompt, cfg: KimConfig) -> tuple[Tensor, dict]:
+    """A5: D1 and every severity at each g of the sweep."""
+    d1, sev = [], []
+    for g in cfg.sweep:
+        tr = _trajectory(subject, p, cfg, g, Recorder(keep=("x_t",)))
+        d1.append(decompose_trajectory(tr, p.x).D1)
+        sev.append(severity(tr.x_0, p.x, subject.train, decode=subject.decode))
+    return torch.tensor(d1, dtype=torch.float64), {k: torch.tensor([s[k] for s in sev]) for k in sev[0]}
 
 
 def analyse_prompt(subject: KimSubject, p: KimPrompt, cfg: KimConfig) -> tuple[PromptAnalysis, Provenance]:
     """A1–A4 and severity for one prompt."""
-    tr = _trajectory(subject, p, cfg)
+    tr = _trajectory(subject, p, cfg, cfg.guidance, Recorder())
     dec, own = decompose_trajectory(tr, p.x), decompose_trajectory(tr, tr.x_0)
     conv = convergence(tr, cfg.collapse_threshold)
     loss = guided_loss(subject.denoiser, p.x, p.cond, subject.grid, g=cfg.sweep, draws=cfg.draws)
@@ -128,6 +141,8 @@ def analyse_prompt(subject: KimSubject, p: KimPrompt, cfg: KimConfig) -> tuple[P
         cos={k: v.mean(1) for k, v in noise_content(tr, p.x).items()},
         V_ratio_x_t=conv["V_ratio_x_t"], V_ratio_x0_hat=conv["V_ratio_x0_hat"], collapse_x_t=conv["collapse_x_t"],
         loss_cond=loss.loss_cond, loss_uncond=loss.loss_uncond, loss_guided=loss.loss_guided, k_guided=loss.k_guided)
+    if cfg.sample_sweep:
+        pa = replace(pa, **dict(zip(("D1_by_g", "severity_by_g"), _sweep(subject, p, cfg), strict=True)))
     return pa, tr.provenance
 
 
@@ -169,6 +184,14 @@ def summarize(prompts: Sequence[PromptAnalysis], sweep: Tensor, cfg: KimConfig) 
     out["first_step_overshoot_nonmem"] = mean(non, lambda p: p.k_guided[g][0])
     out["V_ratio_x0_hat_step5_mem"] = mean(mem, lambda p: p.V_ratio_x0_hat[min(5, len(p.V_ratio_x0_hat) - 1)])
     out["V_ratio_x0_hat_step5_nonmem"] = mean(non, lambda p: p.V_ratio_x0_hat[min(5, len(p.V_ratio_x0_hat) - 1)])
+    if prompts[0].D1_by_g is not None:  # A5, per group: mean D1 and severity at each g of the sweep
+        for tag, group in (("mem", mem), ("nonmem", non), ("all", list(prompts))):
+            out[f"sweep_D1_{tag}"] = torch.stack([p.D1_by_g for p in group]).mean(0).tolist() if group else []
+            out[f"sweep_{cfg.primary}_{tag}"] = (torch.stack([p.severity_by_g[cfg.primary] for p in group])
+                                                 .mean(0).tolist() if group else [])
+            out[f"sweep_copy_rate_{tag}"] = (torch.stack([p.severity_by_g["copy_rate"] for p in group])
+                                             .mean(0).tolist() if group else [])
+        out["sweep_g"] = sweep.tolist()
     return out
 
 
