@@ -180,3 +180,9 @@ def test_kim_study_separates_memorized_prompts(sd_schedule, tmp_path):
     back = KimResult.load(tmp_path)
     assert back.summary == res.summary and isinstance(back.prompts[0], type(res.prompts[0]))
     assert torch.equal(back.prompts[2].w0, res.prompts[2].w0)
+    # figures render from the loaded result alone
+    from diffmem.reports.kim_figures import render_kim_figures
+
+    paths = render_kim_figures(back, tmp_path / "fig")
+    assert [p.name[:2] for p in paths] == ["F1", "F2", "F3", "F4", "F5", "F6"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
