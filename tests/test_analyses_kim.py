@@ -1,5 +1,7 @@
 """Kim et al. (2025) analyses A1–A4 against their analytic oracles (spec §8)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +188,47 @@ def test_kim_study_separates_memorized_prompts(sd_schedule, tmp_path):
     paths = render_kim_figures(back, tmp_path / "fig")
     assert [p.name[:2] for p in paths] == ["F1", "F2", "F3", "F4", "F5", "F6"]
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
+
+
+def test_kim_runs_unchanged_on_a_tiny_diffusers_sd(tmp_path):
+    # numbers are meaningless on a random model; every field must be produced through the adapter path
+    pytest.importorskip("diffusers")
+    from PIL import Image
+
+    from diffmem.analyses.kim import KimConfig, run_kim
+    from diffmem.analyses.subjects import diffusers_subject
+    from diffusers_tiny import tiny_sd_pipeline
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models gain nothing from threads
+    try:
+        tiny_sd_pipeline().save_pretrained(tmp_path / "sd")
+        rng = np.random.default_rng(0)
+        rows = []
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+            rows.append(json.dumps({"prompt": f"a photo of thing {i}", "image": f"{i}.png", "kind": "planted"}))
+        (tmp_path / "m.jsonl").write_text("\n".join(rows) + "\n")
+        subject = diffusers_subject(tmp_path / "sd", tmp_path / "m.jsonl", steps=6)
+        res = run_kim(subject, KimConfig(seeds=2, draws=2, n_boot=20, sweep=(1.0, 7.5), primary="l2_sim"))
+    finally:
+        torch.set_num_threads(n)
+    assert subject.prompts[0].x.shape == (4, 8, 8) and len(res.prompts) == 3
+    for key in ("pearson_D1", "pearson_D2", "spearman_D1", "spearman_D2", "pearson_D1_selfref",
+                "loss_ratio_guided_mem_vs_nonmem", "first_step_cos_eps_c_x_mem", "first_step_cos_eps_c_x_nonmem",
+                "n_prompts", "n_seeds"):
+        assert key in res.summary, key
+    p = res.prompts[0]
+    assert p.w0.shape == (6,) and p.loss_guided.shape == (2, 6) and np.isfinite(p.D1)
+    assert res.provenance.model["class"] == "StableDiffusionAdapter"
+
+
+def test_manifest_errors(tmp_path):
+    from diffmem.analyses.subjects import read_manifest
+
+    (tmp_path / "m.jsonl").write_text('{"prompt": "a", "image": "nope.png"}\n')
+    with pytest.raises(ValueError, match="nope.png"):
+        read_manifest(tmp_path / "m.jsonl")
+    (tmp_path / "m.jsonl").write_text('{"prompt": "a"}\n')
+    with pytest.raises(ValueError, match="'image'"):
+        read_manifest(tmp_path / "m.jsonl")

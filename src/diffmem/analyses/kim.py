@@ -54,6 +54,8 @@ class KimSubject:
     train: Tensor
     decode: Callable[[Tensor], Tensor] | None = None
     name: str = "subject"
+    solver: str | Callable = "ddim"
+    x_T_scale: float = 1.0  # VP scale of the initial draw (≠ 1 only for diffusers Euler linspace/trailing)
 
 
 @dataclass(frozen=True)
@@ -112,10 +114,10 @@ class KimResult(Result):
 def _trajectory(subject: KimSubject, p: KimPrompt, cfg: KimConfig, g: float, recorder: Recorder):
     seeds = list(range(cfg.seeds))  # the same seeds for every prompt and every g (spec §9)
     noise = SeededNoise(seeds, dtype=p.x.dtype)
-    x_T = noise.randn(p.x.shape)
+    x_T = subject.x_T_scale * noise.randn(p.x.shape)
     cond = p.cond.select(torch.zeros(cfg.seeds, dtype=torch.long))
-    return sample(subject.denoiser, x_T, subject.grid, cond, guidance=Constant(g, always_uncond=True),
-                  noise=noise, recorder=recorder)
+    return sample(subject.denoiser, x_T, subject.grid, cond, solver=subject.solver,
+                  guidance=Constant(g, always_uncond=True), noise=noise, recorder=recorder)
 
 
 def _sweep(subject: KimSubject, p: KimPrompt, cfg: KimConfig) -> tuple[Tensor, dict]:
