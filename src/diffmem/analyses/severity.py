@@ -15,6 +15,7 @@ from collections.abc import Callable
 from torch import Tensor
 
 from diffmem.similarity.criteria import COPY_RATIO, nn_ratio
+from diffmem.similarity.ssim import ssim
 
 __all__ = ["severity", "paired_copy"]
 
@@ -24,14 +25,6 @@ def paired_copy(samples: Tensor, x: Tensor, train: Tensor, threshold: float = CO
     ratio, nearest = nn_ratio(samples, train)
     is_x = (train[nearest].flatten(1).to(x.dtype) == x.flatten()).all(1)
     return is_x & (ratio <= threshold)
-
-
-def _ssim(a: Tensor, x: Tensor) -> Tensor | None:
-    try:
-        from diffmem.similarity.structural import ssim
-    except ImportError:  # the structural module is optional until it lands
-        return None
-    return ssim(a, x.expand_as(a)) if a.ndim == 4 else None
 
 
 def severity(samples: Tensor, x: Tensor, train: Tensor, *, decode: Callable[[Tensor], Tensor] | None = None) -> dict:
@@ -45,7 +38,6 @@ def severity(samples: Tensor, x: Tensor, train: Tensor, *, decode: Callable[[Ten
     out["l2_sim"] = float((1 - rms(a - b) / rms(b[None])).mean())
     af, bf = a.flatten(1), b.flatten()
     out["cosine"] = float((af @ bf / (af.norm(dim=1) * bf.norm()).clamp_min(1e-300)).mean())
-    s = _ssim(a, b)
-    if s is not None:
-        out["ssim"] = float(s.double().mean())
+    if a.ndim == 4:  # SSIM is defined on images [C, H, W]
+        out["ssim"] = float(ssim(a, b.expand_as(a)).mean())
     return out

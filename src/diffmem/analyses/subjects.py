@@ -80,3 +80,20 @@ def adapter_subject(adapter, rows: list[dict], *, steps: int = 50, dtype: torch.
     spec = adapter.sampler(steps, solver="ddim")
     return KimSubject(adapter, spec.grid, prompts, latents, decode=adapter.codec.decode, name=name,
                       solver=spec.solver, x_T_scale=spec.x_T_scale)
+
+
+def world_subject(world, *, steps: int = 50, per_kind: int | None = None,
+                  kinds: tuple[str, ...] = ("planted", "nonplanted")) -> KimSubject:
+    """A Kim subject from an embedded world (:func:`diffmem.worlds.world.load_world`): its prompts of ``kinds``
+    (at most ``per_kind`` of each, in manifest order), each paired with its first training image, the world's grid
+    and solver, and its distinct training images as the references of the copy rule."""
+    rows = [r for r in world.data.prompts if r["kind"] in kinds and r["paired_ids"]]
+    if per_kind is not None:
+        rows = [r for k in kinds for r in [q for q in rows if q["kind"] == k][:per_kind]]
+    if len(rows) < 3:
+        raise ValueError(f"world {world.name!r} has only {len(rows)} prompts of kinds {kinds}")
+    cond = world.cond_for(rows)
+    prompts = [KimPrompt(f"{r['kind']}:{i}", cond.select(torch.tensor([i])), world.data.images[r["paired_ids"][0]],
+                         r["kind"]) for i, r in enumerate(rows)]
+    return KimSubject(world.denoiser, world.grid(steps), prompts, world.train_images(), name=world.name,
+                      solver=world.solver)
