@@ -14,6 +14,7 @@ from torch import Tensor
 
 from diffmem.adapters.base import Denoiser
 from diffmem.schedules import NoiseSchedule
+from diffmem.theory.mixture import GaussianMixture
 
 __all__ = ["GaussianMixtureDenoiser", "GaussianDenoiser", "NULL_LABEL"]
 
@@ -30,6 +31,8 @@ class GaussianMixtureDenoiser(Denoiser):
         means: [K, *shape] component means (training points for the empirical denoiser).
         schedule: noise schedule defining ᾱ_t.
         var: component variance s² (0 gives the empirical denoiser).
+        cov: optional shared full covariance [d, d] (replaces ``var``).
+        chunk_size: components per streamed chunk (default: bounded memory, any number of components).
         weights: [K] mixture weights (default uniform).
         labels: [K] class id of each component (default ``arange(K)``).
 
@@ -44,7 +47,8 @@ class GaussianMixtureDenoiser(Denoiser):
     prediction_type = "sample"
 
     def __init__(self, means: Tensor, schedule: NoiseSchedule, *, var: float = 0.0, weights: Tensor | None = None,
-                 labels: Tensor | None = None, name: str = "gaussian_mixture"):
+                 labels: Tensor | None = None, name: str = "gaussian_mixture", cov: Tensor | None = None,
+                 chunk_size: int | None = None):
         if means.ndim < 2:
             raise ValueError(f"means must be [K, ...], got shape {tuple(means.shape)}")
         if var < 0:
@@ -55,24 +59,23 @@ class GaussianMixtureDenoiser(Denoiser):
         self.labels = torch.arange(K) if labels is None else labels.long()
         if self.weights.shape != (K,) or self.labels.shape != (K,):
             raise ValueError(f"weights and labels must have shape [{K}]")
+        # the streamed mixture (chunked over components, log-sum-exp stable) does the arithmetic
+        self.mixture = GaussianMixture(means.flatten(1), cov=self.var if cov is None else cov, weights=self.weights)
+        self.chunk_size = chunk_size
 
     def describe(self) -> dict:
-        return {**super().describe(), "components": self.means.shape[0], "var": self.var}
+        return {**super().describe(), "components": self.means.shape[0], "var": self.var,
+                "full_cov": self.mixture.U is not None}
 
     def model_output(self, x_t: Tensor, t: Tensor, c: Tensor) -> Tensor:
-        B = x_t.shape[0]
-        mu = self.means.to(x_t).flatten(1)  # [K, d]
         x = x_t.flatten(1)
-        ab = self.schedule.alpha_bar(t.cpu()).to(x).view(B, 1)
-        v = ab * self.var + 1 - ab
-        logits = (ab.sqrt() * x @ mu.T - ab * (mu * mu).sum(1) / 2) / v + self.weights.to(x).log()
-        allowed = (self.labels.to(c.device)[None, :] == c[:, None]) | (c[:, None] == NULL_LABEL)
-        if not bool(allowed.any(1).all()):
-            raise ValueError(f"class ids {c.tolist()} include one with no mixture component")
-        r = torch.softmax(logits.masked_fill(~allowed.to(x.device), float("-inf")), dim=1)
-        g = ab.sqrt() * self.var / v
-        x0 = (1 - g * ab.sqrt()) * (r @ mu) + g * x
-        return x0.view_as(x_t)
+        ab = self.schedule.alpha_bar(t.cpu()).to(x)
+        allowed = None
+        if not bool((c == NULL_LABEL).all()):
+            allowed = (self.labels.to(c.device)[None, :] == c[:, None]) | (c[:, None] == NULL_LABEL)
+            if not bool(allowed.any(1).all()):
+                raise ValueError(f"class ids {c.tolist()} include one with no mixture component")
+        return self.mixture.x0_mean(x, ab, allowed=allowed, chunk_size=self.chunk_size).view_as(x_t)
 
 
 class GaussianDenoiser(Denoiser):

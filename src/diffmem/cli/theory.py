@@ -1,0 +1,73 @@
+"""``diffmem theory``: the theory lab of Ye, Zhu, Tao & Chen (2025) on Gaussian mixtures, CPU only.
+
+  loss-gap  Prop. 4.1 (DSM-loss difference = Fisher divergence) and the small-t closed form, vs t, n, d, s²
+  scores    empirical vs true score: copies under the 1/3 rule, collapse time vs n and d, Lipschitz bounds
+  sweep     MLP score networks: memorization vs size, n, d, width, weight decay, duplication (resumable)
+  teaser    2-D mixture, growing networks, copies highlighted
+
+Each writes OUT/summary.json, OUT/<kind>.json + .safetensors and PNG figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["add_parser"]
+
+KINDS = ("loss-gap", "scores", "sweep", "teaser")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("theory", help="closed-form theory lab of Ye et al. 2025 (loss gap, scores, sweeps)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("experiment", choices=KINDS, help="which experiment to run")
+    p.add_argument("--out", required=True, help="output directory (a sweep resumes from it)")
+    p.add_argument("--quick", action="store_true", help="quick preset (each ≤ 3 min on 2 free cores)")
+    p.add_argument("--preset", choices=("quick", "default"), default=None,
+                   help="sweep grid (default: 'quick' with --quick, else 'default'); 'paper' needs a GPU")
+    p.add_argument("--no-figures", action="store_true", help="write summary.json only")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved sweep/teaser config and exit")
+    p.set_defaults(run=_cli)
+
+
+def _cli(args) -> int:
+    from diffmem.theory import lab
+
+    figures = not args.no_figures
+    preset = args.preset or ("quick" if args.quick else "default")
+    if args.dry_run:
+        return _dry_run(args.experiment, preset)
+    if args.experiment == "loss-gap":
+        s = lab.run_loss_gap(args.out, quick=args.quick, figures=figures)
+        print(json.dumps({k: s[k] for k in ("reference", "prop41_all_agree", "max_rel_err_small_t")}, indent=1))
+    elif args.experiment == "scores":
+        s = lab.run_scores(args.out, quick=args.quick, figures=figures)
+        print(json.dumps({"memorization": s["memorization"], "heldout_loglik_mean": s["heldout_loglik_mean"],
+                          "t_collapse": [(r["dim"], r["n"], r["t_collapse"]) for r in s["collapse"]["rows"]]},
+                         indent=1))
+    elif args.experiment == "sweep":
+        s = lab.run_sweep_preset(args.out, preset=preset, figures=figures,
+                                 progress=lambda k, n, key: print(f"[{k}/{n}] {key}", flush=True))
+        print("\n".join(s["findings"]))
+    else:
+        s = lab.run_teaser(args.out, quick=args.quick, figures=figures)
+        print(json.dumps(s["rows"], indent=1))
+    print(f"wrote {args.out} ({s['wall_s']} s)")
+    return 0
+
+
+def _dry_run(experiment: str, preset: str) -> int:
+    if experiment == "sweep":
+        from diffmem.theory.sweeps import PRESETS, plan
+
+        cfg = PRESETS[preset]
+        runs = {s.key for specs in plan(cfg).values() for s in specs}
+        print(json.dumps({**cfg.to_dict(), "unique_runs": len(runs)}, indent=1, default=str))
+    elif experiment == "teaser":
+        from diffmem.theory.teaser import TEASER_PRESETS
+
+        print(json.dumps(TEASER_PRESETS[preset].to_dict(), indent=1, default=str))
+    else:
+        print(json.dumps({"experiment": experiment, "quick": preset == "quick"}))
+    return 0
