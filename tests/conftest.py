@@ -7,6 +7,11 @@ from diffmem import DiscreteSchedule, discrete_grid
 from helpers import TinyNet
 
 
+# The suite's models are tiny: threads only add OpenMP spin-waits, which on 2 shared cores were seen to slow small
+# ops 100x. One thread makes the suite's speed independent of whatever else the machine runs.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
