@@ -1,0 +1,84 @@
+"""``diffmem similarity``: copy criteria and duplicate counts on tensors saved as safetensors; the digits classifier.
+
+  diffmem similarity memorization --samples gen.safetensors --refs train.safetensors
+  diffmem similarity duplicates --refs train.safetensors [--threshold 0.1 --metric normalized_l2]
+  diffmem similarity classifier [--retrain]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["add_parser"]
+
+
+def _tensor(path: str, key: str | None):
+    from safetensors.torch import load_file
+
+    arrays = load_file(path)
+    if key is None and len(arrays) != 1:
+        raise ValueError(f"{path} holds {sorted(arrays)}; choose one with --key")
+    if key is not None and key not in arrays:
+        raise ValueError(f"{path} has no tensor {key!r}; it holds {sorted(arrays)}")
+    return arrays[key] if key is not None else next(iter(arrays.values()))
+
+
+def _memorization(args) -> int:
+    from diffmem.similarity.criteria import nn_ratio, relative_distance
+
+    samples, refs = _tensor(args.samples, args.samples_key), _tensor(args.refs, args.refs_key)
+    ratio, nearest = nn_ratio(samples, refs, dedup=not args.no_dedup, backend=args.backend)
+    rel, _ = relative_distance(samples, refs, k=min(args.k, len(refs)), dedup=not args.no_dedup,
+                               backend=args.backend)
+    print(json.dumps({"n_samples": len(samples), "n_refs": len(refs), "dedup": not args.no_dedup,
+                      "ratio_threshold": args.threshold,
+                      "memorization_ratio": float((ratio <= args.threshold).double().mean()),
+                      "nn_ratio_median": float(ratio.median()), "relative_distance_k": min(args.k, len(refs)),
+                      "relative_distance_median": float(rel.median()),
+                      "distinct_nearest_refs": int(nearest[ratio <= args.threshold].unique().numel())}, indent=2))
+    return 0
+
+
+def _duplicates(args) -> int:
+    from diffmem.similarity.duplicates import exact_duplicates, near_duplicates
+
+    refs = _tensor(args.refs, args.refs_key)
+    res = exact_duplicates(refs) if args.threshold is None else near_duplicates(refs, args.threshold,
+                                                                                metric=args.metric)
+    print(json.dumps({**res.summary(), "largest_groups": sorted(res.groups, key=len, reverse=True)[:5]}, indent=2))
+    return 0
+
+
+def _classifier(args) -> int:
+    from diffmem.similarity.digits_classifier import load_digits_classifier
+
+    clf = load_digits_classifier(retrain=args.retrain)
+    print(json.dumps({"path": str(clf.path), "test_accuracy": clf.test_accuracy, "sha256": clf.sha256}, indent=2))
+    return 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("similarity", help="copy criteria, duplicate counts and the digits feature classifier",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmds = p.add_subparsers(dest="similarity_command", metavar="WHAT", required=True)
+    m = cmds.add_parser("memorization", help="nearest-neighbour ratio (f_mem) and relative distance")
+    m.add_argument("--samples", required=True, help="safetensors file with generated samples [N, ...]")
+    m.add_argument("--refs", required=True, help="safetensors file with training images [M, ...]")
+    m.add_argument("--samples-key", help="tensor name in --samples (default: its only tensor)")
+    m.add_argument("--refs-key", help="tensor name in --refs (default: its only tensor)")
+    m.add_argument("--threshold", type=float, default=1 / 3, help="copy if ratio <= this (default: 1/3)")
+    m.add_argument("--k", type=int, default=50, help="neighbours in the relative distance (default: %(default)s)")
+    m.add_argument("--no-dedup", action="store_true", help="keep exact duplicates in the reference set")
+    m.add_argument("--backend", choices=("torch", "faiss"), default="torch", help="k-NN backend (default: torch)")
+    m.set_defaults(run=_memorization)
+    d = cmds.add_parser("duplicates", help="exact or near-duplicate groups of a training set")
+    d.add_argument("--refs", required=True, help="safetensors file with training images [M, ...]")
+    d.add_argument("--refs-key", help="tensor name in --refs (default: its only tensor)")
+    d.add_argument("--threshold", type=float, help="near-duplicate threshold (default: exact duplicates only)")
+    d.add_argument("--metric", choices=("l2", "normalized_l2", "cosine"), default="normalized_l2",
+                   help="distance for --threshold (default: %(default)s)")
+    d.set_defaults(run=_duplicates)
+    c = cmds.add_parser("classifier", help="train or load the embedded digits classifier; print its accuracy")
+    c.add_argument("--retrain", action="store_true", help="train again even when cached")
+    c.set_defaults(run=_classifier)
