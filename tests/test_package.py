@@ -61,7 +61,7 @@ def test_cli_version(capsys):
 
 
 def test_cli_demo_writes_a_complete_run(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress", "--no-theory"]) == 0
     (run,) = tmp_path.iterdir()
     assert sorted(p.name for p in run.iterdir()) == ["demo.json", "demo.safetensors", "report.md"]
     res = DemoResult.load(run, "demo")

@@ -10,7 +10,7 @@ detectors spec §10) and the early overestimation of the training image (Kim et 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ class DemoResult(Result):
     samples: dict[str, torch.Tensor]
     train: torch.Tensor
     provenance: Provenance
+    sections: dict = field(default_factory=dict)  # headline numbers of the other studies, keyed by section
 
 
 def _world(n_per_class: int, classes: int, dim: int, spread: float, seed: int):
@@ -40,8 +41,26 @@ def _world(n_per_class: int, classes: int, dim: int, spread: float, seed: int):
     return centres, train, labels
 
 
+def _theory_section(run: Path) -> dict:
+    """Ye et al. quick checks: the loss gap vs its closed form (Prop. 4.1) and the two exact scores' copy rates."""
+    from diffmem.theory.lab import run_loss_gap, run_scores
+
+    gap = run_loss_gap(run / "theory" / "loss_gap", quick=True, figures=_has_matplotlib())
+    scores = run_scores(run / "theory" / "scores", quick=True, figures=_has_matplotlib())
+    return {"loss_gap": gap["reference"], "prop41_all_agree": gap["prop41_all_agree"],
+            "max_rel_err_small_t": gap["max_rel_err_small_t"],
+            "mem_ratio_empirical_score": scores["memorization"]["empirical"]["mem_ratio"],
+            "mem_ratio_true_score": scores["memorization"]["true"]["mem_ratio"]}
+
+
+def _has_matplotlib() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
 def run_demo(out: str | Path, *, samples: int = 32, steps: int = 50, weights=(1.0, 3.0, 7.5), seed: int = 0,
-             progress: bool = True) -> Path:
+             progress: bool = True, theory: bool = True) -> Path:
     """Sample both worlds at each weight, save a :class:`DemoResult` and its report; returns the run dir."""
     from diffmem import Cond, Constant, Recorder, SeededNoise, discrete_grid, sample
     from diffmem.schedules import DiscreteSchedule
@@ -78,8 +97,9 @@ def run_demo(out: str | Path, *, samples: int = 32, steps: int = 50, weights=(1.
                              "train_size": len(train), "world_seed": seed},
                       solver=provenance.solver, grid=grid.spec, guidance={"kind": "Constant", "w": list(weights)},
                       seeds=seeds, extra={"similarity": "l2 nearest-neighbour ratio < 1/3"})
-    result = DemoResult(rows, finals, train, prov)
     run = new_run_dir(out, "demo")
+    sections = {"theory": _theory_section(run)} if theory else {}
+    result = DemoResult(rows, finals, train, prov, sections)
     result.save(run, "demo")
     atomic_write_text(run / "report.md", render_demo(DemoResult.load(run, "demo")))
     return run
@@ -101,6 +121,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="first seed; also seeds the world (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="8 samples, 20 steps: a smoke run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-theory", action="store_true", help="skip the theory section (Ye et al. quick checks)")
     p.set_defaults(run=_cli)
 
 
@@ -108,7 +129,8 @@ def _cli(args) -> int:
     samples, steps = (8, 20) if args.quick else (args.samples, args.steps)
     if samples < 2 or steps < 1:
         raise ValueError(f"need --samples >= 2 and --steps >= 1, got {samples} and {steps}")
-    run = run_demo(args.out, samples=samples, steps=steps, seed=args.seed, progress=not args.no_progress)
+    run = run_demo(args.out, samples=samples, steps=steps, seed=args.seed, progress=not args.no_progress,
+                   theory=not args.no_theory)
     print((run / "report.md").read_text(encoding="utf-8"))
     print(f"wrote {run}")
     return 0
