@@ -6,7 +6,6 @@ import torch
 from diffmem import DiscreteSchedule, discrete_grid
 from helpers import TinyNet
 
-
 # The suite's models are tiny: threads only add OpenMP spin-waits, which on 2 shared cores were seen to slow small
 # ops 100x. One thread makes the suite's speed independent of whatever else the machine runs.
 torch.set_num_threads(1)
