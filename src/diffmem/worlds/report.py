@@ -1,0 +1,180 @@
+"""``world_report``: does the world memorize what was planted, and little else?
+
+For each guidance weight w, N samples per manifest prompt (generation j of every prompt uses seed ``seed + j``)
+through :func:`diffmem.sample`, then per prompt kind:
+
+* ``planted_copy_rate``: planted-prompt samples that copy *their paired* image — nearest-neighbour ratio
+  ‖x − a₁‖/‖x − a₂‖ ≤ 1/3 over the distinct training images (Ye et al., 2025; duplicates collapsed) and a₁ the
+  paired image;
+* ``nonplanted_copy_rate`` / ``novel_copy_rate``: samples of those prompts within 1/3 of *any* training image;
+* ``template_copy_rate``: template-prompt samples whose template region satisfies the ratio rule against the
+  training images' regions with a₁ the template's region (Webster's template copies are partial);
+* ``memorization_ratio``: copies among all samples;
+* ``alignment``: accuracy of the digits classifier on the digit a prompt names (digits worlds only).
+
+Writes ``summary.json``, ``manifest.jsonl``, ``world_report.{json,safetensors}`` (samples) and ``grid_w<w>.png``.
+Kim et al. (2025): memorization should rise with w.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from diffmem.io import write_json
+from diffmem.results import Provenance, Result
+from diffmem.worlds.data import write_manifest
+from diffmem.worlds.grids import save_grid
+from diffmem.worlds.world import World, load_world
+
+__all__ = ["world_report", "WorldReport", "WEIGHTS", "report_rows"]
+
+WEIGHTS = (0.0, 1.0, 4.0, 7.5)
+_KINDS = ("planted", "template", "nonplanted", "novel", "class", "null")
+
+
+@dataclass(frozen=True)
+class WorldReport(Result):
+    """The summary plus the samples of each weight (``samples["w7.5"]`` is [P, N, C, H, W])."""
+
+    summary: dict
+    samples: dict[str, Tensor]
+    provenance: Provenance
+
+
+def report_rows(prompts, quick: bool, per_kind: int = 8) -> list[dict]:
+    """Manifest rows to sample: all of them, or ``per_kind`` of each kind in quick mode."""
+    if not quick:
+        return list(prompts)
+    return [r for k in _KINDS for r in [p for p in prompts if p["kind"] == k][:per_kind]]
+
+
+def _generate(world: World, rows, n: int, steps: int, w: float, seed: int, batch: int) -> Tensor:
+    from diffmem import Constant, Recorder, SeededNoise, sample
+
+    grid = world.grid(steps)
+    flat = [r for r in rows for _ in range(n)]
+    seeds = [seed + j for _ in rows for j in range(n)]
+    out = []
+    for i in range(0, len(flat), batch):
+        noise = SeededNoise(seeds[i:i + batch])
+        tr = sample(world.denoiser, noise.randn(world.data.shape), grid, world.cond_for(flat[i:i + batch]),
+                    solver=world.solver, guidance=Constant(w), recorder=Recorder(keep=()))
+        out.append(tr.x_0)
+    return torch.cat(out).clamp(-1, 1).view(len(rows), n, *world.data.shape)
+
+
+def _classifier(world: World):
+    if world.data.shape != (1, 8, 8):
+        return None, "not applicable: the digits classifier reads 1×8×8 images"
+    try:
+        from diffmem.similarity.digits_classifier import load_digits_classifier
+    except ImportError as err:
+        return None, f"unavailable: {err}"
+    clf = load_digits_classifier()
+    return clf, {"test_accuracy": float(clf.test_accuracy)}
+
+
+def _rate(mask: Tensor) -> float | None:
+    return float(mask.double().mean()) if mask.numel() else None
+
+
+def _metrics(world: World, rows, x0: Tensor, clf) -> dict:
+    from diffmem.similarity.criteria import COPY_RATIO, nn_ratio
+
+    P, n = x0.shape[:2]
+    flat = x0.flatten(0, 1)
+    ref_ids = world.data.train_image_ids
+    ratio, nearest = nn_ratio(flat, world.data.images[ref_ids])
+    copy, near_id = (ratio <= COPY_RATIO).view(P, n), ref_ids[nearest].view(P, n)
+    kind = [r["kind"] for r in rows]
+    sel = {k: torch.tensor([kk == k for kk in kind], dtype=torch.bool) for k in _KINDS}
+    paired = torch.tensor([r["paired_ids"][0] if r["kind"] == "planted" else -1 for r in rows])
+    out = {"memorization_ratio": _rate(copy),
+           "planted_copy_rate": _rate((copy & (near_id == paired[:, None]))[sel["planted"]]),
+           "planted_any_copy_rate": _rate(copy[sel["planted"]]),
+           "nonplanted_copy_rate": _rate(copy[sel["nonplanted"]]), "novel_copy_rate": _rate(copy[sel["novel"]]),
+           "class_copy_rate": _rate(copy[sel["class"]]), "unconditional_copy_rate": _rate(copy[sel["null"]]),
+           "template_copy_rate": _template_rate(world, rows, x0, sel["template"])}
+    out.update(_alignment(rows, x0, clf))
+    return out
+
+
+def _template_rate(world: World, rows, x0: Tensor, sel: Tensor) -> float | None:
+    from diffmem.similarity.criteria import COPY_RATIO, nn_ratio
+
+    mask = world.data.template_mask
+    if mask is None or not bool(sel.any()):
+        return None
+    refs = world.train_images()[:, mask]
+    src = torch.tensor([r["paired_ids"][0] for r, s in zip(rows, sel, strict=True) if s])
+    samples = x0[sel]  # [G, n, C, H, W]
+    ratio, nearest = nn_ratio(samples.flatten(0, 1)[:, mask], refs)
+    same = (refs[nearest] == world.data.images[src][:, mask].repeat_interleave(samples.shape[1], 0)).all(1)
+    return _rate((ratio <= COPY_RATIO) & same)
+
+
+def _alignment(rows, x0: Tensor, clf) -> dict:
+    labelled = torch.tensor([r["label"] is not None for r in rows], dtype=torch.bool)
+    if clf is None or tuple(x0.shape[2:]) != (1, 8, 8) or not bool(labelled.any()):
+        return {"alignment": None, "alignment_by_kind": {}}
+    pred = clf.predict(x0.flatten(0, 1)).view(x0.shape[:2])
+    want = torch.tensor([-1 if r["label"] is None else r["label"] for r in rows])
+    hit = pred == want[:, None]
+    by_kind = {k: _rate(hit[[i for i, r in enumerate(rows) if r["kind"] == k and r["label"] is not None]])
+               for k in _KINDS}
+    return {"alignment": _rate(hit[labelled]), "alignment_by_kind": {k: v for k, v in by_kind.items() if v is not None}}
+
+
+def _grid(world: World, rows, x0: Tensor, path: Path, per_kind: int = 8, cols: int = 8) -> None:
+    """Rows: up to ``per_kind`` prompts of each kind; first column the paired training image (if one)."""
+    pick = [i for k in _KINDS for i in [j for j, r in enumerate(rows) if r["kind"] == k][:per_kind]]
+    tiles = torch.full((len(pick), 1 + min(cols, x0.shape[1]), *x0.shape[2:]), float("nan"))
+    for t, i in enumerate(pick):
+        if rows[i]["kind"] in ("planted", "template"):
+            tiles[t, 0] = world.data.images[rows[i]["paired_ids"][0]]
+        tiles[t, 1:] = x0[i, : tiles.shape[1] - 1]
+    save_grid(path, tiles)
+
+
+def world_report(world: str | World = "digits-t2i", out: str | Path = "world-report", *, quick: bool = False,
+                 samples: int | None = None, weights=WEIGHTS, steps: int | None = None, seed: int = 0,
+                 batch_size: int = 1000, progress: bool = True) -> dict:
+    """Sample every manifest prompt at each weight, measure copying and alignment, write the report to ``out``.
+
+    ``quick``: 8 prompts per kind and 4 samples (defaults: all prompts, 10 samples), 50 DDIM steps either way:
+    with fewer steps strong guidance overshoots (digits-t2i planted copies at w = 7.5: 0.125 with 20 steps, 0.69
+    with 30, 1.0 with 50).
+    Trains the world first when no finished checkpoint exists. Returns the summary dict (``summary.json``)."""
+    t0 = time.perf_counter()
+    world = world if isinstance(world, World) else load_world(world, progress=progress)
+    n, steps = samples or (4 if quick else 10), steps or 50
+    if n < 1 or steps < 1 or not weights:
+        raise ValueError(f"need samples >= 1, steps >= 1 and some weights, got {n}, {steps}, {weights!r}")
+    rows, out = report_rows(world.data.prompts, quick), Path(out)
+    clf, clf_info = _classifier(world)
+    per_w, arrays = {}, {}
+    for w in weights:
+        x0 = _generate(world, rows, n, steps, float(w), seed, batch_size)
+        per_w[f"{w:g}"] = {**_metrics(world, rows, x0, clf), "samples": x0.shape[0] * x0.shape[1]}
+        arrays[f"w{w:g}"] = x0
+        _grid(world, rows, x0, out / f"grid_w{w:g}.png")
+    summary = {"world": world.name, "checkpoint": str(world.directory), "weights": [float(w) for w in weights],
+               "samples_per_prompt": n, "steps": steps, "solver": repr(world.solver), "spacing": "trailing",
+               "seeds": list(range(seed, seed + n)), "quick": quick,
+               "prompts": {k: sum(r["kind"] == k for r in rows) for k in _KINDS if any(r["kind"] == k for r in rows)},
+               "copy_rule": "nn ratio <= 1/3 over distinct training images (planted: nearest is the paired image)",
+               "classifier": clf_info, "per_w": per_w, "train": {k: world.train_info.get(k) for k in
+                                                                 ("steps", "wall_s", "cpu_s", "threads")},
+               "seconds": time.perf_counter() - t0}
+    prov = Provenance(model=world.denoiser.describe(), solver={"name": repr(world.solver)}, grid=world.grid(steps).spec,
+                      guidance={"kind": "Constant", "w": summary["weights"]},
+                      seeds=summary["seeds"], extra={"world": world.config.to_dict()})
+    write_manifest(out / "manifest.jsonl", rows)
+    WorldReport(summary, arrays, prov).save(out, "world_report")
+    write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,374 @@
+"""Head pruning of Ye et al. (2025, Algorithms 1-2) on tiny random DiTs: gates, gradients, removal, time law,
+ranking (spec ye2025_provable_separations §5 and §9 item 9)."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from diffmem.io import read_arrays
+from diffmem.mitigations.head_pruning import (
+    Head,
+    accumulate_scores,
+    head_gradients,
+    lowest_heads,
+    mask_heads,
+    normalise_per_layer,
+    prune_count,
+    random_heads,
+    rank_heads,
+    remove_heads,
+    scoring_loss,
+    self_attention_layers,
+)
+from diffmem.mitigations.time_law import draw_timesteps, unit_to_index
+from diffmem.nets.dit import DiTConfig
+from diffmem.training.config import TrainConfig
+from diffmem.training.trainer import TrainingSet, fit
+from diffmem.worlds.model import WorldNet
+
+CLASSES = 3
+
+
+def tiny_net(seed=0, dtype=torch.float64, heads=4, depth=2):
+    """A class-conditional WorldNet whose adaLN-Zero and output layers are randomised (at DiT's zero init every
+    attention branch is gated off and all head gradients vanish)."""
+    torch.manual_seed(seed)
+    net = WorldNet(DiTConfig(image_size=4, channels=1, patch=2, width=8, depth=depth, heads=heads,
+                             num_classes=CLASSES)).to(dtype)
+    with torch.no_grad():
+        for p in net.parameters():
+            if not p.any():
+                p.normal_(0, 0.5)
+    return net.eval()
+
+
+def inputs(seed=1, dtype=torch.float64, B=3):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, 1, 4, 4, generator=g, dtype=dtype), torch.randint(1000, (B,), generator=g),
+            torch.randint(CLASSES + 1, (B,), generator=g))
+
+
+def test_layers_are_dit_self_attention_only():
+    layers = self_attention_layers(tiny_net(depth=3))
+    assert list(layers) == ["dit.blocks.0.attn", "dit.blocks.1.attn", "dit.blocks.2.attn"]
+    with pytest.raises(ValueError, match="Linear"):
+        self_attention_layers(torch.nn.Linear(2, 2))
+
+
+def test_unit_gate_is_bitwise_identity():
+    """ξ = 1 adds nothing: the layer output equals to_out(merge(o_h)) bit for bit, and scoring leaves the model
+    output bit for bit unchanged."""
+    net, (x, t, y) = tiny_net(dtype=torch.float32), inputs(dtype=torch.float32)
+    attn = net.dit.blocks[0].attn
+    seen = {}
+    attn.heads.register_forward_hook(lambda m, i, o: seen.__setitem__("o", o))
+    out = attn(torch.randn(2, 4, 8))
+    B, H, N, d = seen["o"].shape
+    assert torch.equal(out, attn.to_out(seen["o"].transpose(1, 2).reshape(B, N, H * d)))
+    before = net(x, t, y)
+    head_gradients(lambda: net(x, t, y).square().mean(), self_attention_layers(net))
+    mask_heads(self_attention_layers(net), [])
+    assert torch.equal(net(x, t, y), before)
+    assert not any(a.head_mask.requires_grad for a in self_attention_layers(net).values())
+
+
+def test_gate_gradient_is_inner_product_and_finite_difference():
+    net, (x, t, y) = tiny_net(), inputs()
+    layers = self_attention_layers(net)
+    outs = {}
+    for name, attn in layers.items():
+        def keep(m, i, o, name=name):
+            if o.requires_grad:  # not under the finite-difference no_grad
+                o.retain_grad()
+                outs[name] = o
+        attn.heads.register_forward_hook(keep)
+    target = torch.randn_like(x)
+
+    def loss():
+        return (net(x, t, y) - target).square().mean()
+
+    grads = head_gradients(loss, layers)
+    loss().backward()
+    for name, o in outs.items():
+        by_hand = (o.grad * o).sum(dim=(0, 2, 3))  # ⟨∂L/∂o_h, o_h⟩ over batch, tokens, channels
+        torch.testing.assert_close(grads[name], by_hand, rtol=1e-10, atol=1e-14)
+    assert all(g.abs().max() > 0 for g in grads.values())
+    mask, h, step = layers["dit.blocks.1.attn"].head_mask, 2, 1e-6
+    with torch.no_grad():
+        mask[h] = 1 + step
+        up = loss()
+        mask[h] = 1 - step
+        down = loss()
+        mask[h] = 1
+    torch.testing.assert_close(grads["dit.blocks.1.attn"][h], (up - down) / (2 * step), rtol=1e-6, atol=1e-12)
+
+
+def test_removal_equals_zero_mask():
+    net, (x, t, y) = tiny_net(), inputs()
+    doomed = [Head("dit.blocks.0.attn", 1), Head("dit.blocks.0.attn", 3)] + \
+             [Head("dit.blocks.1.attn", h) for h in range(4)]  # a layer may lose every head
+    masked, removed = copy.deepcopy(net), copy.deepcopy(net)
+    mask_heads(self_attention_layers(masked), doomed)
+    remove_heads(self_attention_layers(removed), doomed)
+    kept = self_attention_layers(removed)["dit.blocks.0.attn"]
+    assert kept.num_heads == 2 and kept.to_q.out_features == 4 and kept.to_kv.out_features == 8
+    assert kept.to_out.in_features == 4 and "dit.blocks.0.attn.head_mask" in dict(removed.named_buffers())
+    assert self_attention_layers(removed)["dit.blocks.1.attn"].num_heads == 0
+    torch.testing.assert_close(removed(x, t, y), masked(x, t, y), rtol=0, atol=1e-12)
+    assert not torch.allclose(masked(x, t, y), net(x, t, y))  # the pruned heads did contribute
+
+
+def test_masked_and_removed_models_fine_tune_alike(tmp_path):
+    """Fine-tuning (the training loss, AdamW) moves the kept weights identically under either removal form."""
+    ts = TrainingSet(torch.randn(6, 1, 4, 4), torch.arange(6), torch.arange(6) % CLASSES, torch.tensor(CLASSES))
+    cfg = TrainConfig(steps=3, batch_size=4, warmup=0, checkpoint_every=10)
+    nets = [tiny_net(dtype=torch.float32) for _ in range(2)]
+    doomed = random_heads(self_attention_layers(nets[0]), 0.25, seed=3)
+    mask_heads(self_attention_layers(nets[0]), doomed)
+    remove_heads(self_attention_layers(nets[1]), doomed)
+    for i, net in enumerate(nets):
+        fit(net, ts, cfg, tmp_path / f"state{i}.pt", progress=False)
+    x, t, y = inputs(dtype=torch.float32)
+    torch.testing.assert_close(nets[1](x, t, y), nets[0](x, t, y), rtol=1e-4, atol=1e-5)
+
+
+def test_unit_to_index_edges():
+    u = torch.tensor([0.0, 0.0999, 0.1, 0.5, 0.9999, 1.0])
+    assert unit_to_index(u, 1000).tolist() == [0, 99, 100, 500, 999, 999]
+    with pytest.raises(ValueError, match="1.5"):
+        unit_to_index(torch.tensor([1.5]), 1000)
+
+
+@pytest.mark.parametrize("law", ["beta", "uniform"])
+def test_timestep_law_matches_cdf(law):
+    """P(t_index ≤ k) = F((k + 1) / T) with F the Beta(0.8, 2) (or uniform) CDF; DKW bound at level 1e-6."""
+    T, n = 1000, 200_000
+    idx = draw_timesteps(n, T, seed=7, law=law).numpy()
+    assert idx.min() >= 0 and idx.max() <= T - 1
+    empirical = np.cumsum(np.bincount(idx, minlength=T)) / n
+    edges = np.arange(1, T + 1) / T
+    exact = stats.beta(0.8, 2).cdf(edges) if law == "beta" else edges
+    assert np.abs(empirical - exact).max() < np.sqrt(np.log(2 / 1e-6) / (2 * n))
+    assert torch.equal(draw_timesteps(5, T, seed=7, law=law), draw_timesteps(5, T, seed=7, law=law))
+
+
+def test_beta_statistics_of_spec():
+    law = stats.beta(0.8, 2)
+    assert law.mean() == pytest.approx(0.8 / 2.8) and law.median() == pytest.approx(0.2309, abs=1e-4)
+    np.testing.assert_allclose(law.cdf([0.05, 0.1, 0.2, 0.5]), [0.160, 0.273, 0.453, 0.804], atol=6e-4)
+
+
+def test_normalisation_and_global_ranking_by_hand():
+    scores = {"L0": torch.tensor([3.0, 4.0]), "L1": torch.tensor([1.0, 2.0, 2.0]), "L2": torch.zeros(1)}
+    importance = normalise_per_layer(scores)
+    torch.testing.assert_close(importance["L0"], torch.tensor([0.6, 0.8]))
+    torch.testing.assert_close(importance["L1"], torch.tensor([1 / 3, 2 / 3, 2 / 3]))
+    assert importance["L2"].tolist() == [0.0]
+    assert [(h.layer, h.index) for h in rank_heads(importance)] == \
+        [("L2", 0), ("L1", 0), ("L0", 0), ("L1", 1), ("L1", 2), ("L0", 1)]
+    # raw scores would drop L1's heads 1 and 2 (S = 2) before L0's head 0 (S = 3); normalised ones do not
+    assert lowest_heads(importance, 0.5) == [Head("L2", 0), Head("L1", 0), Head("L0", 0)]
+    assert lowest_heads(importance, 0.0) == []
+    with pytest.raises(ValueError, match="-1"):
+        normalise_per_layer({"L0": torch.tensor([-1.0, 1.0])})
+
+
+def test_prune_count_is_floor_of_decimal_ratio():
+    assert prune_count(72, 0.2) == 14 and prune_count(100, 0.29) == 29 and prune_count(9, 0.5) == 4
+    with pytest.raises(ValueError, match="1.0"):
+        prune_count(10, 1.0)
+
+
+def test_random_heads_count_and_seed():
+    layers = self_attention_layers(tiny_net(depth=3))  # H = 12
+    picks = [random_heads(layers, 0.5, seed=s) for s in range(4)]
+    assert all(len(p) == 6 and len(set(p)) == 6 for p in picks)
+    assert picks[0] == random_heads(layers, 0.5, seed=0) and len({tuple(p) for p in picks}) > 1
+
+
+def test_scores_take_abs_per_batch():
+    net, (x, t, y) = tiny_net(), inputs()
+    layers = self_attention_layers(net)
+    g = head_gradients(lambda: net(x, t, y).sum(), layers)
+    scores = accumulate_scores(lambda b: (-1) ** b * net(x, t, y).sum(), layers, 2)  # signs cancel, abs do not
+    for name in layers:
+        torch.testing.assert_close(scores[name], 2 * g[name].abs())
+
+
+def test_scoring_loss_end_to_end_prunes_lowest():
+    net = tiny_net()
+    ts = TrainingSet(torch.randn(6, 1, 4, 4, dtype=torch.float64), torch.arange(6), torch.arange(6) % CLASSES,
+                     torch.tensor(CLASSES))
+    layers = self_attention_layers(net)
+    batch_loss = scoring_loss(net, ts, TrainConfig(batch_size=4), law="beta", seed=0)
+    assert torch.equal(batch_loss(1), batch_loss(1)) and not torch.equal(batch_loss(0), batch_loss(1))
+    importance = normalise_per_layer(accumulate_scores(batch_loss, layers, 3))
+    for v in importance.values():
+        torch.testing.assert_close(v.square().sum(), torch.tensor(1.0, dtype=torch.float64))
+    doomed = lowest_heads(importance, 0.25)
+    assert len(doomed) == 2
+    worst = max(float(importance[h.layer][h.index]) for h in doomed)
+    assert all(float(importance[n][i]) >= worst for n in layers for i in range(4) if Head(n, i) not in doomed)
+
+
+def _digits_like_set(dtype=torch.float64):
+    g = torch.Generator().manual_seed(5)
+    return TrainingSet(torch.randn(6, 1, 4, 4, generator=g, dtype=dtype), torch.arange(6),
+                       torch.arange(6) % CLASSES, torch.tensor(CLASSES))
+
+
+def test_prune_drops_a_silent_head_first_and_round_trips(tmp_path):
+    """A head whose output-projection columns are zero has ∂L/∂ξ_h = 0 exactly, so Algorithm 1 removes it."""
+    from diffmem.mitigations.pruning import PruneResult, apply_removal, prune
+
+    net = tiny_net(depth=3)
+    with torch.no_grad():
+        net.dit.blocks[2].attn.to_out.weight[:, 2:4] = 0  # head 1 of layer 2 (head_dim 2)
+    reference = copy.deepcopy(net)
+    result = prune(net, _digits_like_set(), TrainConfig(batch_size=4), ratio=0.1, num_batches=2, seed=0)
+    assert result.total_heads == 12 and result.heads == [Head("dit.blocks.2.attn", 1)]
+    assert result.removed_per_layer == {"dit.blocks.0.attn": 0, "dit.blocks.1.attn": 0, "dit.blocks.2.attn": 1}
+    assert float(result.importance["dit.blocks.2.attn"][1]) == 0.0
+    assert net.dit.blocks[2].attn.head_mask.tolist() == [1, 0, 1, 1]
+    loaded = PruneResult.load(result.save(tmp_path).parent)
+    assert loaded.heads == result.heads and torch.equal(loaded.scores["dit.blocks.0.attn"],
+                                                        result.scores["dit.blocks.0.attn"])
+    apply_removal(reference, loaded.heads, physically=True)
+    x, t, y = inputs()
+    torch.testing.assert_close(reference(x, t, y), net(x, t, y), rtol=0, atol=1e-12)
+
+
+def test_prune_random_and_bad_method():
+    from diffmem.mitigations.pruning import prune
+
+    runs = [prune(tiny_net(depth=3), _digits_like_set(), TrainConfig(batch_size=4), method="random", ratio=0.3,
+                  seed=s) for s in (1, 1, 2)]
+    assert runs[0].heads == runs[1].heads and len(runs[0].heads) == 3 and runs[0].scores == {}
+    with pytest.raises(ValueError, match="magic"):
+        prune(tiny_net(), _digits_like_set(), TrainConfig(batch_size=4), method="magic")
+
+
+def test_run_metrics_on_copies_and_noise():
+    """Exact copies are all memorized (ratio 0) and match the real set: FID 0, precision = recall = 1."""
+    from diffmem.mitigations.prune_eval import run_metrics
+
+    g = torch.Generator().manual_seed(0)
+    train = torch.rand(20, 1, 4, 4, generator=g) * 2 - 1
+    flat = lambda x: x.flatten(1).double()  # noqa: E731
+    copies = run_metrics(train.clone(), train, train, flat)
+    assert copies["mem_ratio"] == 1.0 and copies["precision"] == 1.0 and copies["recall"] == 1.0
+    assert copies["fid"] == pytest.approx(0.0, abs=1e-8)
+    far = run_metrics(train + 10, train, train, flat)
+    assert far["mem_ratio"] == 0.0 and far["precision"] == 0.0 and far["fid"] == pytest.approx(16 * 100, rel=1e-6)
+
+
+def test_summarise_mean_and_sample_std():
+    from diffmem.mitigations.prune_eval import summarise
+
+    rows = [{"mem_ratio": m, "fid": f, "precision": 0.5, "recall": 0.1} for m, f in [(0.7, 15), (0.6, 16), (0.8, 14)]]
+    s = summarise({"original": rows, "single": rows[:1]})
+    assert s["original"]["mem_ratio_mean"] == pytest.approx(0.7) and s["original"]["fid_mean"] == pytest.approx(15)
+    assert s["original"]["mem_ratio_std"] == pytest.approx(0.1) and s["original"]["fid_std"] == pytest.approx(1.0)
+    assert s["original"]["runs"] == 3 and np.isnan(s["single"]["fid_std"])
+
+
+def test_generate_from_a_pruned_world_is_seeded_and_form_independent(tmp_path, monkeypatch):
+    """Sampling the live net: masked and physically removed heads give the same images; seeds fix the batch."""
+    from diffmem.mitigations.prune_eval import generate
+    from diffmem.mitigations.pruning import apply_removal
+    from diffmem.worlds.world import load_world
+    from test_training import tiny
+
+    monkeypatch.setenv("DIFFMEM_HOME", str(tmp_path / "home"))
+    world = load_world(tiny(world="digits-dit", steps=2), progress=False)
+    with torch.no_grad():  # two training steps leave adaLN-Zero near 0, where heads barely matter
+        for p in world.net.parameters():
+            p.add_(torch.randn_like(p), alpha=0.3)
+    base = generate(world, 3, seed=4, steps=3)
+    assert base.shape == (3, *world.data.shape) and torch.equal(base, generate(world, 3, seed=4, steps=3))
+    # sample i depends on seed + i only (batching changes float summation order, not the draw)
+    torch.testing.assert_close(generate(world, 3, seed=4, steps=3, batch=2), base, rtol=0, atol=1e-5)
+    torch.testing.assert_close(generate(world, 2, seed=5, steps=3), base[1:], rtol=0, atol=1e-5)
+    original = copy.deepcopy(world.net.state_dict())
+    layers = self_attention_layers(world.net)
+    doomed = random_heads(layers, 0.5, seed=0)
+    apply_removal(world.net, doomed)
+    masked = generate(world, 3, seed=4, steps=3)
+    assert (masked - base).abs().max() > 1e-2
+    world.net.load_state_dict(original)
+    apply_removal(world.net, doomed, physically=True)
+    torch.testing.assert_close(generate(world, 3, seed=4, steps=3), masked, rtol=0, atol=1e-5)
+
+
+def test_run_table_rows_restore_and_resume(tmp_path, monkeypatch):
+    from diffmem.mitigations import experiment
+    from diffmem.mitigations.prune_eval import generate, run_metrics
+    from diffmem.worlds.world import load_world
+    from test_training import tiny
+
+    monkeypatch.setenv("DIFFMEM_HOME", str(tmp_path / "home"))
+    world = load_world(tiny(world="digits-dit", steps=2), progress=False)
+    before = copy.deepcopy(world.net.state_dict())
+    flat = lambda x: x.flatten(1).double()  # noqa: E731
+    kw = dict(ratio=0.25, runs=2, num_batches=1, finetune_steps=2, n_samples=6, sample_steps=2, features=flat)
+    summary = experiment.run_table(world, tmp_path / "out", **kw)
+    assert set(summary) == {"original", "importance", "random", "settings"}
+    assert all(summary[m]["runs"] == 2 for m in experiment.TABLE_METHODS)
+    assert all(torch.equal(v, before[k]) for k, v in world.net.state_dict().items())  # the world is untouched
+    H = sum(a.num_heads for a in self_attention_layers(world.net).values())
+    row = json.loads((tmp_path / "out" / "runs" / "importance-1.json").read_text())
+    assert len(row["removed"]) == prune_count(H, 0.25)
+    saved = read_arrays(tmp_path / "out" / "pruned" / "weights.safetensors")
+    assert sum(int((saved[f"{n}.head_mask"] == 0).sum()) for n in self_attention_layers(world.net)) == \
+        prune_count(H, 0.25)
+    x0 = generate(world, 6, seed=6, steps=2)  # run 1 of "original" samples seeds 6..11
+    expect = run_metrics(x0, world.train_images(), world.data.images, flat)
+    got = json.loads((tmp_path / "out" / "runs" / "original-1.json").read_text())
+    assert got["mem_ratio"] == expect["mem_ratio"] and got["fid"] == pytest.approx(expect["fid"])
+
+    def boom(*a, **k):
+        raise AssertionError("finished rows must not be recomputed")
+
+    monkeypatch.setattr(experiment, "_one_run", boom)
+    assert experiment.run_table(world, tmp_path / "out", **kw) == json.loads(
+        (tmp_path / "out" / "summary.json").read_text())
+
+
+def test_cli_prune_writes_summary(tmp_path, monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from diffmem.cli.main import main
+    from diffmem.worlds import world as worlds
+    from test_training import tiny
+
+    monkeypatch.setenv("DIFFMEM_HOME", str(tmp_path / "home"))
+    world = worlds.load_world(tiny(world="digits-dit", steps=2), progress=False)
+    monkeypatch.setattr(worlds, "load_world", lambda name, progress=True: world)
+    monkeypatch.setattr("diffmem.similarity.digits_classifier.load_digits_classifier",
+                        lambda: SimpleNamespace(features=lambda x: x.flatten(1).double()))
+    out = tmp_path / "out"
+    assert main(["prune", "--out", str(out), "--runs", "2", "--samples", "5", "--finetune-steps", "1",
+                 "--batches", "1", "--steps", "2", "--ratio", "0.3", "--law", "uniform"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"]["ratio"] == 0.3 and summary["settings"]["law"] == "uniform"
+    assert {"mem_ratio_mean", "mem_ratio_std", "fid_mean", "fid_std", "precision_mean", "recall_mean"} <= \
+        set(summary["importance"])
+    assert "importance" in capsys.readouterr().out
+    assert main(["prune", "--out", str(out / "bad"), "--ratio", "1.5"]) == 2
+    assert "1.5" in capsys.readouterr().err
+
+
+def test_eps_loss_is_the_training_loss():
+    """The scoring loss at given t is the trainer's loss (guards against the two drifting apart)."""
+    from diffmem.mitigations.head_pruning import eps_loss
+    from diffmem.schedules import DiscreteSchedule
+    from diffmem.training.trainer import _loss, draw_batch
+
+    net, cfg = tiny_net(dtype=torch.float32), TrainConfig(batch_size=4)
+    batch = draw_batch(_digits_like_set(torch.float32), cfg, 0)
+    alpha_bar = DiscreteSchedule.named(cfg.schedule, cfg.num_train_timesteps).alphas_cumprod.float()
+    assert torch.equal(eps_loss(net, alpha_bar, *batch), _loss(net, alpha_bar, batch))
