@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from _machine import busy_cpus
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the shared tiny-model builders
 
@@ -130,21 +131,6 @@ def report_parity(steps: int) -> None:
 def stub_model(adapter) -> None:
     """Replace the network's forward by x -> 0.1 x (instance attribute; pipeline and adapter share the module)."""
     adapter.model.forward = lambda x, *args, **kwargs: (0.1 * x,)
-
-
-def busy_cpus(interval: float = 0.5) -> float | None:
-    """CPUs' worth of time other processes used over ``interval`` (from /proc/stat)."""
-    def read():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]
-
-    try:
-        (t0, i0), _ = read(), time.sleep(interval)
-        t1, i1 = read()
-    except (OSError, ValueError, IndexError):
-        return None
-    return (1 - (i1 - i0) / max(t1 - t0, 1)) * (os.cpu_count() or 1)
 
 
 def measure(fns: dict, repeats: int, budget_s: float, min_repeats: int = 5) -> dict:
