@@ -61,7 +61,8 @@ def test_cli_version(capsys):
 
 
 def test_cli_demo_writes_a_complete_run(tmp_path, capsys):
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress", "--no-theory"]) == 0
+    skip = ["--skip", "world", "--skip", "kim", "--skip", "theory"]
+    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress", *skip]) == 0
     (run,) = tmp_path.iterdir()
     assert sorted(p.name for p in run.iterdir()) == ["demo.json", "demo.safetensors", "report.md"]
     res = DemoResult.load(run, "demo")
@@ -72,6 +73,28 @@ def test_cli_demo_writes_a_complete_run(tmp_path, capsys):
     assert torch.cdist(res.samples["empirical_w7.5"], res.train).min(1).values.max() < 1e-3
     assert "| empirical | 7.5 |" in (run / "report.md").read_text()
     assert json.loads((run / "demo.json").read_text())["type"] == "DemoResult"
+
+
+def test_demo_world_and_kim_sections_on_a_tiny_world(tmp_path, monkeypatch):
+    """The world and Kim sections run end to end and the report renders from the saved sections only."""
+    from diffmem.cli.demo import run_demo
+    from diffmem.reports.demo import render_demo
+    from test_training import tiny
+
+    monkeypatch.setenv("DIFFMEM_HOME", str(tmp_path / "home"))
+    run = run_demo(tmp_path / "out", samples=4, steps=5, progress=False, sections=("world", "kim"),
+                   world=tiny(steps=2), quick=True)
+    res = DemoResult.load(run, "demo")
+    assert set(res.sections) == {"world", "kim"}
+    assert set(res.sections["world"]["per_w"]) == {"0", "1", "4", "7.5"}
+    assert (run / "world" / "summary.json").exists() and (run / "kim" / "summary.json").exists()
+    kim = json.loads((run / "kim" / "summary.json").read_text())
+    assert res.sections["kim"]["n_prompts"] == kim["n_prompts"] == 6  # 2 planted (tiny world) + 4 non-planted
+    report = (run / "report.md").read_text()
+    assert report == render_demo(res)
+    assert "planted memorization vs guidance" in report and "Kim et al. 2025" in report
+    with pytest.raises(ValueError, match="bogus"):
+        run_demo(tmp_path / "out", sections=("bogus",))
 
 
 def test_cli_bad_input_is_one_line(tmp_path, capsys):

@@ -352,7 +352,7 @@ def test_cli_prune_writes_summary(tmp_path, monkeypatch, capsys):
                         lambda: SimpleNamespace(features=lambda x: x.flatten(1).double()))
     out = tmp_path / "out"
     assert main(["prune", "--out", str(out), "--runs", "2", "--samples", "5", "--finetune-steps", "1",
-                 "--batches", "1", "--steps", "2", "--ratio", "0.3", "--law", "uniform"]) == 0
+                 "--batches", "1", "--steps", "2", "--ratio", "0.3", "--law", "uniform", "--methods", "table"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["ratio"] == 0.3 and summary["settings"]["law"] == "uniform"
     assert {"mem_ratio_mean", "mem_ratio_std", "fid_mean", "fid_std", "precision_mean", "recall_mean"} <= \
@@ -360,15 +360,77 @@ def test_cli_prune_writes_summary(tmp_path, monkeypatch, capsys):
     assert "importance" in capsys.readouterr().out
     assert main(["prune", "--out", str(out / "bad"), "--ratio", "1.5"]) == 2
     assert "1.5" in capsys.readouterr().err
+    assert main(["prune", "--out", str(out / "bad"), "--methods", "importance,bogus"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    # resuming a folder with other settings is refused by name
+    assert main(["prune", "--out", str(out), "--runs", "2", "--samples", "5", "--finetune-steps", "1",
+                 "--batches", "1", "--steps", "2", "--ratio", "0.2", "--law", "uniform", "--methods", "table"]) == 2
+    assert "ratio" in capsys.readouterr().err
 
 
-def test_eps_loss_is_the_training_loss():
-    """The scoring loss at given t is the trainer's loss (guards against the two drifting apart)."""
-    from diffmem.mitigations.head_pruning import eps_loss
-    from diffmem.schedules import DiscreteSchedule
-    from diffmem.training.trainer import _loss, draw_batch
+def _tiny_dit_world(tmp_path, monkeypatch):
+    from diffmem.worlds.world import load_world
+    from test_training import tiny
 
-    net, cfg = tiny_net(dtype=torch.float32), TrainConfig(batch_size=4)
-    batch = draw_batch(_digits_like_set(torch.float32), cfg, 0)
-    alpha_bar = DiscreteSchedule.named(cfg.schedule, cfg.num_train_timesteps).alphas_cumprod.float()
-    assert torch.equal(eps_loss(net, alpha_bar, *batch), _loss(net, alpha_bar, batch))
+    monkeypatch.setenv("DIFFMEM_HOME", str(tmp_path / "home"))
+    return load_world(tiny(world="digits-dit", steps=2), progress=False)
+
+
+def test_copy_ablation_removes_the_heads_whose_ablation_breaks_copies(tmp_path, monkeypatch):
+    """With a scripted copy measurement (head h alone off raises the mean NN ratio by v[h]) the top ⌊ηH⌋ heads
+    by v are chosen, every gate is back at 1 afterwards, and a pruned net is refused."""
+    from diffmem.mitigations import copy_ablation as ca
+
+    world = _tiny_dit_world(tmp_path, monkeypatch)
+    layers = self_attention_layers(world.net)
+    names = list(layers)
+    v = {Head(n, h): float(torch.rand(1, generator=torch.Generator().manual_seed(7 * i + h)))
+         for i, n in enumerate(names) for h in range(layers[n].num_heads)}
+    seen = []
+
+    def scripted(w, n, seed, steps):
+        off = [Head(name, h) for name, a in layers.items() for h in range(a.num_heads) if a.head_mask[h] == 0]
+        seen.append(seed)
+        return torch.full((n,), 0.2 + sum(v[h] for h in off))
+
+    monkeypatch.setattr(ca, "_ratios", scripted)
+    before = copy.deepcopy(world.net.state_dict())
+    res = ca.copy_ablation(world, 0.5, n=4, seed=3)
+    k = prune_count(len(v), 0.5)
+    assert res.heads == sorted(v, key=lambda h: -v[h])[:k]
+    assert res.scores[names[0]][1] == pytest.approx(v[Head(names[0], 1)])
+    assert res.baseline_ratio == pytest.approx(0.2) and res.baseline_copy_rate == 1.0
+    assert set(seen) == {ca.SCORING_SEED + 3 * 4}  # one scoring batch, far from evaluation seeds
+    assert all(torch.equal(t, before[key]) for key, t in world.net.state_dict().items())
+    mask_heads(layers, res.heads[:1])
+    with pytest.raises(ValueError, match="unpruned"):
+        ca.copy_ablation(world, 0.5, n=4)
+
+
+def test_run_table_variants(tmp_path, monkeypatch):
+    """Variant rows: their own η, time law and fine-tuning weight decay reach the pruning and fine-tuning calls;
+    ours is labelled and its model saved."""
+    from diffmem.mitigations import experiment
+
+    world = _tiny_dit_world(tmp_path, monkeypatch)
+    calls = []
+    real_prune, real_finetune = experiment.prune, experiment.finetune
+    monkeypatch.setattr(experiment, "prune", lambda *a, **k: calls.append(("prune", k["ratio"], k["law"])) or
+                        real_prune(*a, **k))
+    monkeypatch.setattr(experiment, "finetune", lambda net, ts, cfg, *a, **k: calls.append(
+        ("finetune", cfg.weight_decay)) or real_finetune(net, ts, cfg, *a, **k))
+    methods = ("importance-uniform-t", "importance-wd0.3", "importance-eta0.5", "ours-copy-ablation")
+    flat = lambda x: x.flatten(1).double()  # noqa: E731
+    summary = experiment.run_table(world, tmp_path / "out", ratio=0.25, runs=1, num_batches=1, finetune_steps=1,
+                                   n_samples=5, sample_steps=2, score_samples=3, methods=methods, features=flat)
+    assert set(summary) == {*methods, "settings"}
+    assert calls == [("prune", 0.25, "uniform"), ("finetune", 0.0), ("prune", 0.25, "beta"), ("finetune", 0.3),
+                     ("prune", 0.5, "beta"), ("finetune", 0.0), ("finetune", 0.0)]
+    H = sum(a.num_heads for a in self_attention_layers(world.net).values())
+    rows = {m: json.loads((tmp_path / "out" / "runs" / f"{m}-0.json").read_text()) for m in methods}
+    assert len(rows["importance-eta0.5"]["removed"]) == prune_count(H, 0.5)
+    assert rows["ours-copy-ablation"]["ours"] and not rows["importance-wd0.3"]["ours"]
+    assert len(rows["ours-copy-ablation"]["removed"]) == prune_count(H, 0.25)
+    assert (tmp_path / "out" / "pruned-ours-copy-ablation" / "removed.json").exists()
+    with pytest.raises(ValueError, match="bogus"):
+        experiment.run_table(world, tmp_path / "x", methods=("bogus",))

@@ -1,10 +1,16 @@
-"""``diffmem demo``: the main job on the embedded default world.
+"""``diffmem demo``: the main job on the embedded default world (digits-t2i).
 
-Until the trained digits world lands, the demo uses closed-form worlds: the *empirical* denoiser of a small
-training set (the exact minimiser of the denoising loss, which memorizes; Ye et al., 2025, §3) against the
-*population* denoiser of the Gaussian mixture the training set was drawn from (which generalizes), both sampled
-with classifier-free guidance at several weights. It reports the copy rate (nearest-neighbour ratio < 1/3,
-detectors spec §10) and the early overestimation of the training image (Kim et al., 2025, §4).
+Sections, each saved under the run folder and summarised in ``report.md``:
+
+- ``world``: the digits-t2i world report — planted / non-planted copy rates and prompt alignment vs the CFG
+  weight, sample grids (``diffmem world-report``);
+- ``kim``: Kim et al. (2025)'s three analyses in their quick preset (``diffmem analyze kim --quick``);
+- ``theory``: Ye et al. (2025)'s loss gap and empirical-vs-true-score copy rates (``diffmem theory … --quick``);
+- always: a closed-form check — the *empirical* denoiser of a small training set (the exact minimiser of the
+  denoising loss, which memorizes; Ye et al., §3) against the *population* denoiser of the Gaussian mixture it was
+  drawn from, both sampled with CFG: copy rate (1/3 rule) and early overestimation (Kim et al., §4).
+
+The digits-t2i checkpoint ships with the package, so nothing is trained unless its config is changed.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from diffmem.io import atomic_write_text, new_run_dir
 from diffmem.reports.demo import render_demo
 from diffmem.results import Provenance, Result
 
-__all__ = ["DemoResult", "run_demo", "add_parser"]
+__all__ = ["DemoResult", "SECTIONS", "run_demo", "add_parser"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,35 @@ def _world(n_per_class: int, classes: int, dim: int, spread: float, seed: int):
     return centres, train, labels
 
 
+SECTIONS = ("world", "kim", "theory")
+_KIM_KEYS = ("n_prompts", "n_seeds", "n_memorized", "n_nonmemorized", "primary_severity", "pearson_D1", "pearson_D2",
+             "spearman_D1", "spearman_D2", "pearson_D1_selfref", "loss_ratio_guided_mem_vs_nonmem",
+             "loss_inflation_mem", "loss_inflation_nonmem", "first_step_cos_eps_c_x_mem",
+             "first_step_cos_eps_c_x_nonmem", "V_ratio_x0_hat_step5_mem", "V_ratio_x0_hat_step5_nonmem",
+             "pearson_D1_ci", "wall_seconds")
+
+
+def _world_section(run: Path, world, quick: bool, progress: bool) -> dict:
+    """The world report: copy rates and alignment per CFG weight (its grids are saved next to it)."""
+    from diffmem.worlds.report import world_report
+
+    s = world_report(world, run / "world", quick=quick, progress=progress)
+    keys = ("planted_copy_rate", "nonplanted_copy_rate", "novel_copy_rate", "alignment")
+    return {"world": s["world"], "samples_per_prompt": s["samples_per_prompt"], "prompts": s["prompts"],
+            "steps": s["steps"], "per_w": {w: {k: v[k] for k in keys} for w, v in s["per_w"].items()},
+            "train": s["train"], "seconds": round(s["seconds"], 1)}
+
+
+def _kim_section(run: Path, world, quick: bool) -> dict:
+    """Kim et al.'s analyses in the quick preset on the world's planted and non-planted prompts."""
+    from diffmem.analyses.subjects import world_subject
+    from diffmem.cli.analyze import run_analysis
+
+    subject = world_subject(world, steps=50, per_kind=4 if quick else 8)
+    summary = run_analysis(subject, run / "kim", quick=True, progress=False)
+    return {k: summary[k] for k in _KIM_KEYS if k in summary}
+
+
 def _theory_section(run: Path) -> dict:
     """Ye et al. quick checks: the loss gap vs its closed form (Prop. 4.1) and the two exact scores' copy rates."""
     from diffmem.theory.lab import run_loss_gap, run_scores
@@ -60,8 +95,12 @@ def _has_matplotlib() -> bool:
 
 
 def run_demo(out: str | Path, *, samples: int = 32, steps: int = 50, weights=(1.0, 3.0, 7.5), seed: int = 0,
-             progress: bool = True, theory: bool = True) -> Path:
-    """Sample both worlds at each weight, save a :class:`DemoResult` and its report; returns the run dir."""
+             progress: bool = True, sections=SECTIONS, world: str = "digits-t2i", quick: bool = False) -> Path:
+    """Run the requested ``sections`` on ``world`` plus the closed-form check (``samples`` seeds, ``steps``
+    steps, each CFG weight), save a :class:`DemoResult` and its report; returns the run dir."""
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown demo section(s) {sorted(unknown)}; expected some of {SECTIONS}")
     from diffmem import Cond, Constant, Recorder, SeededNoise, discrete_grid, sample
     from diffmem.schedules import DiscreteSchedule
     from diffmem.similarity.criteria import COPY_RATIO, nn_ratio
@@ -98,8 +137,18 @@ def run_demo(out: str | Path, *, samples: int = 32, steps: int = 50, weights=(1.
                       solver=provenance.solver, grid=grid.spec, guidance={"kind": "Constant", "w": list(weights)},
                       seeds=seeds, extra={"similarity": "l2 nearest-neighbour ratio < 1/3"})
     run = new_run_dir(out, "demo")
-    sections = {"theory": _theory_section(run)} if theory else {}
-    result = DemoResult(rows, finals, train, prov, sections)
+    done = {}
+    if "world" in sections or "kim" in sections:
+        from diffmem.worlds.world import load_world
+
+        w = load_world(world, progress=progress)
+        if "world" in sections:
+            done["world"] = _world_section(run, w, quick, progress)
+        if "kim" in sections:
+            done["kim"] = _kim_section(run, w, quick)
+    if "theory" in sections:
+        done["theory"] = _theory_section(run)
+    result = DemoResult(rows, finals, train, prov, done)
     result.save(run, "demo")
     atomic_write_text(run / "report.md", render_demo(DemoResult.load(run, "demo")))
     return run
@@ -119,9 +168,12 @@ def add_parser(sub) -> None:
     p.add_argument("--samples", type=int, default=32, help="number of seeds per setting (default: %(default)s)")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="first seed; also seeds the world (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="8 samples, 20 steps: a smoke run")
+    p.add_argument("--world", default="digits-t2i", help="text world of the world and kim sections "
+                   "(default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: quick world report, 4 prompts per kind for "
+                   "kim, 8 closed-form samples with 20 steps")
+    p.add_argument("--skip", action="append", default=[], choices=SECTIONS, help="leave a section out (repeatable)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--no-theory", action="store_true", help="skip the theory section (Ye et al. quick checks)")
     p.set_defaults(run=_cli)
 
 
@@ -129,8 +181,9 @@ def _cli(args) -> int:
     samples, steps = (8, 20) if args.quick else (args.samples, args.steps)
     if samples < 2 or steps < 1:
         raise ValueError(f"need --samples >= 2 and --steps >= 1, got {samples} and {steps}")
+    sections = tuple(s for s in SECTIONS if s not in args.skip)
     run = run_demo(args.out, samples=samples, steps=steps, seed=args.seed, progress=not args.no_progress,
-                   theory=not args.no_theory)
+                   sections=sections, world=args.world, quick=args.quick)
     print((run / "report.md").read_text(encoding="utf-8"))
     print(f"wrote {run}")
     return 0

@@ -1,6 +1,9 @@
-"""``diffmem prune --world digits-dit --ratio 0.2 --out DIR``: Table 1 of Ye et al. (2025) on a world: the
-original model, Algorithm-1 head pruning and random pruning at the same ratio, each fine-tuned identically,
-over several runs; writes DIR/summary.json, DIR/runs/*.json (resumable) and the pruned model in DIR/pruned/.
+"""``diffmem prune --world digits-dit --ratio 0.2 --out DIR``: Table 1 of Ye et al. (2025) on a world — the
+original model, Algorithm-1 head pruning and random pruning at the same ratio, each fine-tuned identically, over
+several runs — and the variants: importance with uniform-t scoring, with weight decay 0.3 while fine-tuning, at
+η = 0.1 / 0.3 / 0.5, and ours (heads chosen by single-head ablation of copies). Writes DIR/summary.json,
+DIR/runs/*.json (resumable; two processes may fill different --methods of one DIR) and the pruned models in
+DIR/pruned/ (Algorithm 1) and DIR/pruned-ours-copy-ablation/.
 
 Trains the world first if it is not in the cache (minutes on CPU). Diffusers DiT models (``--model``) are not
 supported yet.
@@ -13,8 +16,8 @@ import json
 
 __all__ = ["add_parser"]
 
-QUICK = {"runs": 2, "samples": 200, "finetune_steps": 100, "batches": 10, "steps": 20}
-FULL = {"runs": 5, "samples": 1000, "finetune_steps": 1000, "batches": 100, "steps": 50}
+QUICK = {"runs": 2, "samples": 200, "finetune_steps": 100, "batches": 10, "steps": 20, "score_samples": 32}
+FULL = {"runs": 5, "samples": 1000, "finetune_steps": 1000, "batches": 100, "steps": 50, "score_samples": 128}
 
 
 def add_parser(sub) -> None:
@@ -27,35 +30,58 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="output directory")
     for name, help_ in (("runs", "runs (seeds 0..R-1)"), ("samples", "generated samples per run"),
                         ("finetune-steps", "fine-tuning steps M"), ("batches", "scoring batches"),
-                        ("steps", "DDIM sampling steps")):
+                        ("steps", "DDIM sampling steps"), ("score-samples", "scoring samples of ours")):
         key = name.replace("-", "_")
         p.add_argument(f"--{name}", type=int, dest=key,
                        help=f"{help_} (default {FULL[key]}; quick: {QUICK[key]})")
+    p.add_argument("--methods", default="all", help="comma-separated rows of the table, or 'all' (default) or "
+                   "'table' (original,importance,random); known: " + ", ".join(_variant_names()))
     p.add_argument("--quick", action="store_true", help="smaller settings: " + ", ".join(
         f"{k}={v}" for k, v in QUICK.items()))
     p.add_argument("--no-progress", action="store_true", help="no progress bar while training the world")
     p.set_defaults(run=_cli)
 
 
+def _variant_names() -> list[str]:
+    from diffmem.mitigations.experiment import VARIANTS
+
+    return list(VARIANTS)
+
+
+def _methods(text: str) -> tuple[str, ...]:
+    from diffmem.mitigations.experiment import TABLE_METHODS, VARIANTS
+
+    if text in ("all", "table"):
+        return tuple(VARIANTS) if text == "all" else TABLE_METHODS
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in VARIANTS]
+    if unknown or not methods:
+        raise ValueError(f"unknown --methods {unknown or text!r}; known: {', '.join(VARIANTS)}")
+    return methods
+
+
 def _cli(args) -> int:
     import time
 
-    from diffmem.mitigations.experiment import TABLE_METHODS, run_table
+    from diffmem.mitigations.experiment import VARIANTS, run_table
     from diffmem.mitigations.head_pruning import prune_count
     from diffmem.worlds import world as worlds
 
     prune_count(1, args.ratio)  # reject a bad η before training or loading the world
+    methods = _methods(args.methods)
     preset = QUICK if args.quick else FULL
     opt = {k: preset[k] if getattr(args, k) is None else getattr(args, k) for k in preset}
     world = worlds.load_world(args.world, progress=not args.no_progress)
     t0 = time.perf_counter()
     s = run_table(world, args.out, ratio=args.ratio, law=args.law, runs=opt["runs"], n_samples=opt["samples"],
-                  finetune_steps=opt["finetune_steps"], num_batches=opt["batches"], sample_steps=opt["steps"])
+                  finetune_steps=opt["finetune_steps"], num_batches=opt["batches"], sample_steps=opt["steps"],
+                  score_samples=opt["score_samples"], methods=methods)
     print(f"{world.name}: eta={args.ratio}, law={args.law}, {opt}, {time.perf_counter() - t0:.0f} s")
-    print(f"{'model':<12}{'precision':>12}{'recall':>12}{'mem. ratio %':>16}{'FID':>14}")
-    for m in TABLE_METHODS:
+    print(f"{'model':<24}{'precision':>12}{'recall':>12}{'mem. ratio %':>16}{'FID':>14}")
+    for m in methods:
         r = s[m]
-        print(f"{m:<12}{r['precision_mean']:>7.3f}±{r['precision_std']:.3f}{r['recall_mean']:>7.3f}±"
+        label = f"{m} (ours)" if VARIANTS[m].ours else m
+        print(f"{label:<24}{r['precision_mean']:>7.3f}±{r['precision_std']:.3f}{r['recall_mean']:>7.3f}±"
               f"{r['recall_std']:.3f}{100 * r['mem_ratio_mean']:>10.2f}±{100 * r['mem_ratio_std']:.2f}"
               f"{r['fid_mean']:>9.3f}±{r['fid_std']:.3f}")
     print(json.dumps({"out": args.out}))

@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", type=_weights, default=(0.0, 1.0, 4.0, 7.5),
                    help="CFG weights (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
-    p.add_argument("--quick", action="store_true", help="8 prompts per kind, 4 samples each (about 15 s with a trained world)")
+    p.add_argument("--quick", action="store_true",
+                   help="8 prompts per kind, 4 samples each (about 15 s with a trained world)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar while training")
     p.set_defaults(run=_cli)
 
@@ -39,8 +40,8 @@ def _cli(args) -> int:
 
     s = world_report(args.world, args.out, quick=args.quick, samples=args.samples, weights=args.weights,
                      steps=args.steps, seed=args.seed, progress=not args.no_progress)
-    keys = ("planted_copy_rate", "nonplanted_copy_rate", "novel_copy_rate", "class_copy_rate", "unconditional_copy_rate",
-            "memorization_ratio", "alignment")
+    keys = ("planted_copy_rate", "nonplanted_copy_rate", "novel_copy_rate", "class_copy_rate",
+            "unconditional_copy_rate", "memorization_ratio", "alignment")
     print(f"{s['world']}: {s['samples_per_prompt']} samples/prompt, {s['steps']} steps, {s['seconds']:.0f} s")
     for w, m in s["per_w"].items():
         print(f"w={w:>4}  " + "  ".join(f"{k}={m[k]:.3f}" for k in keys if m.get(k) is not None))

@@ -1,65 +1,126 @@
-"""Table 1 of Ye et al. (2025) on a world: original vs Algorithm-1 pruning vs random pruning, several runs.
+"""Table 1 of Ye et al. (2025) on a world — original vs Algorithm-1 pruning vs random pruning — plus the
+variants of issue 8 (uniform-t scoring, weight decay while fine-tuning, the η sweep, and our copy-ablation
+selection), several runs each.
 
 Run s uses seed s for the scoring batches (or the random pick), the fine-tuning draws and the sampling noise
 (spec §10). Every (method, run) row is written to ``OUT/runs/{method}-{s}.json`` as soon as it is done and
-skipped when present, so a killed run resumes. ``OUT/summary.json`` maps each method to its ``mem_ratio_mean`` …
-``recall_std`` plus a ``settings`` entry. The Algorithm-1 model of run 0 (zero-gated heads, EMA weights) is saved
-to ``OUT/pruned/``.
+skipped when present, so a killed run resumes (and two processes may fill disjoint methods of one table).
+``OUT/summary.json`` maps each method to its ``mem_ratio_mean`` … ``recall_std`` plus a ``settings`` entry. The
+run-0 models of Algorithm 1 and of ours (zero-gated heads, EMA weights) are saved to ``OUT/pruned/`` and
+``OUT/pruned-ours-copy-ablation/``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from diffmem.io import read_json, write_arrays, write_json
+from diffmem.mitigations.copy_ablation import copy_ablation
 from diffmem.mitigations.head_pruning import prune_count
 from diffmem.mitigations.prune_eval import generate, run_metrics, summarise
-from diffmem.mitigations.pruning import finetune, prune
+from diffmem.mitigations.pruning import apply_removal, finetune, prune
 from diffmem.mitigations.time_law import TIME_LAWS
+from diffmem.worlds.world import training_set
 
-__all__ = ["TABLE_METHODS", "run_table"]
-
-TABLE_METHODS = ("original", "importance", "random")
+__all__ = ["Variant", "VARIANTS", "TABLE_METHODS", "run_table"]
 
 
-def _training_set(world):
-    from diffmem.worlds.world import _training_set  # TODO(lead): make public in worlds/world.py
+@dataclass(frozen=True)
+class Variant:
+    """How one row of the table is made.
 
-    return _training_set(world.data, world.tokenizer, world.null_label)
+    Attributes:
+        select: "none" (the unpruned model, not fine-tuned), "importance" (Algorithm 1), "random", or
+            "copy-ablation" (ours, :mod:`diffmem.mitigations.copy_ablation`).
+        law, ratio: the scoring time law and η; None takes the table's.
+        weight_decay: AdamW weight decay while fine-tuning; None keeps the base recipe's (0).
+        ours: True for methods of our design (labelled as such in every output).
+    """
+
+    select: str
+    law: str | None = None
+    ratio: float | None = None
+    weight_decay: float | None = None
+    ours: bool = False
+
+
+VARIANTS: dict[str, Variant] = {
+    "original": Variant("none"),
+    "importance": Variant("importance"),
+    "random": Variant("random"),
+    "importance-uniform-t": Variant("importance", law="uniform"),
+    "importance-wd0.3": Variant("importance", weight_decay=0.3),
+    **{f"importance-eta{eta:g}": Variant("importance", ratio=eta) for eta in (0.1, 0.3, 0.5)},
+    "ours-copy-ablation": Variant("copy-ablation", ours=True),
+}
+TABLE_METHODS = ("original", "importance", "random")  # Ye et al.'s Table 1
 
 
 def _one_run(world, method: str, seed: int, out: Path, *, ratio: float, law: str, num_batches: int,
-             finetune_steps: int, n_samples: int, sample_steps: int, features: Callable[[Tensor], Tensor]) -> dict:
-    row: dict = {"method": method, "seed": seed}
-    if method != "original":
-        ts, cfg = _training_set(world), world.config.train
-        result = prune(world.net, ts, cfg, method=method, ratio=ratio, law=law, num_batches=num_batches, seed=seed)
+             finetune_steps: int, n_samples: int, sample_steps: int, score_samples: int,
+             features: Callable[[Tensor], Tensor]) -> dict:
+    v = VARIANTS[method]
+    row: dict = {"method": method, "seed": seed, "ours": v.ours}
+    if v.select != "none":
+        ts, cfg = training_set(world), world.config.train
+        eta = ratio if v.ratio is None else v.ratio
+        if v.select == "copy-ablation":
+            chosen = copy_ablation(world, eta, n=score_samples, seed=seed, steps=sample_steps)
+            apply_removal(world.net, chosen.heads)
+            row["removed"] = [[h.layer, h.index] for h in chosen.heads]
+            row["scoring_copy_rate"] = chosen.baseline_copy_rate
+        else:
+            result = prune(world.net, ts, cfg, method=v.select, ratio=eta, law=v.law or law,
+                           num_batches=num_batches, seed=seed)
+            row["removed"] = result.removed
+        if v.weight_decay is not None:
+            cfg = replace(cfg, weight_decay=v.weight_decay)
         ema = finetune(world.net, ts, cfg, finetune_steps, out / "state" / f"{method}-{seed}.pt", seed=seed)
         ema.copy_to(world.net)  # sample the EMA weights, as the world itself does
-        row["removed"] = result.removed
-        if method == "importance" and seed == 0:
-            write_arrays(out / "pruned" / "weights.safetensors", dict(world.net.state_dict()))
-            result.save(out / "pruned")
+        row["ratio"] = eta
+        if seed == 0 and method in ("importance", "ours-copy-ablation"):
+            folder = out / ("pruned" if method == "importance" else f"pruned-{method}")
+            write_arrays(folder / "weights.safetensors", dict(world.net.state_dict()))
+            if v.select == "importance":
+                result.save(folder)
+            else:
+                write_json(folder / "removed.json", {"method": method, "ratio": eta, "removed": row["removed"],
+                                                     "scores": chosen.scores})
     x0 = generate(world, n_samples, seed=seed * n_samples, steps=sample_steps)
-    real = world.data.images
-    row.update(run_metrics(x0, world.train_images(), real, features))
+    row.update(run_metrics(x0, world.train_images(), world.data.images, features))
     return row
+
+
+def _check_settings(out: Path, settings: dict) -> None:
+    """Rows of one folder must come from one setting: resuming with other settings is refused, by name."""
+    path = out / "table.json"
+    if path.exists():
+        old = read_json(path)
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"{out} holds a table made with other settings (saved, requested): {diff}; "
+                             "use another --out")
+    else:
+        write_json(path, settings)
 
 
 def run_table(world, out: str | Path, *, ratio: float = 0.2, runs: int = 5, law: str = "beta",
               num_batches: int = 100, finetune_steps: int = 1000, n_samples: int = 1000, sample_steps: int = 50,
-              methods: tuple[str, ...] = TABLE_METHODS, features: Callable[[Tensor], Tensor] | None = None) -> dict:
+              score_samples: int = 128, methods: tuple[str, ...] = TABLE_METHODS,
+              features: Callable[[Tensor], Tensor] | None = None) -> dict:
     """Fill the table for ``world`` (whose live net is restored after every pruned run); returns the summary.
 
+    ``methods`` are keys of :data:`VARIANTS`; ``score_samples`` is the scoring batch of ours;
     ``features`` maps images to FID / precision-recall features (default: the project's digits classifier).
     """
-    unknown = set(methods) - set(TABLE_METHODS)
+    unknown = set(methods) - set(VARIANTS)
     if unknown:
-        raise ValueError(f"unknown method(s) {sorted(unknown)}; expected some of {TABLE_METHODS}")
+        raise ValueError(f"unknown method(s) {sorted(unknown)}; expected some of {sorted(VARIANTS)}")
     if runs < 1:
         raise ValueError(f"runs must be >= 1, got {runs}")
     if law not in TIME_LAWS:
@@ -70,6 +131,9 @@ def run_table(world, out: str | Path, *, ratio: float = 0.2, runs: int = 5, law:
 
         features = load_digits_classifier().features
     out = Path(out)
+    _check_settings(out, {"world": world.name, "ratio": ratio, "law": law, "num_batches": num_batches,
+                          "finetune_steps": finetune_steps, "n_samples": n_samples, "sample_steps": sample_steps,
+                          "score_samples": score_samples})
     original = {k: v.clone() for k, v in world.net.state_dict().items()}
     rows: dict[str, list] = {m: [] for m in methods}
     try:
@@ -79,7 +143,7 @@ def run_table(world, out: str | Path, *, ratio: float = 0.2, runs: int = 5, law:
                 if not path.exists():
                     row = _one_run(world, method, seed, out, ratio=ratio, law=law, num_batches=num_batches,
                                    finetune_steps=finetune_steps, n_samples=n_samples, sample_steps=sample_steps,
-                                   features=features)
+                                   score_samples=score_samples, features=features)
                     write_json(path, row)
                     world.net.load_state_dict(original)  # gates back to 1, weights back to the trained model
                 rows[method].append(read_json(path))
@@ -88,6 +152,7 @@ def run_table(world, out: str | Path, *, ratio: float = 0.2, runs: int = 5, law:
             world.net.load_state_dict(original)
     summary = {**summarise(rows), "settings": {
         "world": world.name, "ratio": ratio, "law": law, "runs": runs, "num_batches": num_batches,
-        "finetune_steps": finetune_steps, "n_samples": n_samples, "sample_steps": sample_steps}}
+        "finetune_steps": finetune_steps, "n_samples": n_samples, "sample_steps": sample_steps,
+        "score_samples": score_samples, "variants": {m: asdict(VARIANTS[m]) for m in methods}}}
     write_json(out / "summary.json", summary)
     return summary

@@ -21,7 +21,6 @@ from fractions import Fraction
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffmem.nets.attention import Attention
@@ -29,7 +28,7 @@ from diffmem.nets.dit import DiT
 
 __all__ = ["Head", "self_attention_layers", "head_gradients", "accumulate_scores", "normalise_per_layer",
            "rank_heads", "prune_count", "lowest_heads", "random_heads", "mask_heads", "remove_heads",
-           "eps_loss", "scoring_loss"]
+           "scoring_loss"]
 
 
 @dataclass(frozen=True, order=True)
@@ -180,13 +179,6 @@ def remove_heads(layers: Mapping[str, Attention], heads: Iterable[Head]) -> None
         attn.num_heads = len(keep)
 
 
-def eps_loss(net: nn.Module, alpha_bar: Tensor, x0: Tensor, t: Tensor, eps: Tensor, cond) -> Tensor:
-    """The ε-prediction training loss ‖ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t, c)‖² (mean) of a WorldNet-like ``net``."""
-    ab = alpha_bar[t].view(-1, *[1] * (x0.ndim - 1)).to(x0.dtype)
-    x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-    return F.mse_loss(net(x_t, t, net.condition(cond)), eps)
-
-
 def scoring_loss(net: nn.Module, training_set, cfg, law: str = "beta", seed: int = 0) -> Callable[[int], Tensor]:
     """``batch_loss(b)``: the training loss of batch b (rows, noise, CFG dropout as in ``fit`` for ``cfg``) with t
     redrawn from ``law`` (Beta(0.8, 2) by default); batch b depends only on (``seed``, b).
@@ -195,7 +187,7 @@ def scoring_loss(net: nn.Module, training_set, cfg, law: str = "beta", seed: int
 
     from diffmem.mitigations.time_law import draw_timesteps
     from diffmem.schedules import DiscreteSchedule
-    from diffmem.training.trainer import draw_batch
+    from diffmem.training.trainer import draw_batch, eps_loss
 
     alpha_bar = DiscreteSchedule.named(cfg.schedule, cfg.num_train_timesteps).alphas_cumprod.float()
     cfg = replace(cfg, seed=seed)

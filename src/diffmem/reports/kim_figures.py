@@ -22,6 +22,12 @@ def _mean(group, fn):
     return torch.stack([fn(p) for p in group]).double().mean(0).numpy()
 
 
+def _legend(ax, **kw) -> None:
+    """A legend only where something is labelled (a group can be empty, e.g. no memorized prompt)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def _save(fig, path: Path) -> Path:
     import io
 
@@ -51,7 +57,7 @@ def render_kim_figures(res, out: str | Path) -> list[Path]:
             ax.plot(res.t, _mean(group, lambda p: p.loss_guided[g_idx]), "C3" + style,
                     label=f"guided g={float(res.sweep[g_idx]):g}, {name}")
     ax.set(xlabel="timestep t", ylabel="loss ‖ε − ε̂‖²", yscale="log", title="F1 guided training loss")
-    ax.invert_xaxis(), ax.legend(fontsize=7)
+    ax.invert_xaxis(), _legend(ax, fontsize=7)
     paths.append(_save(fig, out / "F1_loss.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)  # F2: cosines
@@ -59,7 +65,7 @@ def render_kim_figures(res, out: str | Path) -> list[Path]:
         for key in (group[0].cos if group else {}):
             ax.plot(steps, _mean(group, lambda p, k=key: p.cos[k]), label=key.removeprefix("cos_"))
         ax.set(xlabel="step k", title=f"F2 noise content, {name}", ylabel="signed cosine")
-        ax.axhline(0, color="k", lw=0.5), ax.legend(fontsize=7)
+        ax.axhline(0, color="k", lw=0.5), _legend(ax, fontsize=7)
     paths.append(_save(fig, out / "F2_cosines.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))  # F3: dispersion
@@ -68,7 +74,7 @@ def render_kim_figures(res, out: str | Path) -> list[Path]:
             ax.plot(_mean(group, lambda p: p.V_ratio_x_t), "C0" + style, label=f"x_t, {name}")
             ax.plot(_mean(group, lambda p: p.V_ratio_x0_hat), "C1" + style, label=f"x0_hat, {name}")
     ax.set(xlabel="step k", ylabel="V_k / V_0", yscale="log", title="F3 across-seed dispersion")
-    ax.legend(fontsize=7)
+    _legend(ax, fontsize=7)
     paths.append(_save(fig, out / "F3_dispersion.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))  # F4: decomposition coefficients
@@ -79,7 +85,7 @@ def render_kim_figures(res, out: str | Path) -> list[Path]:
         for p in res.prompts:
             ax.plot(steps, getattr(p, key), color=plt.cm.viridis(norm(p.severity[primary])), lw=0.8)
         ax.plot(steps, ref, "k--", label=label)
-        ax.set(xlabel="step k", ylabel=f"E[{key}]", title=f"F4 {key} (colour: {primary})"), ax.legend()
+        ax.set(xlabel="step k", ylabel=f"E[{key}]", title=f"F4 {key} (colour: {primary})"), _legend(ax)
     paths.append(_save(fig, out / "F4_decomposition.png"))
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))  # F5: D vs severity
@@ -97,7 +103,7 @@ def render_kim_figures(res, out: str | Path) -> list[Path]:
                 axes[1].plot(res.sweep, _mean(group, lambda p: p.D1_by_g), style, label=name)
         axes[0].set(xlabel="guidance g", ylabel=primary, title="F6 severity vs g")
         axes[1].set(xlabel="guidance g", ylabel="D1", title="F6 D1 vs g")
-        axes[0].legend(), axes[1].legend()
+        _legend(axes[0]), _legend(axes[1])
         paths.append(_save(fig, out / "F6_sweep.png"))
     plt.close("all")
     return paths

@@ -23,7 +23,7 @@ from diffmem.training.checkpoint import load_state, save_state
 from diffmem.training.config import TrainConfig
 from diffmem.training.ema import EMA
 
-__all__ = ["TrainingSet", "step_generator", "draw_batch", "fit", "FitLog"]
+__all__ = ["TrainingSet", "step_generator", "draw_batch", "eps_loss", "fit", "FitLog"]
 
 
 @dataclass(frozen=True)
@@ -81,9 +81,9 @@ def draw_batch(ts: TrainingSet, cfg: TrainConfig, step: int) -> tuple[Tensor, Te
     return ts.images[ts.rows[rows]], t, eps, cond
 
 
-def _loss(net: nn.Module, alpha_bar: Tensor, batch) -> Tensor:
-    x0, t, eps, cond = batch
-    ab = alpha_bar[t].view(-1, *[1] * (x0.ndim - 1))
+def eps_loss(net: nn.Module, alpha_bar: Tensor, x0: Tensor, t: Tensor, eps: Tensor, cond) -> Tensor:
+    """The ε-prediction training loss ‖ε − ε_θ(√ᾱ_t x₀ + √(1−ᾱ_t) ε, t, c)‖² (mean) of a WorldNet-like ``net``."""
+    ab = alpha_bar[t].view(-1, *[1] * (x0.ndim - 1)).to(x0.dtype)
     x_t = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
     return F.mse_loss(net(x_t, t, net.condition(cond)), eps)
 
@@ -106,7 +106,7 @@ def fit(net: nn.Module, ts: TrainingSet, cfg: TrainConfig, state_path: str | Pat
     with _progress(progress) as bar:
         task = bar.add_task("training", total=cfg.steps, completed=start, loss=float("nan"))
         for step in range(start, cfg.steps):
-            loss = _loss(net, alpha_bar, draw_batch(ts, cfg, step))
+            loss = eps_loss(net, alpha_bar, *draw_batch(ts, cfg, step))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)

@@ -30,7 +30,7 @@ from diffmem.worlds.model import WorldDenoiser, WorldNet, dit_config
 from diffmem.worlds.registry import build_data, default_config
 from diffmem.worlds.sampler import ClippedDDIM
 
-__all__ = ["World", "train_world", "load_world", "checkpoint_dir", "bundled_dir", "is_trained"]
+__all__ = ["World", "train_world", "load_world", "training_set", "checkpoint_dir", "bundled_dir", "is_trained"]
 
 
 @dataclass(frozen=True)
@@ -113,6 +113,11 @@ def _make_net(config: RunConfig, dit: DiTConfig, tokenizer: WordTokenizer | None
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(config.train.seed)
         return WorldNet(dit, tokenizer, config.model.text_depth, config.model.text_heads)
+
+
+def training_set(world: World) -> TrainingSet:
+    """What ``fit`` trains ``world`` on (rows, conditioning ids, null id): also the data of pruning and fine-tuning."""
+    return _training_set(world.data, world.tokenizer, world.null_label)
 
 
 def _training_set(data: WorldData, tokenizer: WordTokenizer | None, null_label: int) -> TrainingSet:

@@ -1,0 +1,69 @@
+"""Ours (not in Ye et al., 2025): choose the heads to prune by their measured contribution to *copies*.
+
+Algorithm 1 ranks heads by how much the training loss needs them and removes the least needed — which keeps the
+heads that fit the training images best, memorizing ones included. Here each self-attention head is instead
+switched off alone (ξ_h = 0) while the model generates a scoring batch, and scored by how much that raises the
+mean nearest-neighbour ratio of the samples (the quantity the 1/3 copy rule thresholds):
+
+    S(h) = mean_i r(x0_i | ξ_h = 0) − mean_i r(x0_i),   r = d(nearest training image) / d(second nearest)
+
+The ⌊η·H⌋ heads of largest S(h) are removed (then fine-tuned like every other method). The scoring batch uses
+seeds far from the evaluation seeds (``SCORING_SEED``), so the heads are not chosen on the samples that are
+later counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from diffmem.mitigations.head_pruning import Head, prune_count, self_attention_layers
+from diffmem.similarity.criteria import COPY_RATIO
+
+__all__ = ["SCORING_SEED", "CopyAblation", "copy_ablation"]
+
+SCORING_SEED = 10**6  # scoring batches use seeds SCORING_SEED + run·n + i, disjoint from evaluation (< 10^6)
+
+
+@dataclass(frozen=True)
+class CopyAblation:
+    """Heads to remove (largest S(h) first), every S(h) per layer, and the baseline of the scoring batch."""
+
+    heads: list[Head]
+    scores: dict[str, list[float]]
+    baseline_ratio: float
+    baseline_copy_rate: float
+
+
+def _ratios(world, n: int, seed: int, steps: int) -> torch.Tensor:
+    from diffmem.mitigations.prune_eval import generate
+    from diffmem.similarity.criteria import nn_ratio
+
+    x0 = generate(world, n, seed=seed, steps=steps)
+    return nn_ratio(x0.flatten(1), world.train_images().flatten(1))[0]
+
+
+@torch.no_grad()
+def copy_ablation(world, ratio: float = 0.2, *, n: int = 128, seed: int = 0, steps: int = 50) -> CopyAblation:
+    """Score every DiT self-attention head of ``world.net`` by single-head ablation (module docstring) and pick
+    the ⌊η·H⌋ whose removal breaks copies most. The net is left unchanged."""
+    layers = self_attention_layers(world.net)
+    if any(bool((attn.head_mask != 1).any()) for attn in layers.values()):
+        raise ValueError("copy_ablation needs an unpruned net (every head gate 1)")
+    first = SCORING_SEED + seed * n
+    base = _ratios(world, n, first, steps)
+    scores: dict[str, list[float]] = {}
+    for name, attn in layers.items():
+        scores[name] = []
+        for h in range(attn.num_heads):
+            attn.head_mask[h] = 0
+            try:
+                scores[name].append(float(_ratios(world, n, first, steps).mean() - base.mean()))
+            finally:
+                attn.head_mask[h] = 1
+    ranked = sorted(((s, Head(name, h)) for name, v in scores.items() for h, s in enumerate(v)),
+                    key=lambda item: -item[0])  # stable: ties keep layer then head order
+    k = prune_count(len(ranked), ratio)
+    return CopyAblation([head for _, head in ranked[:k]], scores, float(base.mean()),
+                        float((base <= COPY_RATIO).double().mean()))
