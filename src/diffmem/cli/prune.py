@@ -5,8 +5,13 @@ several runs — and the variants: importance with uniform-t scoring, with weigh
 DIR/runs/*.json (resumable; two processes may fill different --methods of one DIR) and the pruned models in
 DIR/pruned/ (Algorithm 1) and DIR/pruned-ours-copy-ablation/.
 
-Trains the world first if it is not in the cache (minutes on CPU). Diffusers DiT models (``--model``) are not
-supported yet.
+Trains the world first if it is not in the cache (minutes on CPU).
+
+``diffmem prune --model LOCAL_DIR --data DATA.npz --ratio 0.2 --out DIR``: the same table (original, importance,
+random) for a diffusers DiTPipeline saved in LOCAL_DIR (loaded offline). DATA.npz holds ``images`` [N, C, H, W] or
+[N, H, W, C] in [0, 1] (or uint8) at the model's pixel size and ``labels`` [N] (class ids; needed unless the model
+has one class). Metrics are computed on decoded pixels (FID and precision/recall against DATA's images); the
+Algorithm-1 model of run 0 is saved to DIR/pruned/ (diffmem.mitigations.diffusers_heads.load_pruned).
 """
 
 from __future__ import annotations
@@ -21,9 +26,20 @@ FULL = {"runs": 5, "samples": 1000, "finetune_steps": 1000, "batches": 100, "ste
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("prune", help="memorization-reducing head pruning of a world's DiT (Ye et al., 2025)",
+    p = sub.add_parser("prune", help="memorization-reducing head pruning of a world's or a diffusers DiT "
+                       "(Ye et al., 2025)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--world", default="digits-dit", help="world name or checkpoint dir (default: %(default)s)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--world", default="digits-dit", help="world name or checkpoint dir (default: %(default)s)")
+    source.add_argument("--model", help="local diffusers DiTPipeline directory (instead of --world)")
+    p.add_argument("--data", help="with --model: .npz with images in [0, 1] and labels")
+    p.add_argument("--batch-size", type=int, help="with --model: scoring and fine-tuning batch (default 128; "
+                   "quick: 16)")
+    p.add_argument("--device", help="with --model: torch device of the model (default cpu)")
+    p.add_argument("--features", help="with --model: local TorchScript feature model for FID and precision/recall "
+                   "(default: decoded pixels pooled to <= 32x32)")
+    p.add_argument("--preprocess", default="inception299", help="with --features: preprocessing preset "
+                   "(default: %(default)s)")
     p.add_argument("--ratio", type=float, default=0.2, help="fraction η of heads removed (default: %(default)s)")
     p.add_argument("--law", choices=("beta", "uniform"), default="beta",
                    help="scoring time law: Beta(0.8, 2) or uniform (default: %(default)s)")
@@ -71,18 +87,51 @@ def _cli(args) -> int:
     methods = _methods(args.methods)
     preset = QUICK if args.quick else FULL
     opt = {k: preset[k] if getattr(args, k) is None else getattr(args, k) for k in preset}
-    world = worlds.load_world(args.world, progress=not args.no_progress)
     t0 = time.perf_counter()
+    if args.model:
+        return _cli_model(args, opt, methods, t0)
+    if any(v is not None for v in (args.data, args.batch_size, args.device, args.features)):
+        raise ValueError("--data, --batch-size, --device and --features go with --model, not with --world")
+    world = worlds.load_world(args.world, progress=not args.no_progress)
     s = run_table(world, args.out, ratio=args.ratio, law=args.law, runs=opt["runs"], n_samples=opt["samples"],
                   finetune_steps=opt["finetune_steps"], num_batches=opt["batches"], sample_steps=opt["steps"],
                   score_samples=opt["score_samples"], methods=methods)
     print(f"{world.name}: eta={args.ratio}, law={args.law}, {opt}, {time.perf_counter() - t0:.0f} s")
+    _print_table(s, methods, {m for m in methods if VARIANTS[m].ours}, args.out)
+    return 0
+
+
+def _cli_model(args, opt: dict, methods: tuple[str, ...], t0: float) -> int:
+    import time
+
+    from diffmem.mitigations.diffusers_table import MODEL_METHODS, run_model_table
+
+    if not args.data:
+        raise ValueError("--model needs --data DATA.npz (images in [0, 1] and labels)")
+    if args.methods in ("all", "table"):
+        methods = MODEL_METHODS
+    batch_size = args.batch_size or (16 if args.quick else 128)
+    features = None
+    if args.features:
+        from diffmem.similarity.features import TorchScriptExtractor
+
+        features = TorchScriptExtractor(args.features, preprocess=args.preprocess, device=args.device or "cpu")
+    s = run_model_table(args.model, args.data, args.out, ratio=args.ratio, runs=opt["runs"], law=args.law,
+                        num_batches=opt["batches"], batch_size=batch_size, finetune_steps=opt["finetune_steps"],
+                        n_samples=opt["samples"], sample_steps=opt["steps"], methods=methods,
+                        device=args.device or "cpu", features=features)
+    print(f"{args.model}: eta={args.ratio}, law={args.law}, batch={batch_size}, {opt}, "
+          f"{time.perf_counter() - t0:.0f} s; features: {s['settings']['feature_space']}")
+    _print_table(s, methods, set(), args.out)
+    return 0
+
+
+def _print_table(s: dict, methods: tuple[str, ...], ours: set, out: str) -> None:
     print(f"{'model':<24}{'precision':>12}{'recall':>12}{'mem. ratio %':>16}{'FID':>14}")
     for m in methods:
         r = s[m]
-        label = f"{m} (ours)" if VARIANTS[m].ours else m
+        label = f"{m} (ours)" if m in ours else m
         print(f"{label:<24}{r['precision_mean']:>7.3f}±{r['precision_std']:.3f}{r['recall_mean']:>7.3f}±"
               f"{r['recall_std']:.3f}{100 * r['mem_ratio_mean']:>10.2f}±{100 * r['mem_ratio_std']:.2f}"
               f"{r['fid_mean']:>9.3f}±{r['fid_std']:.3f}")
-    print(json.dumps({"out": args.out}))
-    return 0
+    print(json.dumps({"out": out}))

@@ -39,6 +39,8 @@ class Variant:
             "copy-ablation" (ours, :mod:`diffmem.mitigations.copy_ablation`).
         law, ratio: the scoring time law and η; None takes the table's.
         weight_decay: AdamW weight decay while fine-tuning; None keeps the base recipe's (0).
+        finetune_steps: M for this row; None takes the table's. Fine-tuning on the training set re-memorizes, so
+            M trades quality against the cut; rows compared with each other must share it.
         ours: True for methods of our design (labelled as such in every output).
     """
 
@@ -46,6 +48,7 @@ class Variant:
     law: str | None = None
     ratio: float | None = None
     weight_decay: float | None = None
+    finetune_steps: int | None = None
     ours: bool = False
 
 
@@ -57,6 +60,11 @@ VARIANTS: dict[str, Variant] = {
     "importance-wd0.3": Variant("importance", weight_decay=0.3),
     **{f"importance-eta{eta:g}": Variant("importance", ratio=eta) for eta in (0.1, 0.3, 0.5)},
     "ours-copy-ablation": Variant("copy-ablation", ours=True),
+    # the same choices with a shorter fine-tuning budget M = 300 (baselines matched)
+    "importance-ft300": Variant("importance", finetune_steps=300),
+    "random-ft300": Variant("random", finetune_steps=300),
+    "ours-copy-ablation-ft300": Variant("copy-ablation", finetune_steps=300, ours=True),
+    "ours-copy-ablation-eta0.3-ft300": Variant("copy-ablation", ratio=0.3, finetune_steps=300, ours=True),
 }
 TABLE_METHODS = ("original", "importance", "random")  # Ye et al.'s Table 1
 
@@ -80,9 +88,10 @@ def _one_run(world, method: str, seed: int, out: Path, *, ratio: float, law: str
             row["removed"] = result.removed
         if v.weight_decay is not None:
             cfg = replace(cfg, weight_decay=v.weight_decay)
-        ema = finetune(world.net, ts, cfg, finetune_steps, out / "state" / f"{method}-{seed}.pt", seed=seed)
+        steps = finetune_steps if v.finetune_steps is None else v.finetune_steps
+        ema = finetune(world.net, ts, cfg, steps, out / "state" / f"{method}-{seed}.pt", seed=seed)
         ema.copy_to(world.net)  # sample the EMA weights, as the world itself does
-        row["ratio"] = eta
+        row["ratio"], row["finetune_steps"] = eta, steps
         if seed == 0 and method in ("importance", "ours-copy-ablation"):
             folder = out / ("pruned" if method == "importance" else f"pruned-{method}")
             write_arrays(folder / "weights.safetensors", dict(world.net.state_dict()))
