@@ -336,6 +336,12 @@ def test_run_table_rows_restore_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(experiment, "_one_run", boom)
     assert experiment.run_table(world, tmp_path / "out", **kw) == json.loads(
         (tmp_path / "out" / "summary.json").read_text())
+    # summarise-only: each method over the rows it has, methods without rows left out, nothing computed
+    (tmp_path / "out" / "runs" / "random-1.json").unlink()
+    partial = experiment.run_table(world, tmp_path / "out", **kw, methods=("original", "random", "importance-ft300"),
+                                   compute=False)
+    assert partial["original"]["runs"] == 2 and partial["random"]["runs"] == 1
+    assert "importance-ft300" not in partial and set(partial["settings"]["variants"]) == {"original", "random"}
 
 
 def test_cli_prune_writes_summary(tmp_path, monkeypatch, capsys):

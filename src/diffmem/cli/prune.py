@@ -52,6 +52,8 @@ def add_parser(sub) -> None:
                        help=f"{help_} (default {FULL[key]}; quick: {QUICK[key]})")
     p.add_argument("--methods", default="all", help="comma-separated rows of the table, or 'all' (default) or "
                    "'table' (original,importance,random); known: " + ", ".join(_variant_names()))
+    p.add_argument("--summarise-only", action="store_true", help="compute nothing: summarise the rows already in "
+                   "--out (each method over the runs it has)")
     p.add_argument("--quick", action="store_true", help="smaller settings: " + ", ".join(
         f"{k}={v}" for k, v in QUICK.items()))
     p.add_argument("--no-progress", action="store_true", help="no progress bar while training the world")
@@ -95,7 +97,7 @@ def _cli(args) -> int:
     world = worlds.load_world(args.world, progress=not args.no_progress)
     s = run_table(world, args.out, ratio=args.ratio, law=args.law, runs=opt["runs"], n_samples=opt["samples"],
                   finetune_steps=opt["finetune_steps"], num_batches=opt["batches"], sample_steps=opt["steps"],
-                  score_samples=opt["score_samples"], methods=methods)
+                  score_samples=opt["score_samples"], methods=methods, compute=not args.summarise_only)
     print(f"{world.name}: eta={args.ratio}, law={args.law}, {opt}, {time.perf_counter() - t0:.0f} s")
     _print_table(s, methods, {m for m in methods if VARIANTS[m].ours}, args.out)
     return 0
@@ -108,6 +110,8 @@ def _cli_model(args, opt: dict, methods: tuple[str, ...], t0: float) -> int:
 
     if not args.data:
         raise ValueError("--model needs --data DATA.npz (images in [0, 1] and labels)")
+    if args.summarise_only:
+        raise ValueError("--summarise-only reads world tables; a --model table resumes by itself")
     if args.methods in ("all", "table"):
         methods = MODEL_METHODS
     batch_size = args.batch_size or (16 if args.quick else 128)
@@ -127,11 +131,11 @@ def _cli_model(args, opt: dict, methods: tuple[str, ...], t0: float) -> int:
 
 
 def _print_table(s: dict, methods: tuple[str, ...], ours: set, out: str) -> None:
-    print(f"{'model':<24}{'precision':>12}{'recall':>12}{'mem. ratio %':>16}{'FID':>14}")
-    for m in methods:
+    print(f"{'model':<24}{'precision':>12}{'recall':>12}{'mem. ratio %':>16}{'FID':>14}{'':>6}")
+    for m in [m for m in methods if m in s]:
         r = s[m]
         label = f"{m} (ours)" if m in ours else m
         print(f"{label:<24}{r['precision_mean']:>7.3f}±{r['precision_std']:.3f}{r['recall_mean']:>7.3f}±"
               f"{r['recall_std']:.3f}{100 * r['mem_ratio_mean']:>10.2f}±{100 * r['mem_ratio_std']:.2f}"
-              f"{r['fid_mean']:>9.3f}±{r['fid_std']:.3f}")
+              f"{r['fid_mean']:>9.3f}±{r['fid_std']:.3f}{r['runs']:>6d} runs")
     print(json.dumps({"out": out}))

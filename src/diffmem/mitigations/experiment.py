@@ -121,11 +121,13 @@ def _check_settings(out: Path, settings: dict) -> None:
 def run_table(world, out: str | Path, *, ratio: float = 0.2, runs: int = 5, law: str = "beta",
               num_batches: int = 100, finetune_steps: int = 1000, n_samples: int = 1000, sample_steps: int = 50,
               score_samples: int = 128, methods: tuple[str, ...] = TABLE_METHODS,
-              features: Callable[[Tensor], Tensor] | None = None) -> dict:
+              features: Callable[[Tensor], Tensor] | None = None, compute: bool = True) -> dict:
     """Fill the table for ``world`` (whose live net is restored after every pruned run); returns the summary.
 
     ``methods`` are keys of :data:`VARIANTS`; ``score_samples`` is the scoring batch of ours;
     ``features`` maps images to FID / precision-recall features (default: the project's digits classifier).
+    ``compute=False`` only summarises the rows already in ``out`` (each method over the runs it has; methods
+    without any row are left out), e.g. to read a table that is still being filled.
     """
     unknown = set(methods) - set(VARIANTS)
     if unknown:
@@ -149,6 +151,8 @@ def run_table(world, out: str | Path, *, ratio: float = 0.2, runs: int = 5, law:
         for seed in range(runs):
             for method in methods:
                 path = out / "runs" / f"{method}-{seed}.json"
+                if not path.exists() and not compute:
+                    continue
                 if not path.exists():
                     row = _one_run(world, method, seed, out, ratio=ratio, law=law, num_batches=num_batches,
                                    finetune_steps=finetune_steps, n_samples=n_samples, sample_steps=sample_steps,
@@ -159,9 +163,12 @@ def run_table(world, out: str | Path, *, ratio: float = 0.2, runs: int = 5, law:
     finally:
         with torch.no_grad():
             world.net.load_state_dict(original)
+    rows = {m: r for m, r in rows.items() if r}
+    if not rows:
+        raise ValueError(f"no finished rows of {list(methods)} in {out / 'runs'}")
     summary = {**summarise(rows), "settings": {
         "world": world.name, "ratio": ratio, "law": law, "runs": runs, "num_batches": num_batches,
         "finetune_steps": finetune_steps, "n_samples": n_samples, "sample_steps": sample_steps,
-        "score_samples": score_samples, "variants": {m: asdict(VARIANTS[m]) for m in methods}}}
+        "score_samples": score_samples, "variants": {m: asdict(VARIANTS[m]) for m in rows}}}
     write_json(out / "summary.json", summary)
     return summary
