@@ -131,11 +131,11 @@ def _cli_model(args, opt: dict, methods: tuple[str, ...], t0: float) -> int:
 
 
 def _print_table(s: dict, methods: tuple[str, ...], ours: set, out: str) -> None:
-    print(f"{'model':<24}{'precision':>12}{'recall':>12}{'mem. ratio %':>16}{'FID':>14}{'':>6}")
+    print(f"{'model':<40}{'precision':>12}{'recall':>12}{'mem. ratio %':>16}{'FID':>14}{'':>6}")
     for m in [m for m in methods if m in s]:
         r = s[m]
         label = f"{m} (ours)" if m in ours else m
-        print(f"{label:<24}{r['precision_mean']:>7.3f}±{r['precision_std']:.3f}{r['recall_mean']:>7.3f}±"
+        print(f"{label:<40}{r['precision_mean']:>7.3f}±{r['precision_std']:.3f}{r['recall_mean']:>7.3f}±"
               f"{r['recall_std']:.3f}{100 * r['mem_ratio_mean']:>10.2f}±{100 * r['mem_ratio_std']:.2f}"
               f"{r['fid_mean']:>9.3f}±{r['fid_std']:.3f}{r['runs']:>6d} runs")
     print(json.dumps({"out": out}))
