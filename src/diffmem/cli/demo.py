@@ -94,13 +94,8 @@ def _has_matplotlib() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 
-def run_demo(out: str | Path, *, samples: int = 32, steps: int = 50, weights=(1.0, 3.0, 7.5), seed: int = 0,
-             progress: bool = True, sections=SECTIONS, world: str = "digits-t2i", quick: bool = False) -> Path:
-    """Run the requested ``sections`` on ``world`` plus the closed-form check (``samples`` seeds, ``steps``
-    steps, each CFG weight), save a :class:`DemoResult` and its report; returns the run dir."""
-    unknown = set(sections) - set(SECTIONS)
-    if unknown:
-        raise ValueError(f"unknown demo section(s) {sorted(unknown)}; expected some of {SECTIONS}")
+def _closed_form(samples: int, steps: int, weights, seed: int, progress: bool):
+    """The closed-form check: empirical vs population denoiser of a Gaussian mixture, sampled at each CFG weight."""
     from diffmem import Cond, Constant, Recorder, SeededNoise, discrete_grid, sample
     from diffmem.schedules import DiscreteSchedule
     from diffmem.similarity.criteria import COPY_RATIO, nn_ratio
@@ -136,6 +131,17 @@ def run_demo(out: str | Path, *, samples: int = 32, steps: int = 50, weights=(1.
                              "train_size": len(train), "world_seed": seed},
                       solver=provenance.solver, grid=grid.spec, guidance={"kind": "Constant", "w": list(weights)},
                       seeds=seeds, extra={"similarity": "l2 nearest-neighbour ratio < 1/3"})
+    return rows, finals, train, prov
+
+
+def run_demo(out: str | Path, *, samples: int = 32, steps: int = 50, weights=(1.0, 3.0, 7.5), seed: int = 0,
+             progress: bool = True, sections=SECTIONS, world: str = "digits-t2i", quick: bool = False) -> Path:
+    """Run the requested ``sections`` on ``world`` plus the closed-form check (``samples`` seeds, ``steps``
+    steps, each CFG weight), save a :class:`DemoResult` and its report; returns the run dir."""
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        raise ValueError(f"unknown demo section(s) {sorted(unknown)}; expected some of {SECTIONS}")
+    rows, finals, train, prov = _closed_form(samples, steps, weights, seed, progress)
     run = new_run_dir(out, "demo")
     done = {}
     if "world" in sections or "kim" in sections:
