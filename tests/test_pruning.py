@@ -276,6 +276,20 @@ def test_summarise_mean_and_sample_std():
     assert s["original"]["runs"] == 3 and np.isnan(s["single"]["fid_std"])
 
 
+def test_paired_deltas_by_seed():
+    from diffmem.mitigations.prune_eval import paired_deltas
+
+    row = lambda seed, m, f: {"seed": seed, "mem_ratio": m, "fid": f, "precision": 0.5, "recall": 0.1}  # noqa: E731
+    runs = {"original": [row(0, 0.7, 30), row(1, 0.8, 20)],
+            "pruned": [row(1, 0.6, 21), row(0, 0.6, 32), row(2, 0.0, 0)],  # seed 2 has no partner: ignored
+            "alone": [row(5, 0.1, 1)]}
+    d = paired_deltas(runs)
+    assert set(d) == {"pruned"} and d["pruned"]["paired_runs"] == 2
+    assert d["pruned"]["mem_ratio_delta_mean"] == pytest.approx(-0.15)  # (-0.1 - 0.2) / 2
+    assert d["pruned"]["fid_delta_mean"] == pytest.approx(1.5) and d["pruned"]["fid_delta_std"] == pytest.approx(
+        np.std([2, 1], ddof=1))
+
+
 def test_generate_from_a_pruned_world_is_seeded_and_form_independent(tmp_path, monkeypatch):
     """Sampling the live net: masked and physically removed heads give the same images; seeds fix the batch."""
     from diffmem.mitigations.prune_eval import generate
@@ -342,6 +356,10 @@ def test_run_table_rows_restore_and_resume(tmp_path, monkeypatch):
                                    compute=False)
     assert partial["original"]["runs"] == 2 and partial["random"]["runs"] == 1
     assert "importance-ft300" not in partial and set(partial["settings"]["variants"]) == {"original", "random"}
+    fid = {m: json.loads((tmp_path / "out" / "runs" / f"{m}-0.json").read_text())["fid"]
+           for m in ("original", "random")}
+    assert partial["random"]["paired_runs"] == 1
+    assert partial["random"]["fid_delta_mean"] == pytest.approx(fid["random"] - fid["original"])
 
 
 def test_cli_prune_writes_summary(tmp_path, monkeypatch, capsys):

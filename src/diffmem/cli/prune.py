@@ -130,12 +130,20 @@ def _cli_model(args, opt: dict, methods: tuple[str, ...], t0: float) -> int:
     return 0
 
 
+def _delta(r: dict) -> str:
+    if "mem_ratio_delta_mean" not in r:
+        return ""
+    return (f"{100 * r['mem_ratio_delta_mean']:>+11.2f}±{100 * r['mem_ratio_delta_std']:.2f}"
+            f"{r['fid_delta_mean']:>+10.3f}±{r['fid_delta_std']:.3f}")
+
+
 def _print_table(s: dict, methods: tuple[str, ...], ours: set, out: str) -> None:
-    print(f"{'model':<40}{'precision':>12}{'recall':>12}{'mem. ratio %':>16}{'FID':>14}{'':>6}")
+    print(f"{'model':<40}{'precision':>12}{'recall':>12}{'mem. ratio %':>16}{'FID':>14}{'':>10}"
+          f"{'Δmem % (paired)':>18}{'ΔFID (paired)':>16}")
     for m in [m for m in methods if m in s]:
         r = s[m]
         label = f"{m} (ours)" if m in ours else m
         print(f"{label:<40}{r['precision_mean']:>7.3f}±{r['precision_std']:.3f}{r['recall_mean']:>7.3f}±"
               f"{r['recall_std']:.3f}{100 * r['mem_ratio_mean']:>10.2f}±{100 * r['mem_ratio_std']:.2f}"
-              f"{r['fid_mean']:>9.3f}±{r['fid_std']:.3f}{r['runs']:>6d} runs")
+              f"{r['fid_mean']:>9.3f}±{r['fid_std']:.3f}{r['runs']:>6d} runs" + _delta(r))
     print(json.dumps({"out": out}))

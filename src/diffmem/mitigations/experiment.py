@@ -22,7 +22,7 @@ from torch import Tensor
 from diffmem.io import read_json, write_arrays, write_json
 from diffmem.mitigations.copy_ablation import copy_ablation
 from diffmem.mitigations.head_pruning import prune_count
-from diffmem.mitigations.prune_eval import generate, run_metrics, summarise
+from diffmem.mitigations.prune_eval import generate, paired_deltas, run_metrics, summarise
 from diffmem.mitigations.pruning import apply_removal, finetune, prune
 from diffmem.mitigations.time_law import TIME_LAWS
 from diffmem.worlds.world import training_set
@@ -166,7 +166,11 @@ def run_table(world, out: str | Path, *, ratio: float = 0.2, runs: int = 5, law:
     rows = {m: r for m, r in rows.items() if r}
     if not rows:
         raise ValueError(f"no finished rows of {list(methods)} in {out / 'runs'}")
-    summary = {**summarise(rows), "settings": {
+    summary = summarise(rows)
+    baseline = {"original": [read_json(f) for s in range(runs) if (f := out / "runs" / f"original-{s}.json").exists()]}
+    for method, delta in paired_deltas({**rows, **baseline}).items():
+        summary[method].update(delta)  # paired by seed with the original model (the FID spread cancels)
+    summary = {**summary, "settings": {
         "world": world.name, "ratio": ratio, "law": law, "runs": runs, "num_batches": num_batches,
         "finetune_steps": finetune_steps, "n_samples": n_samples, "sample_steps": sample_steps,
         "score_samples": score_samples, "variants": {m: asdict(VARIANTS[m]) for m in rows}}}

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 from torch import Tensor
 
-__all__ = ["generate", "run_metrics", "summarise"]
+__all__ = ["generate", "run_metrics", "summarise", "paired_deltas"]
 
 _KEYS = ("mem_ratio", "fid", "precision", "recall")
 
@@ -75,4 +75,25 @@ def summarise(runs: Mapping[str, Sequence[Mapping[str, float]]]) -> dict[str, di
             values = np.array([float(r[key]) for r in rows])
             out[method][f"{key}_mean"] = float(values.mean())
             out[method][f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else float("nan")
+    return out
+
+
+def paired_deltas(runs: Mapping[str, Sequence[Mapping[str, float]]], baseline: str = "original"
+                  ) -> dict[str, dict[str, float]]:
+    """Per method: mean and sample std over seeds of (method − ``baseline``) for each metric, paired by seed.
+
+    Run s of every method samples with the same seeds, so most of the seed-to-seed spread of FID (its std over runs
+    is several points here) cancels in the paired difference; "no worse than the original" is read from these.
+    Methods sharing no seed with the baseline are left out."""
+    base = {int(r["seed"]): r for r in runs.get(baseline, ())}
+    out = {}
+    for method, rows in runs.items():
+        pairs = [(r, base[int(r["seed"])]) for r in rows if method != baseline and int(r["seed"]) in base]
+        if not pairs:
+            continue
+        out[method] = {"paired_runs": len(pairs)}
+        for key in _KEYS:
+            d = np.array([float(r[key]) - float(b[key]) for r, b in pairs])
+            out[method][f"{key}_delta_mean"] = float(d.mean())
+            out[method][f"{key}_delta_std"] = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
     return out
