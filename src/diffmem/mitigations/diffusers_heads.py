@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from diffmem.io import read_arrays, read_json, write_arrays, write_json
-from diffmem.mitigations.head_pruning import Head, _by_layer, _sliced_linear, accumulate_scores, random_heads
+from diffmem.mitigations.head_pruning import Head, accumulate_scores, heads_by_layer, random_heads, sliced_linear
 
 __all__ = ["self_attention_layers", "head_counts", "head_scores", "random_model_heads", "remove_heads",
            "NoHeadsProcessor", "save_pruned", "load_pruned", "PRUNED_HEADS_FILE", "WEIGHTS_FILE"]
@@ -130,15 +130,15 @@ def remove_heads(model: nn.Module, heads: Iterable[Head]) -> None:
     """
     layers = self_attention_layers(model)
     counts = {n: _Gates(a.heads, torch.empty(0)) for n, a in layers.items()}
-    for name, idx in _by_layer(counts, heads).items():
+    for name, idx in heads_by_layer(counts, heads).items():
         attn = layers[name]
         H, d = attn.heads, attn.inner_dim // attn.heads
         keep = torch.tensor([h for h in range(H) if h not in idx], dtype=torch.long)
         channels = (keep[:, None] * d + torch.arange(d)).reshape(-1)
-        attn.to_q = _sliced_linear(attn.to_q, rows=channels)
-        attn.to_k = _sliced_linear(attn.to_k, rows=channels)
-        attn.to_v = _sliced_linear(attn.to_v, rows=channels)
-        attn.to_out[0] = _sliced_linear(attn.to_out[0], cols=channels)
+        attn.to_q = sliced_linear(attn.to_q, rows=channels)
+        attn.to_k = sliced_linear(attn.to_k, rows=channels)
+        attn.to_v = sliced_linear(attn.to_v, rows=channels)
+        attn.to_out[0] = sliced_linear(attn.to_out[0], cols=channels)
         attn.heads = attn.sliceable_head_dim = len(keep)
         attn.inner_dim = attn.inner_kv_dim = len(keep) * d
         if len(keep) == 0:

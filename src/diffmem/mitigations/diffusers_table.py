@@ -271,7 +271,7 @@ def run_model_table(model_dir: str | Path, data_path: str | Path, out: str | Pat
     ``TorchScriptExtractor``) for FID and precision/recall; default :func:`pixel_features`.
     """
     from diffmem.adapters.dit import DiTAdapter
-    from diffmem.mitigations.experiment import _check_settings
+    from diffmem.mitigations.experiment import check_table_settings
     from diffmem.similarity.features import file_sha256
 
     unknown = [m for m in methods if m not in MODEL_METHODS]
@@ -292,7 +292,7 @@ def run_model_table(model_dir: str | Path, data_path: str | Path, out: str | Pat
          "finetune_steps": finetune_steps, "lr": lr, "p_uncond": p_uncond, "n_samples": n_samples,
          "sample_steps": sample_steps,  # features as JSON reads them back, so a resumed run compares equal
          "features": "pixels" if features is None else json.loads(json.dumps(features.describe()))}
-    _check_settings(out, o)
+    check_table_settings(out, o)
     original, rows = adapter.pipeline.transformer, {m: [] for m in methods}
     for seed in range(runs):
         for method in methods:

@@ -27,7 +27,7 @@ from diffmem.mitigations.pruning import apply_removal, finetune, prune
 from diffmem.mitigations.time_law import TIME_LAWS
 from diffmem.worlds.world import training_set
 
-__all__ = ["Variant", "VARIANTS", "TABLE_METHODS", "run_table"]
+__all__ = ["Variant", "VARIANTS", "TABLE_METHODS", "run_table", "check_table_settings"]
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ def _one_run(world, method: str, seed: int, out: Path, *, ratio: float, law: str
     return row
 
 
-def _check_settings(out: Path, settings: dict) -> None:
+def check_table_settings(out: Path, settings: dict) -> None:
     """Rows of one folder must come from one setting: resuming with other settings is refused, by name."""
     path = out / "table.json"
     if path.exists():
@@ -145,7 +145,7 @@ def run_table(world, out: str | Path, *, ratio: float = 0.2, runs: int = 5, law:
 
         features = load_digits_classifier().features
     out = Path(out)
-    _check_settings(out, {"world": world.name, "ratio": ratio, "law": law, "num_batches": num_batches,
+    check_table_settings(out, {"world": world.name, "ratio": ratio, "law": law, "num_batches": num_batches,
                           "finetune_steps": finetune_steps, "n_samples": n_samples, "sample_steps": sample_steps,
                           "score_samples": score_samples})
     original = {k: v.clone() for k, v in world.net.state_dict().items()}

@@ -27,8 +27,8 @@ from diffmem.nets.attention import Attention
 from diffmem.nets.dit import DiT
 
 __all__ = ["Head", "self_attention_layers", "head_gradients", "accumulate_scores", "normalise_per_layer",
-           "rank_heads", "prune_count", "lowest_heads", "random_heads", "mask_heads", "remove_heads",
-           "scoring_loss"]
+           "rank_heads", "prune_count", "lowest_heads", "random_heads", "heads_by_layer", "mask_heads", "remove_heads",
+           "sliced_linear", "scoring_loss"]
 
 
 @dataclass(frozen=True, order=True)
@@ -126,7 +126,8 @@ def random_heads(layers: Mapping[str, Attention], ratio: float = 0.2, seed: int 
     return sorted(heads[i] for i in pick)
 
 
-def _by_layer(layers: Mapping[str, Attention], heads: Iterable[Head]) -> dict[str, set[int]]:
+def heads_by_layer(layers: Mapping, heads: Iterable[Head]) -> dict[str, set[int]]:
+    """Head indices per layer name, checked against ``layers`` (name → anything with a ``num_heads``)."""
     grouped: dict[str, set[int]] = {}
     for head in heads:
         if head.layer not in layers:
@@ -141,11 +142,12 @@ def _by_layer(layers: Mapping[str, Attention], heads: Iterable[Head]) -> dict[st
 @torch.no_grad()
 def mask_heads(layers: Mapping[str, Attention], heads: Iterable[Head]) -> None:
     """Prune by a fixed zero gate ξ_h = 0 (the buffer is not a parameter, so fine-tuning leaves it at 0)."""
-    for name, idx in _by_layer(layers, heads).items():
+    for name, idx in heads_by_layer(layers, heads).items():
         layers[name].head_mask[sorted(idx)] = 0
 
 
-def _sliced_linear(layer: nn.Linear, rows: Tensor | None = None, cols: Tensor | None = None) -> nn.Linear:
+def sliced_linear(layer: nn.Linear, rows: Tensor | None = None, cols: Tensor | None = None) -> nn.Linear:
+    """A new Linear keeping output ``rows`` and input ``cols`` of ``layer`` (weights copied, bias sliced by rows)."""
     weight = layer.weight.detach()
     weight = weight if rows is None else weight[rows]
     weight = weight if cols is None else weight[:, cols]
@@ -167,14 +169,14 @@ def remove_heads(layers: Mapping[str, Attention], heads: Iterable[Head]) -> None
     ``to_out``, their gate. Head indices refer to the layers *before* this call; the remaining heads are
     renumbered 0..H'−1 in order. A layer may lose all its heads (its output is then ``to_out.bias``).
     """
-    for name, idx in _by_layer(layers, heads).items():
+    for name, idx in heads_by_layer(layers, heads).items():
         attn = layers[name]
         H, d = attn.num_heads, attn.head_dim
         keep = torch.tensor([h for h in range(H) if h not in idx], dtype=torch.long)
         channels = (keep[:, None] * d + torch.arange(d)).reshape(-1)  # kept head h owns channels h·d … h·d+d−1
-        attn.to_q = _sliced_linear(attn.to_q, rows=channels)
-        attn.to_kv = _sliced_linear(attn.to_kv, rows=torch.cat([channels, H * d + channels]))  # k then v halves
-        attn.to_out = _sliced_linear(attn.to_out, cols=channels)
+        attn.to_q = sliced_linear(attn.to_q, rows=channels)
+        attn.to_kv = sliced_linear(attn.to_kv, rows=torch.cat([channels, H * d + channels]))  # k then v halves
+        attn.to_out = sliced_linear(attn.to_out, cols=channels)
         attn.head_mask = attn.head_mask[keep].clone()  # assigning a tensor to a registered buffer keeps it a buffer
         attn.num_heads = len(keep)
 
