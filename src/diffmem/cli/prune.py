@@ -1,7 +1,8 @@
 """``diffmem prune --world digits-dit --ratio 0.2 --out DIR``: Table 1 of Ye et al. (2025) on a world — the
 original model, Algorithm-1 head pruning and random pruning at the same ratio, each fine-tuned identically, over
 several runs — and the variants: importance with uniform-t scoring, with weight decay 0.3 while fine-tuning, at
-η = 0.1 / 0.3 / 0.5, and ours (heads chosen by single-head ablation of copies). Writes DIR/summary.json,
+η = 0.1 / 0.3 / 0.5, ours (heads chosen by single-head ablation of copies, η = 0.2 / 0.3 / 0.5), a
+fine-tune-only control (η = 0) and the same choices with a shorter fine-tuning (M = 300). Writes DIR/summary.json,
 DIR/runs/*.json (resumable; two processes may fill different --methods of one DIR) and the pruned models in
 DIR/pruned/ (Algorithm 1) and DIR/pruned-ours-copy-ablation/.
 

@@ -60,6 +60,7 @@ VARIANTS: dict[str, Variant] = {
     "importance-wd0.3": Variant("importance", weight_decay=0.3),
     **{f"importance-eta{eta:g}": Variant("importance", ratio=eta) for eta in (0.1, 0.3, 0.5)},
     "ours-copy-ablation": Variant("copy-ablation", ours=True),
+    **{f"ours-copy-ablation-eta{eta:g}": Variant("copy-ablation", ratio=eta, ours=True) for eta in (0.3, 0.5)},
     # control: no head removed, the same fine-tuning (separates the effect of pruning from that of fine-tuning)
     "finetune-only": Variant("random", ratio=0.0),
     "finetune-only-ft300": Variant("random", ratio=0.0, finetune_steps=300),
