@@ -30,12 +30,11 @@ DIT_SUBSET = 100  # n of digits-dit (see build_digits_dit)
 
 
 def load_digits_images() -> tuple[Tensor, Tensor]:
-    """(images [1797, 1, 8, 8] float32 in [-1, 1], labels [1797] int64) from scikit-learn's bundled copy."""
-    from sklearn.datasets import load_digits
+    """(images [1797, 1, 8, 8] float32 in [-1, 1], labels [1797] int64) from scikit-learn's bundled copy — the
+    same scaling as the digits classifier's (one definition, so features and worlds always agree)."""
+    from diffmem.similarity.digits_classifier import digits_images
 
-    d = load_digits()
-    images = torch.from_numpy(d.images.astype(np.float32) / 8.0 - 1.0)[:, None]
-    return images, torch.from_numpy(d.target.astype(np.int64))
+    return digits_images()
 
 
 def _class_bins(values: np.ndarray, labels: np.ndarray, bins: int) -> np.ndarray:
