@@ -13,6 +13,7 @@ from diffmem.io import read_arrays
 from diffmem.mitigations.head_pruning import (
     Head,
     accumulate_scores,
+    head_counts,
     head_gradients,
     lowest_heads,
     mask_heads,
@@ -127,7 +128,7 @@ def test_masked_and_removed_models_fine_tune_alike(tmp_path):
     ts = TrainingSet(torch.randn(6, 1, 4, 4), torch.arange(6), torch.arange(6) % CLASSES, torch.tensor(CLASSES))
     cfg = TrainConfig(steps=3, batch_size=4, warmup=0, checkpoint_every=10)
     nets = [tiny_net(dtype=torch.float32) for _ in range(2)]
-    doomed = random_heads(self_attention_layers(nets[0]), 0.25, seed=3)
+    doomed = random_heads(head_counts(self_attention_layers(nets[0])), 0.25, seed=3)
     mask_heads(self_attention_layers(nets[0]), doomed)
     remove_heads(self_attention_layers(nets[1]), doomed)
     for i, net in enumerate(nets):
@@ -185,9 +186,9 @@ def test_prune_count_is_floor_of_decimal_ratio():
 
 def test_random_heads_count_and_seed():
     layers = self_attention_layers(tiny_net(depth=3))  # H = 12
-    picks = [random_heads(layers, 0.5, seed=s) for s in range(4)]
+    picks = [random_heads(head_counts(layers), 0.5, seed=s) for s in range(4)]
     assert all(len(p) == 6 and len(set(p)) == 6 for p in picks)
-    assert picks[0] == random_heads(layers, 0.5, seed=0) and len({tuple(p) for p in picks}) > 1
+    assert picks[0] == random_heads(head_counts(layers), 0.5, seed=0) and len({tuple(p) for p in picks}) > 1
 
 
 def test_scores_take_abs_per_batch():
@@ -309,7 +310,7 @@ def test_generate_from_a_pruned_world_is_seeded_and_form_independent(tmp_path, m
     torch.testing.assert_close(generate(world, 2, seed=5, steps=3), base[1:], rtol=0, atol=1e-5)
     original = copy.deepcopy(world.net.state_dict())
     layers = self_attention_layers(world.net)
-    doomed = random_heads(layers, 0.5, seed=0)
+    doomed = random_heads(head_counts(layers), 0.5, seed=0)
     apply_removal(world.net, doomed)
     masked = generate(world, 3, seed=4, steps=3)
     assert (masked - base).abs().max() > 1e-2

@@ -30,7 +30,14 @@ import torch
 from torch import Tensor, nn
 
 from diffmem.io import read_arrays, read_json, write_arrays, write_json
-from diffmem.mitigations.head_pruning import Head, accumulate_scores, heads_by_layer, random_heads, sliced_linear
+from diffmem.mitigations.head_pruning import (
+    Head,
+    accumulate_scores,
+    heads_by_layer,
+    kept_channels,
+    random_heads,
+    sliced_linear,
+)
 
 __all__ = ["self_attention_layers", "head_counts", "head_scores", "random_model_heads", "remove_heads",
            "NoHeadsProcessor", "save_pruned", "load_pruned", "PRUNED_HEADS_FILE", "WEIGHTS_FILE"]
@@ -99,8 +106,7 @@ def head_scores(model: nn.Module, batch_loss: Callable[[int], Tensor], num_batch
 
 def random_model_heads(model: nn.Module, ratio: float = 0.2, seed: int = 0) -> list[Head]:
     """Table 1's random-pruning baseline: ⌊η·H⌋ self-attention heads of ``model`` drawn uniformly (by ``seed``)."""
-    counts = {n: _Gates(h, torch.empty(0)) for n, h in head_counts(model).items()}
-    return random_heads(counts, ratio, seed=seed)
+    return random_heads(head_counts(model), ratio, seed=seed)
 
 
 class NoHeadsProcessor:
@@ -129,12 +135,11 @@ def remove_heads(model: nn.Module, heads: Iterable[Head]) -> None:
     h owns channels h·d … h·d+d−1 of q, k, v and of the input of ``to_out[0]`` (d = head_dim).
     """
     layers = self_attention_layers(model)
-    counts = {n: _Gates(a.heads, torch.empty(0)) for n, a in layers.items()}
+    counts = {name: int(attn.heads) for name, attn in layers.items()}
     for name, idx in heads_by_layer(counts, heads).items():
         attn = layers[name]
         H, d = attn.heads, attn.inner_dim // attn.heads
-        keep = torch.tensor([h for h in range(H) if h not in idx], dtype=torch.long)
-        channels = (keep[:, None] * d + torch.arange(d)).reshape(-1)
+        keep, channels = kept_channels(H, d, idx)
         attn.to_q = sliced_linear(attn.to_q, rows=channels)
         attn.to_k = sliced_linear(attn.to_k, rows=channels)
         attn.to_v = sliced_linear(attn.to_v, rows=channels)

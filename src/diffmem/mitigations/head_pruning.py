@@ -27,8 +27,8 @@ from diffmem.nets.attention import Attention
 from diffmem.nets.dit import DiT
 
 __all__ = ["Head", "self_attention_layers", "head_gradients", "accumulate_scores", "normalise_per_layer",
-           "rank_heads", "prune_count", "lowest_heads", "random_heads", "heads_by_layer", "mask_heads", "remove_heads",
-           "sliced_linear", "scoring_loss"]
+           "rank_heads", "prune_count", "lowest_heads", "random_heads", "head_counts", "heads_by_layer", "mask_heads",
+           "remove_heads", "kept_channels", "sliced_linear", "scoring_loss"]
 
 
 @dataclass(frozen=True, order=True)
@@ -119,22 +119,28 @@ def lowest_heads(importance: Mapping[str, Tensor], ratio: float = 0.2) -> list[H
     return ranked[:prune_count(len(ranked), ratio)]
 
 
-def random_heads(layers: Mapping[str, Attention], ratio: float = 0.2, seed: int = 0) -> list[Head]:
-    """The random-pruning baseline of Ye et al. (Table 1): ⌊η·H⌋ heads drawn uniformly without replacement."""
-    heads = [Head(name, h) for name, attn in layers.items() for h in range(attn.num_heads)]
+def head_counts(layers: Mapping[str, Attention]) -> dict[str, int]:
+    """Heads per self-attention layer (H_l): what head selection needs to know of a model."""
+    return {name: attn.num_heads for name, attn in layers.items()}
+
+
+def random_heads(counts: Mapping[str, int], ratio: float = 0.2, seed: int = 0) -> list[Head]:
+    """The random-pruning baseline of Ye et al. (Table 1): ⌊η·H⌋ heads drawn uniformly without replacement
+    (``counts``: heads per layer, e.g. :func:`head_counts`)."""
+    heads = [Head(name, h) for name, n in counts.items() for h in range(n)]
     pick = np.random.default_rng(seed).choice(len(heads), size=prune_count(len(heads), ratio), replace=False)
     return sorted(heads[i] for i in pick)
 
 
-def heads_by_layer(layers: Mapping, heads: Iterable[Head]) -> dict[str, set[int]]:
-    """Head indices per layer name, checked against ``layers`` (name → anything with a ``num_heads``)."""
+def heads_by_layer(counts: Mapping[str, int], heads: Iterable[Head]) -> dict[str, set[int]]:
+    """Head indices per layer name, checked against ``counts`` (heads per layer)."""
     grouped: dict[str, set[int]] = {}
     for head in heads:
-        if head.layer not in layers:
-            raise ValueError(f"unknown attention layer {head.layer!r}; known: {sorted(layers)}")
-        if not 0 <= head.index < layers[head.layer].num_heads:
+        if head.layer not in counts:
+            raise ValueError(f"unknown attention layer {head.layer!r}; known: {sorted(counts)}")
+        if not 0 <= head.index < counts[head.layer]:
             raise ValueError(f"head {head.index} out of range for layer {head.layer!r} "
-                             f"with {layers[head.layer].num_heads} heads")
+                             f"with {counts[head.layer]} heads")
         grouped.setdefault(head.layer, set()).add(head.index)
     return grouped
 
@@ -142,8 +148,14 @@ def heads_by_layer(layers: Mapping, heads: Iterable[Head]) -> dict[str, set[int]
 @torch.no_grad()
 def mask_heads(layers: Mapping[str, Attention], heads: Iterable[Head]) -> None:
     """Prune by a fixed zero gate ξ_h = 0 (the buffer is not a parameter, so fine-tuning leaves it at 0)."""
-    for name, idx in heads_by_layer(layers, heads).items():
+    for name, idx in heads_by_layer(head_counts(layers), heads).items():
         layers[name].head_mask[sorted(idx)] = 0
+
+
+def kept_channels(num_heads: int, head_dim: int, removed: set[int]) -> tuple[Tensor, Tensor]:
+    """(kept head indices, their q/k/v channels): kept head h owns channels h·d … h·d+d−1, in head order."""
+    keep = torch.tensor([h for h in range(num_heads) if h not in removed], dtype=torch.long)
+    return keep, (keep[:, None] * head_dim + torch.arange(head_dim)).reshape(-1)
 
 
 def sliced_linear(layer: nn.Linear, rows: Tensor | None = None, cols: Tensor | None = None) -> nn.Linear:
@@ -169,11 +181,10 @@ def remove_heads(layers: Mapping[str, Attention], heads: Iterable[Head]) -> None
     ``to_out``, their gate. Head indices refer to the layers *before* this call; the remaining heads are
     renumbered 0..H'−1 in order. A layer may lose all its heads (its output is then ``to_out.bias``).
     """
-    for name, idx in heads_by_layer(layers, heads).items():
+    for name, idx in heads_by_layer(head_counts(layers), heads).items():
         attn = layers[name]
         H, d = attn.num_heads, attn.head_dim
-        keep = torch.tensor([h for h in range(H) if h not in idx], dtype=torch.long)
-        channels = (keep[:, None] * d + torch.arange(d)).reshape(-1)  # kept head h owns channels h·d … h·d+d−1
+        keep, channels = kept_channels(H, d, idx)
         attn.to_q = sliced_linear(attn.to_q, rows=channels)
         attn.to_kv = sliced_linear(attn.to_kv, rows=torch.cat([channels, H * d + channels]))  # k then v halves
         attn.to_out = sliced_linear(attn.to_out, cols=channels)

@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from diffmem.mitigations.head_pruning import (
     Head,
     accumulate_scores,
+    head_counts,
     lowest_heads,
     mask_heads,
     normalise_per_layer,
@@ -72,7 +73,7 @@ def prune(net: nn.Module, training_set, train_cfg, *, method: str = "importance"
         importance = normalise_per_layer(scores)
         heads = lowest_heads(importance, ratio)
     else:
-        heads = random_heads(layers, ratio, seed=seed)
+        heads = random_heads(head_counts(layers), ratio, seed=seed)
     per_layer = {name: sum(h.layer == name for h in heads) for name in layers}
     result = PruneResult(method, float(ratio), law, seed, num_batches, sum(a.num_heads for a in layers.values()),
                          [[h.layer, h.index] for h in heads], per_layer, scores, importance)
