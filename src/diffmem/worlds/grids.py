@@ -32,11 +32,9 @@ def grid_array(tiles: Tensor, *, scale: int = 4, pad: int = 2) -> np.ndarray:
 
 def save_grid(path: str | Path, tiles: Tensor, *, scale: int = 4) -> Path:
     """Write :func:`grid_array` of ``tiles`` as a PNG (atomically)."""
-    try:
-        from PIL import Image
-    except ImportError as err:  # pragma: no cover - Pillow ships with the plots extra
-        raise ImportError("sample grids need Pillow: pip install 'diffmem[plots]'") from err
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(grid_array(tiles, scale=scale)).save(buf, format="PNG")
