@@ -52,7 +52,7 @@ from torch import nn
 
 import diffmem
 from diffmem import Cond, DiscreteSchedule, Recorder, discrete_grid
-from diffmem.adapters.base import Denoiser
+from diffmem.denoiser import Denoiser
 from diffmem.sampling.trajectory import TENSOR_FIELDS
 
 THREADS = 2

@@ -3,7 +3,7 @@
 import torch
 
 from diffmem import Cond, DiscreteSchedule, SeededNoise
-from diffmem.adapters.base import Denoiser
+from diffmem.denoiser import Denoiser
 
 
 class TinyNet(Denoiser):

@@ -21,7 +21,7 @@ from diffmem import (
     opposite_guidance,
     sample,
 )
-from diffmem.adapters.base import Denoiser
+from diffmem.denoiser import Denoiser
 from diffmem.schedules import DiscreteSchedule, v_from_eps, x0_from_eps
 from helpers import TinyNet, class_cond, seeded
 

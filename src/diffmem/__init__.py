@@ -6,7 +6,7 @@ loop, returning a recorded :class:`Trajectory`. ``import diffmem`` needs only to
 
 __version__ = "0.1.0"
 
-from diffmem.adapters.base import Denoiser
+from diffmem.denoiser import Denoiser
 from diffmem.results import Provenance, Result
 from diffmem.sampling.guidance import (
                                        Constant,

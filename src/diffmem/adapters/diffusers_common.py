@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from diffmem.adapters.base import PREDICTION_TYPES, Denoiser
 from diffmem.adapters.codec import LatentCodec
 from diffmem.adapters.local import load_local_pipeline
 from diffmem.adapters.scheduler_map import SamplerSpec, sampler_from_scheduler, schedule_from_scheduler
+from diffmem.denoiser import PREDICTION_TYPES, Denoiser
 from diffmem.sampling.loop import sample
 from diffmem.seeding import SeededNoise
 from diffmem.types import Cond

@@ -2,7 +2,7 @@
 
 Text prompts become CLIP embeddings exactly as ``StableDiffusionPipeline.encode_prompt`` builds them (padded to the
 tokenizer's max length; the empty prompt for ε_u); the UNet's ε- or v-output is converted to ε once, in
-:class:`~diffmem.adapters.base.Denoiser`; both CFG branches share one batched forward.
+:class:`~diffmem.denoiser.Denoiser`; both CFG branches share one batched forward.
 """
 
 from __future__ import annotations

@@ -23,15 +23,13 @@ x_t = √ᾱ_t · x̃_t at every grid point and the last step lands on σ = 0, w
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 import torch
-from torch import Tensor
 
 from diffmem.sampling.solvers import ddim_step
-from diffmem.schedules import DiscreteSchedule, Grid, discrete_grid
-from diffmem.seeding import SeededNoise
+from diffmem.sampling.spec import SamplerSpec
+from diffmem.schedules import DiscreteSchedule, discrete_grid
 
 __all__ = ["SamplerSpec", "sampler_from_scheduler", "schedule_from_scheduler", "SCHEDULER_CLASSES"]
 
@@ -47,30 +45,6 @@ _UNSUPPORTED = {
               "rescale_betas_zero_snr": False},
 }
 _DDPM_VARIANCES = ("fixed_small", "fixed_small_log")  # both give the β̃ posterior variance diffmem's ddpm_step uses
-
-
-@dataclass(frozen=True)
-class SamplerSpec:
-    """Everything :func:`diffmem.sample` needs to reproduce a diffusers scheduler.
-
-    Attributes:
-        grid: timesteps and ᾱ per step, identical to the scheduler's ``set_timesteps``.
-        solver: registry name or bound step function (DDIM with η > 0).
-        x_T_scale: VP scale of the initial draw z (module docstring); 1 except Euler with linspace/trailing.
-        schedule: the training table ᾱ[0..T−1] the scheduler holds.
-        config: the resolved scheduler config (all defaults filled in), for provenance.
-    """
-
-    grid: Grid
-    solver: str | Callable
-    x_T_scale: float
-    schedule: DiscreteSchedule
-    config: dict
-
-    def initial_latents(self, noise: SeededNoise, shape) -> Tensor:
-        """x_T for a latent ``shape`` (without batch): one draw per seed, times :attr:`x_T_scale`."""
-        z = noise.randn(tuple(shape))
-        return z if self.x_T_scale == 1.0 else z * self.x_T_scale
 
 
 def _resolve(scheduler, target: str | None) -> tuple[dict, object]:

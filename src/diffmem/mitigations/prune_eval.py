@@ -39,7 +39,7 @@ def generate(world, n: int, *, seed: int = 0, steps: int = 50, batch: int = 256)
         m = min(batch, n - i)
         seeds = list(range(seed + i, seed + i + m))
         cond = world.cond([""] * m) if world.tokenizer is not None else world.cond_labels([s % classes for s in seeds])
-        noise = SeededNoise(seeds)
+        noise = SeededNoise(seeds, dtype=next(world.net.parameters()).dtype)  # a float64 net samples in float64
         trajectory = sample(world.denoiser, noise.randn(world.data.shape), grid, cond, solver=world.solver,
                             guidance=Constant(1.0), recorder=Recorder(keep=()))
         out.append(trajectory.x_0)

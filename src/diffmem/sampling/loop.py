@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from diffmem.adapters.base import Denoiser
+from diffmem.denoiser import Denoiser
 from diffmem.results import Provenance
 from diffmem.sampling.guidance import Constant, Guidance, guide
 from diffmem.sampling.hooks import Hook, Intervention

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
-from diffmem.adapters.base import Denoiser
+from diffmem.denoiser import Denoiser
 from diffmem.schedules import VPSDESchedule
 
 __all__ = ["ScoreMLP", "NetDenoiser", "TrainConfig", "train_score_net", "count_params"]

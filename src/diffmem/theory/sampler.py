@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from diffmem.adapters.base import Denoiser
+from diffmem.denoiser import Denoiser
 from diffmem.schedules import VPSDESchedule, continuous_grid
 from diffmem.theory.closed_form import NULL_LABEL
 from diffmem.types import Cond

@@ -19,34 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffmem.schedules import DiscreteSchedule
+from diffmem.subject import TrainingSet
 from diffmem.training.checkpoint import load_state, save_state
 from diffmem.training.config import TrainConfig
 from diffmem.training.ema import EMA
 
 __all__ = ["TrainingSet", "step_generator", "draw_batch", "eps_loss", "fit", "FitLog"]
-
-
-@dataclass(frozen=True)
-class TrainingSet:
-    """Tensors the loop samples from.
-
-    Attributes:
-        images: [N, C, H, W] distinct images in [−1, 1].
-        rows: [R] image id of each training row (duplicates repeat an id).
-        cond: [R, ...] conditioning ids of each row (token ids [R, L] or class ids [R]).
-        null: [...] the null condition that replaces a row's with probability p_uncond (empty prompt, null class).
-    """
-
-    images: Tensor
-    rows: Tensor
-    cond: Tensor
-    null: Tensor
-
-    def __post_init__(self):
-        if len(self.rows) != len(self.cond) or len(self.rows) == 0:
-            raise ValueError(f"need as many conditions as rows (> 0), got {len(self.cond)} and {len(self.rows)}")
-        if tuple(self.null.shape) != tuple(self.cond.shape[1:]):
-            raise ValueError(f"null condition shape {tuple(self.null.shape)} != row shape {tuple(self.cond.shape[1:])}")
 
 
 @dataclass

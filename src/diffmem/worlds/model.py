@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from diffmem.adapters.base import Denoiser
+from diffmem.denoiser import Denoiser
 from diffmem.nets.dit import DiT, DiTConfig
 from diffmem.schedules import NoiseSchedule
 from diffmem.text.encoder import TextEncoder
