@@ -213,6 +213,12 @@ class Grid:
     def sigma(self) -> Tensor:
         return sigma_from_alpha_bar(self.alpha_bar)
 
+    def head(self, k: int) -> Grid:
+        """The first ``k`` steps of this grid (early-step detectors run only these, through the same loop)."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self):
+            raise ValueError(f"head needs an int in [1, {len(self)}], got {k!r}")
+        return Grid(self.timesteps[:k], self.alpha_bar[:k], self.alpha_bar_next[:k], {**self.spec, "head": k})
+
 
 def _spaced_timesteps(T: int, n: int, spacing: str, steps_offset: int, integer: bool) -> np.ndarray:
     # Mirrors diffusers' set_timesteps for DDIM/DDPM (integer=True) and Euler (integer=False).

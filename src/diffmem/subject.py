@@ -156,16 +156,18 @@ class Subject:
         """Initial states [B, *state_shape]: one draw per seed of ``noise``, scaled as the sampler needs."""
         return self.spec.initial_latents(noise, self.state_shape)
 
-    def sample(self, cond: Cond, seeds: Sequence[int], *, guidance=7.5, steps: int | None = None, **kwargs):
+    def sample(self, cond: Cond, seeds: Sequence[int], *, guidance=7.5, steps: int | None = None,
+               first: int | None = None, **kwargs):
         """One call of :func:`diffmem.sample` (the one loop) on this subject: row i of ``cond`` uses seed i.
 
-        ``kwargs`` go to :func:`diffmem.sample` (``recorder``, ``hooks``, ``interventions``); the initial draws and
+        ``first`` runs only the first k steps of the ``steps``-step grid (early-step statistics at their cost);
+        ``kwargs`` go to :func:`diffmem.sample` (``recorder``, ``hooks``, ``interventions``). The initial draws and
         the solver's noise come from the same per-seed streams, so sample i depends on seed i only."""
         spec = self.sampler(steps or self.steps)
+        grid = spec.grid if first is None else spec.grid.head(first)
         noise = SeededNoise(list(seeds), device=_device(self.net), dtype=self.dtype)
         x_T = spec.initial_latents(noise, self.state_shape)
-        return sample(self.denoiser, x_T, spec.grid, cond, solver=spec.solver, guidance=guidance, noise=noise,
-                      **kwargs)
+        return sample(self.denoiser, x_T, grid, cond, solver=spec.solver, guidance=guidance, noise=noise, **kwargs)
 
     @property
     def dtype(self) -> torch.dtype:

@@ -54,6 +54,13 @@ def _no_noise() -> Tensor:
     raise ValueError("this solver draws noise: pass noise=SeededNoise(seeds) to sample()")
 
 
+def _guidance_norm(eps_c: Tensor, eps_u: Tensor) -> Tensor:
+    """d_t = ‖ε_c − ε_u‖₂ per sample, subtracted in at least float32 (half precision loses the digits that tell
+    memorized prompts apart; Wen et al., ICLR 2024 log it from fp16 models)."""
+    dtype = torch.promote_types(eps_c.dtype, torch.float32)
+    return (eps_c.to(dtype) - eps_u.to(dtype)).flatten(1).norm(dim=1)
+
+
 def _weights(w, batch: int) -> Tensor:
     w = torch.as_tensor(w, dtype=torch.float64).cpu()
     return w.expand(batch).clone() if w.ndim == 0 else w
@@ -93,7 +100,7 @@ def sample(denoiser: Denoiser, x_T: Tensor, grid: Grid, cond: Cond, *, solver: s
                 for iv in interventions:
                     x = _same_shape(iv.edit_x_t(i, t, x), x, "edit_x_t")
                 pred = denoiser(x, grid.timesteps[i], cond, uncond=guidance.needs_uncond(i, n))
-                d_t = None if pred.eps_u is None else (pred.eps_c - pred.eps_u).flatten(1).norm(dim=1)
+                d_t = None if pred.eps_u is None else _guidance_norm(pred.eps_c, pred.eps_u)
                 d_row = torch.full((B,), math.nan, dtype=torch.float64) if d_t is None else d_t.double().cpu()
                 d_hist = torch.cat([d_hist, d_row[None]])
                 w = _weights(guidance.weight(i, n, t, d_hist), B)

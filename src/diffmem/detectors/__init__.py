@@ -1,0 +1,9 @@
+"""Memorization detectors: one statistic per file, registered in :data:`diffmem.detectors.base.REGISTRY`.
+
+Importing this package registers every detector; see :mod:`diffmem.detectors.base` for the protocol.
+"""
+
+from diffmem.detectors import noise_diff  # noqa: F401  (registers)
+from diffmem.detectors.base import REGISTRY, Detector, PerGeneration, make_detector, register
+
+__all__ = ["REGISTRY", "Detector", "PerGeneration", "make_detector", "register"]
