@@ -15,14 +15,20 @@ import numpy as np
 import torch
 
 from diffmem.io import read_arrays, read_json, write_arrays, write_json
+from diffmem.version import __version__
 
 __all__ = ["Result", "Provenance", "package_version"]
 
 
 def package_version() -> str:
-    from diffmem import __version__
-
     return __version__
+
+
+def _flat(cls) -> bool:
+    """A record that is not a :class:`Result` but defines its own flat JSON form (``to_dict() -> dict`` and
+    ``from_dict(dict)``), e.g. a summary whose keys must stay stable."""
+    return not issubclass(cls, Result) and callable(getattr(cls, "to_dict", None)) \
+        and callable(getattr(cls, "from_dict", None))
 
 
 def _to_tree(obj: Any, arrays: dict, prefix: str) -> Any:
@@ -31,6 +37,8 @@ def _to_tree(obj: Any, arrays: dict, prefix: str) -> Any:
     if isinstance(obj, torch.Tensor):
         arrays[prefix] = obj
         return {"__array__": prefix}
+    if dataclasses.is_dataclass(obj) and _flat(type(obj)):
+        return obj.to_dict()
     if dataclasses.is_dataclass(obj):
         return {f.name: _to_tree(getattr(obj, f.name), arrays, f"{prefix}.{f.name}".lstrip("."))
                 for f in dataclasses.fields(obj)}
@@ -52,15 +60,19 @@ def _from_tree(tree: Any, arrays: dict, tp=None) -> Any:
     if isinstance(tree, dict) and set(tree) == {"__array__"}:
         return arrays[tree["__array__"]]
     cls = _dataclass_in(tp) if isinstance(tree, dict) else None
+    if cls is not None and _flat(cls):
+        return cls.from_dict(tree)
     if cls is not None:
         hints = typing.get_type_hints(cls)
         return cls(**{f.name: _from_tree(tree[f.name], arrays, hints.get(f.name))
                       for f in dataclasses.fields(cls) if f.name in tree})
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if isinstance(tree, dict):
-        return {k: _from_tree(v, arrays) for k, v in tree.items()}
+        value = args[1] if origin is dict and len(args) == 2 else None
+        return {k: _from_tree(v, arrays, value) for k, v in tree.items()}
     if isinstance(tree, list):
-        args = typing.get_args(tp) if typing.get_origin(tp) in (list, tuple) else ()
-        return [_from_tree(v, arrays, args[0] if args else None) for v in tree]
+        out = [_from_tree(v, arrays, args[0] if origin in (list, tuple) and args else None) for v in tree]
+        return tuple(out) if origin is tuple else out
     return tree
 
 
@@ -99,7 +111,7 @@ class Result:
 
 @dataclass(frozen=True)
 class Provenance(Result):
-    """How a result was made: enough to reproduce it (design lesson 8)."""
+    """How a result was made: enough to reproduce it (model, sampler, grid, guidance, seeds, package version)."""
 
     model: dict
     solver: dict
