@@ -202,8 +202,8 @@ def test_kim_runs_unchanged_on_a_tiny_diffusers_sd(tmp_path):
     pytest.importorskip("diffusers")
     from PIL import Image
 
-    from diffmem.analyses.kim import KimConfig, run_kim
     from diffmem.adapters.subject import diffusers_subject
+    from diffmem.analyses.kim import KimConfig, run_kim
     from diffusers_tiny import tiny_sd_pipeline
 
     n = torch.get_num_threads()

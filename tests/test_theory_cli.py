@@ -35,7 +35,7 @@ def test_teaser_cli_highlights_copies(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(teaser.TEASER_PRESETS, "quick", tiny)
     assert main(["theory", "teaser", "--quick", "--out", str(tmp_path)]) == 0
     rows = {r["name"]: r for r in TheoryResult.load(tmp_path, "teaser").summary["rows"]}
-    assert set(rows) == {"empirical", "true", "width4"} and rows["empirical"]["mem_ratio"] == 1.0
+    assert set(rows) == {"empirical", "true", "width4"} and rows["empirical"]["memorization_ratio"] == 1.0
     arrays = TheoryResult.load(tmp_path, "teaser").arrays
     assert arrays["copy_empirical"].all() and arrays["samples_true"].shape == (30, 2)
     assert (tmp_path / "teaser.png").exists()
@@ -43,7 +43,8 @@ def test_teaser_cli_highlights_copies(tmp_path, monkeypatch, capsys):
 
 def test_scores_run_small(tmp_path):
     s = run_scores(tmp_path, quick=True, dim=8, n=60, samples=40)
-    assert s["memorization"]["empirical"]["mem_ratio"] >= 0.99 and s["memorization"]["true"]["mem_ratio"] <= 0.05
+    mem = s["memorization"]
+    assert mem["empirical"]["memorization_ratio"] >= 0.99 and mem["true"]["memorization_ratio"] <= 0.05
     lip = s["lipschitz"]["rows"]
     assert all(r["lower"] <= r["measured"] <= r["upper"] for r in lip)
     assert (tmp_path / "scores.png").exists()

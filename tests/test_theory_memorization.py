@@ -17,8 +17,8 @@ def test_empirical_score_copies_and_true_score_does_not():
     world = gmm_world(16, seed=0)
     X, _ = world.sample(100, seed=1)
     res = score_memorization(world, X, samples=100, sampler=SamplerConfig(steps=50))
-    assert res["empirical"]["mem_ratio"] >= 0.99
-    assert res["true"]["mem_ratio"] <= 0.01
+    assert res["empirical"]["memorization_ratio"] >= 0.99
+    assert res["true"]["memorization_ratio"] <= 0.01
     # each empirical sample is a training point (final x0_hat of the exact empirical denoiser)
     assert float(torch.cdist(res["empirical"]["samples"], X).min(1).values.max()) < 1e-6
 

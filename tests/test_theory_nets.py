@@ -66,7 +66,7 @@ def test_sweep_resumes_from_finished_rows(tmp_path, monkeypatch):
     first = run_sweep(TINY, tmp_path)
     assert set(first["panels"]) == {"size", "n", "decay", "dup"}
     rows = first["panels"]["size"]
-    assert all(0 <= r["mem_ratio"] <= 1 and r["params"] > 0 for r in rows)
+    assert all(0 <= r["memorization_ratio"] <= 1 and r["params"] > 0 for r in rows)
     assert any("duplication" in f for f in first["findings"])
 
     def boom(*a, **k):

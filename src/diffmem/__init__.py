@@ -1,7 +1,7 @@
 """diffmem: measure, explain, detect and mitigate memorization in diffusion models.
 
-The two contracts (README.md, "What it is"): a :class:`Denoiser` returns ε_c and ε_u apart, and :func:`sample` is the one
-loop, returning a recorded :class:`Trajectory`. ``import diffmem`` needs only torch, numpy and safetensors.
+The two contracts (README.md, "What it is"): a :class:`Denoiser` returns ε_c and ε_u apart, and :func:`sample` is
+the one loop, returning a recorded :class:`Trajectory`. ``import diffmem`` needs only torch, numpy and safetensors.
 """
 
 from diffmem.denoiser import Denoiser

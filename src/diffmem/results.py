@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,8 @@ def _dataclass_in(tp) -> type | None:
     """The dataclass named by a field annotation (``X`` or ``X | None``), if any."""
     if dataclasses.is_dataclass(tp):
         return tp
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
     return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
 
 

@@ -141,7 +141,7 @@ def run_scores(out: str | Path, *, quick: bool = False, seed: int = 0, dim: int 
     X, _ = world.sample(n, seed=seed + 1)
     mem = score_memorization(world, X, samples=samples or (200 if quick else 1000), seed=seed, sampler=sampler)
     held_out, _ = world.sample(2000, seed=seed + 7)
-    summary = {"memorization": {k: {"mem_ratio": v["mem_ratio"], "loglik_mean": v["loglik_mean"]}
+    summary = {"memorization": {k: {"memorization_ratio": v["memorization_ratio"], "loglik_mean": v["loglik_mean"]}
                                 for k, v in mem.items()},
                "heldout_loglik_mean": float(world.log_prob(held_out).mean()), "n": n, "dim": dim}
     summary["collapse"] = _collapse(seed, quick)
@@ -219,8 +219,8 @@ def run_theory_quick(out: str | Path, *, figures: bool = True, sweep: bool = Tru
     teaser = run_teaser(out / "teaser", quick=True, figures=figures)
     res = {"reference_gap": gap["reference"], "prop41_all_agree": gap["prop41_all_agree"],
            "max_rel_err_small_t": gap["max_rel_err_small_t"],
-           "mem_ratio_empirical_score": scores["memorization"]["empirical"]["mem_ratio"],
-           "mem_ratio_true_score": scores["memorization"]["true"]["mem_ratio"],
+           "memorization_ratio_empirical_score": scores["memorization"]["empirical"]["memorization_ratio"],
+           "memorization_ratio_true_score": scores["memorization"]["true"]["memorization_ratio"],
            "teaser": teaser["rows"]}
     if sweep:
         res["sweep_findings"] = run_sweep_preset(out / "sweep", preset="quick", figures=figures)["findings"]

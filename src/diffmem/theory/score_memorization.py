@@ -27,7 +27,8 @@ def score_memorization(world: GMMWorld, X_train: Tensor, *, samples: int = 500, 
                        sampler: SamplerConfig | None = None) -> dict:
     """Sample the empirical and the true score; per model the memorization ratio and mean true log-likelihood.
 
-    Returns ``{"empirical": {...}, "true": {...}}`` with ``mem_ratio``, ``loglik_mean`` and ``samples`` [B, d]."""
+    Returns ``{"empirical": {...}, "true": {...}}`` with ``memorization_ratio``, ``loglik_mean`` and ``samples``
+    [B, d]."""
     from diffmem.similarity.criteria import memorization_ratio
 
     sched, sampler = VPSDESchedule(), sampler or SamplerConfig()
@@ -36,8 +37,8 @@ def score_memorization(world: GMMWorld, X_train: Tensor, *, samples: int = 500, 
     out = {}
     for name, den in models.items():
         x, prov = draw_samples(den, world.dim, range(seed, seed + samples), sampler)
-        out[name] = {"mem_ratio": memorization_ratio(x, X_train), "loglik_mean": float(world.log_prob(x).mean()),
-                     "samples": x, "provenance": prov}
+        out[name] = {"memorization_ratio": memorization_ratio(x, X_train),
+                     "loglik_mean": float(world.log_prob(x).mean()), "samples": x, "provenance": prov}
     return out
 
 

@@ -120,7 +120,7 @@ def run_one(spec: RunSpec, cfg: SweepConfig) -> dict:
     x, prov = draw_samples(NetDenoiser(net), spec.dim, range(cfg.samples), cfg.sampler, dtype=torch.float32)
     ll = world.log_prob(x.double())
     return {**asdict(spec), "key": spec.key, "distinct": spec.n - spec.dup, "params": count_params(net),
-            "mem_ratio": memorization_ratio(x.double(), X), "loglik_mean": float(ll.mean()),
+            "memorization_ratio": memorization_ratio(x.double(), X), "loglik_mean": float(ll.mean()),
             "loglik_median": float(ll.median()), "final_loss": history[-1], "train_s": round(t1 - t0, 2),
             "sample_s": round(time.perf_counter() - t1, 2), "cpu_s": round(time.process_time() - c0, 2),
             "train": train.to_dict(), "sampler": prov["sampler"]}
@@ -151,7 +151,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, progress=None) -> dict:
     return summary
 
 
-def _series(rows, by: str, x: str, y: str = "mem_ratio") -> dict:
+def _series(rows, by: str, x: str, y: str = "memorization_ratio") -> dict:
     out: dict = {}
     for r in rows:
         out.setdefault(r[by], []).append((r[x], r[y]))
@@ -176,7 +176,7 @@ def findings(panels: dict, cfg: SweepConfig) -> list[str]:
         (n0, m0), (n1, m1) = pts[0], pts[-1]
         verdict = "more data -> less memorization" if m1 < m0 else "NOT less memorization with more data"
         out.append(f"n, d={d}, width {cfg.fixed_width}: mem {m0:.3f} at n={n0} -> {m1:.3f} at n={n1} ({verdict})")
-    by_d = {r["dim"]: r["mem_ratio"] for r in panels["n"] if r["n"] == cfg.n_grid[0]}
+    by_d = {r["dim"]: r["memorization_ratio"] for r in panels["n"] if r["n"] == cfg.n_grid[0]}
     lo, hi = min(by_d), max(by_d)
     verdict = "higher d -> less memorization" if by_d[hi] < by_d[lo] else "NOT less memorization at higher d"
     out.append(f"n={cfg.n_grid[0]}: mem {by_d[lo]:.3f} at d={lo} vs {by_d[hi]:.3f} at d={hi} ({verdict})")
@@ -184,10 +184,10 @@ def findings(panels: dict, cfg: SweepConfig) -> list[str]:
         for n, rows in _group(panels[panel], by).items():
             best = max(rows, key=lambda r: r["loglik_mean"])
             out.append(f"{panel}, n={n}: " + "; ".join(
-                f"{x} {r[x]:g}: mem {r['mem_ratio']:.2f}, loglik mean {r['loglik_mean']:.1f} / median "
+                f"{x} {r[x]:g}: mem {r['memorization_ratio']:.2f}, loglik mean {r['loglik_mean']:.1f} / median "
                 f"{r['loglik_median']:.1f}" for r in rows) + f" (best mean loglik at {x} {best[x]:g})")
     full, dup, small = panels["dup"]
-    out.append(f"duplication: n={full['n']} distinct mem {full['mem_ratio']:.3f}; n={dup['n']} with m={dup['dup']} "
-               f"duplicates mem {dup['mem_ratio']:.3f}; n-m={small['n']} distinct mem {small['mem_ratio']:.3f} "
-               f"(corollary: duplicated set behaves like n-m)")
+    out.append(f"duplication: n={full['n']} distinct mem {full['memorization_ratio']:.3f}; n={dup['n']} with "
+               f"m={dup['dup']} duplicates mem {dup['memorization_ratio']:.3f}; n-m={small['n']} distinct mem "
+               f"{small['memorization_ratio']:.3f} (corollary: duplicated set behaves like n-m)")
     return out

@@ -60,7 +60,7 @@ def run_teaser_models(cfg: TeaserConfig) -> tuple[dict, dict[str, torch.Tensor]]
     for name, (den, params) in models.items():
         x, _ = draw_samples(den, 2, range(cfg.samples), cfg.sampler)
         copy = is_copy(x, X)
-        rows.append({"name": name, "params": params, "mem_ratio": float(copy.double().mean()),
+        rows.append({"name": name, "params": params, "memorization_ratio": float(copy.double().mean()),
                      "loglik_mean": float(world.log_prob(x.double()).mean())})
         arrays[f"samples_{name}"], arrays[f"copy_{name}"] = x, copy
     return {"rows": rows, "world": world.describe(), "n": cfg.n}, arrays
