@@ -6,10 +6,9 @@ import math
 import pytest
 import torch
 
+from diffmem.mixtures import GaussianMixture, gmm_world
 from diffmem.theory.lab import run_loss_gap
 from diffmem.theory.loss_gap import loss_gap, loss_gap_closed_form
-from diffmem.theory.mixture import GaussianMixture
-from diffmem.worlds.gmm import gmm_world
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
+from diffmem.mixtures import gmm_world
 from diffmem.schedules import VPSDESchedule
 from diffmem.similarity.criteria import memorization_ratio
 from diffmem.theory.closed_form import GaussianMixtureDenoiser
 from diffmem.theory.sampler import SamplerConfig, draw_samples
 from diffmem.theory.score_memorization import collapse_curve, collapse_time, score_memorization
-from diffmem.worlds.gmm import gmm_world
 
 
 def test_empirical_score_copies_and_true_score_does_not():

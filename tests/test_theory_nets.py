@@ -5,11 +5,11 @@ import dataclasses
 import pytest
 import torch
 
+from diffmem.mixtures import gmm_world
 from diffmem.theory import sweeps
 from diffmem.theory.mlp import NetDenoiser, ScoreMLP, TrainConfig, count_params, train_score_net
 from diffmem.theory.sampler import SamplerConfig, draw_samples
 from diffmem.theory.sweeps import RunSpec, SweepConfig, plan, run_sweep, training_set
-from diffmem.worlds.gmm import gmm_world
 
 TINY = SweepConfig("tiny", dim=4, n_size=(8,), widths=(4, 8), n_grid=(8, 16), dims=(2,), fixed_width=8,
                    n_decay=(8,), decays=(0.0, 1.0), dup=(8, 4), train=TrainConfig(steps=4, batch=8), samples=6,

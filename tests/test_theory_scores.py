@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
+from diffmem.mixtures import GaussianMixture, alpha_sigma, gmm_world
 from diffmem.schedules import DiscreteSchedule, VPSDESchedule
 from diffmem.theory.closed_form import GaussianMixtureDenoiser
 from diffmem.theory.lipschitz import gaussian_lipschitz, lipschitz_bounds, measured_lipschitz, probe_points
-from diffmem.theory.mixture import GaussianMixture, alpha_sigma
 from diffmem.types import Cond
-from diffmem.worlds.gmm import gmm_world
 
 F64 = torch.float64
 

@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from diffmem.theory import lab
+from diffmem.theory.sweeps import PRESETS, plan
+from diffmem.theory.teaser import TEASER_PRESETS
+
 __all__ = ["add_parser"]
 
 KINDS = ("loss-gap", "scores", "sweep", "teaser")
@@ -32,8 +36,6 @@ def add_parser(sub) -> None:
 
 
 def _cli(args) -> int:
-    from diffmem.theory import lab
-
     figures = not args.no_figures
     preset = args.preset or ("quick" if args.quick else "default")
     if args.dry_run:
@@ -59,14 +61,10 @@ def _cli(args) -> int:
 
 def _dry_run(experiment: str, preset: str) -> int:
     if experiment == "sweep":
-        from diffmem.theory.sweeps import PRESETS, plan
-
         cfg = PRESETS[preset]
         runs = {s.key for specs in plan(cfg).values() for s in specs}
         print(json.dumps({**cfg.to_dict(), "unique_runs": len(runs)}, indent=1, default=str))
     elif experiment == "teaser":
-        from diffmem.theory.teaser import TEASER_PRESETS
-
         print(json.dumps(TEASER_PRESETS[preset].to_dict(), indent=1, default=str))
     else:
         print(json.dumps({"experiment": experiment, "quick": preset == "quick"}))

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from diffmem.denoiser import Denoiser
+from diffmem.mixtures import GaussianMixture
 from diffmem.schedules import NoiseSchedule
-from diffmem.theory.mixture import GaussianMixture
 
 __all__ = ["GaussianMixtureDenoiser", "GaussianDenoiser", "NULL_LABEL"]
 

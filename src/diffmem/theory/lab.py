@@ -20,13 +20,15 @@ from pathlib import Path
 import torch
 
 from diffmem.io import write_json
+from diffmem.mixtures import GaussianMixture, gmm_world
 from diffmem.results import Provenance, Result
 from diffmem.theory.lipschitz import gaussian_lipschitz, lipschitz_bounds, measured_lipschitz, probe_points
 from diffmem.theory.loss_gap import loss_gap
-from diffmem.theory.mixture import GaussianMixture
+from diffmem.theory.plots import render_figures
 from diffmem.theory.sampler import SamplerConfig
 from diffmem.theory.score_memorization import collapse_curve, collapse_time, score_memorization
-from diffmem.worlds.gmm import gmm_world
+from diffmem.theory.sweeps import PRESETS, run_sweep
+from diffmem.theory.teaser import TEASER_PRESETS, run_teaser_models
 
 __all__ = ["TheoryResult", "run_loss_gap", "run_scores", "run_sweep_preset", "run_teaser", "run_theory_quick",
            "REFERENCE_T", "SMALL_T"]
@@ -51,8 +53,6 @@ def _save(result: TheoryResult, out: str | Path, figures: bool) -> dict:
     summary = {**result.summary, "provenance": result.provenance.to_dict()[0]}
     write_json(out / "summary.json", summary)
     if figures:
-        from diffmem.theory.plots import render_figures
-
         summary["figures"] = [p.name for p in render_figures(result.kind, out)]
         write_json(out / "summary.json", summary)
     return summary
@@ -185,8 +185,6 @@ def _lipschitz(seed: int, quick: bool, n: int = 200, dim: int = 32) -> dict:
 
 def run_sweep_preset(out: str | Path, *, preset: str = "quick", figures: bool = True, progress=None) -> dict:
     """The network sweeps of Fig. 3 on a preset grid (resumable: finished runs are read from ``out/rows``)."""
-    from diffmem.theory.sweeps import PRESETS, run_sweep
-
     if preset not in PRESETS:
         raise ValueError(f"unknown sweep preset {preset!r}; expected one of {sorted(PRESETS)}")
     cfg = PRESETS[preset]
@@ -198,8 +196,6 @@ def run_sweep_preset(out: str | Path, *, preset: str = "quick", figures: bool = 
 
 def run_teaser(out: str | Path, *, quick: bool = False, figures: bool = True) -> dict:
     """Fig. 2: 2-D samples of growing networks, copies highlighted."""
-    from diffmem.theory.teaser import TEASER_PRESETS, run_teaser_models
-
     t0 = time.perf_counter()
     cfg = TEASER_PRESETS["quick" if quick else "default"]
     summary, arrays = run_teaser_models(cfg)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffmem.mixtures import GaussianMixture
 from diffmem.similarity.retrieval import knn
-from diffmem.theory.mixture import GaussianMixture
 
 __all__ = ["pairwise_extremes", "lipschitz_bounds", "probe_points", "measured_lipschitz", "gaussian_lipschitz"]
 

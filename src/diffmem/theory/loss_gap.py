@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from diffmem.mixtures import GaussianMixture
 from diffmem.schedules import NoiseSchedule, VPSDESchedule
-from diffmem.theory.mixture import GaussianMixture
 
 __all__ = ["GapEstimate", "loss_gap", "loss_gap_closed_form"]
 

@@ -15,7 +15,10 @@ import torch
 from torch import Tensor
 
 from diffmem.denoiser import Denoiser
+from diffmem.sampling.loop import sample
+from diffmem.sampling.trajectory import Recorder
 from diffmem.schedules import VPSDESchedule, continuous_grid
+from diffmem.seeding import SeededNoise
 from diffmem.theory.closed_form import NULL_LABEL
 from diffmem.types import Cond
 
@@ -40,8 +43,6 @@ def draw_samples(denoiser: Denoiser, dim: int, seeds, config: SamplerConfig | No
     """Sample ``denoiser`` (a VP-SDE model) once per seed; returns (x̂₀ at the last step [B, dim], provenance).
 
     Sample i depends only on seed i (``SeededNoise``), so batching does not change the result."""
-    from diffmem import Recorder, SeededNoise, sample
-
     config = config or SamplerConfig()
     grid = continuous_grid(VPSDESchedule(), config.steps, t_max=config.t_max, t_min=config.t_min,
                            spacing="geometric")

@@ -14,11 +14,11 @@ import math
 import torch
 from torch import Tensor
 
+from diffmem.mixtures import GaussianMixture, GMMWorld
 from diffmem.schedules import NoiseSchedule, VPSDESchedule
+from diffmem.similarity.criteria import memorization_ratio
 from diffmem.theory.closed_form import GaussianMixtureDenoiser
-from diffmem.theory.mixture import GaussianMixture
 from diffmem.theory.sampler import SamplerConfig, draw_samples
-from diffmem.worlds.gmm import GMMWorld
 
 __all__ = ["score_memorization", "collapse_curve", "collapse_time"]
 
@@ -29,8 +29,6 @@ def score_memorization(world: GMMWorld, X_train: Tensor, *, samples: int = 500, 
 
     Returns ``{"empirical": {...}, "true": {...}}`` with ``memorization_ratio``, ``loglik_mean`` and ``samples``
     [B, d]."""
-    from diffmem.similarity.criteria import memorization_ratio
-
     sched, sampler = VPSDESchedule(), sampler or SamplerConfig()
     models = {"empirical": GaussianMixtureDenoiser(X_train, sched, name="empirical_score"),
               "true": GaussianMixtureDenoiser(world.means, sched, var=world.var, name="true_score")}

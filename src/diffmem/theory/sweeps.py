@@ -1,7 +1,7 @@
 """Network sweeps on Gaussian mixtures: memorization vs size, n, d, width, weight decay, duplication.
 
 Ye, Zhu, Tao & Chen (2025, §6.1, Fig. 3; Thm. 5.1 and its duplication corollary, §4.4). Each run trains a
-:class:`~diffmem.theory.mlp.ScoreMLP` on n points of a :func:`~diffmem.worlds.gmm.gmm_world`, samples it through the
+:class:`~diffmem.theory.mlp.ScoreMLP` on n points of a :func:`~diffmem.mixtures.gmm_world`, samples it through the
 one loop and records the memorization ratio (1/3 rule) and the mean true log-likelihood of its samples. Runs are
 keyed by their settings and each is written to ``rows/<key>.json`` as soon as it finishes, so an interrupted sweep
 resumes where it stopped and panels that share a setting share the run.
@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from diffmem.io import read_json, write_json
+from diffmem.mixtures import gmm_world
+from diffmem.similarity.criteria import memorization_ratio
 from diffmem.theory.mlp import NetDenoiser, TrainConfig, count_params, train_score_net
 from diffmem.theory.sampler import SamplerConfig, draw_samples
-from diffmem.worlds.gmm import gmm_world
 
 __all__ = ["SweepConfig", "RunSpec", "PRESETS", "plan", "run_one", "run_sweep", "findings"]
 
@@ -109,8 +110,6 @@ def training_set(spec: RunSpec, cfg: SweepConfig) -> torch.Tensor:
 
 def run_one(spec: RunSpec, cfg: SweepConfig) -> dict:
     """Train, sample and score one network; returns its row (JSON-able)."""
-    from diffmem.similarity.criteria import memorization_ratio
-
     world = gmm_world(spec.dim, seed=cfg.world_seed)
     X = training_set(spec, cfg)
     train = replace(cfg.train, width=spec.width, weight_decay=spec.weight_decay)

@@ -1,6 +1,6 @@
 """The 2-D teaser (Ye, Zhu, Tao & Chen, 2025, Fig. 2): growing networks on a 4-component mixture in the plane.
 
-n points from :func:`~diffmem.worlds.gmm.gmm_2d` (means at (±3, ±3), spec §10); networks of increasing width
+n points from :func:`~diffmem.mixtures.gmm_2d` (means at (±3, ±3), spec §10); networks of increasing width
 go from under-fitting through partial generalization to memorization. Samples that the 1/3 rule calls copies are
 the ones the figure highlights. The exact empirical and true scores give the two ends as references; in 2-D the
 rule also flags some genuinely new samples (a fresh point often lies much closer to one of n points than to the
@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from diffmem.mixtures import gmm_2d
 from diffmem.schedules import VPSDESchedule
+from diffmem.similarity.criteria import is_copy
 from diffmem.theory.closed_form import GaussianMixtureDenoiser
 from diffmem.theory.mlp import NetDenoiser, TrainConfig, count_params, train_score_net
 from diffmem.theory.sampler import SamplerConfig, draw_samples
-from diffmem.worlds.gmm import gmm_2d
 
 __all__ = ["TeaserConfig", "TEASER_PRESETS", "run_teaser_models"]
 
@@ -46,8 +47,6 @@ TEASER_PRESETS = {"quick": TeaserConfig(widths=(16, 64, 256), train=TrainConfig(
 
 def run_teaser_models(cfg: TeaserConfig) -> tuple[dict, dict[str, torch.Tensor]]:
     """(summary rows per model, arrays: ``train``, ``samples_<name>``, ``copy_<name>``)."""
-    from diffmem.similarity.criteria import is_copy
-
     world = gmm_2d()
     X, _ = world.sample(cfg.n, seed=cfg.data_seed)
     sched = VPSDESchedule()
