@@ -1,4 +1,4 @@
-"""Kim et al. (2025) analyses A1–A4 against their analytic oracles (spec §8)."""
+"""Kim et al. (2025) analyses A1–A4 against their analytic oracles."""
 
 import json
 
@@ -37,7 +37,7 @@ def test_decompose_matches_least_squares_and_basics():
 
 
 def test_ddim_oracle_has_zero_deviation(sd_schedule, sd_grid):
-    # spec oracle 4, consistent start: every latent is exactly (sqrt(ab), sqrt(1 - ab)), so D1 = D2 = 0
+    # consistent start: every latent is exactly (sqrt(ab), sqrt(1 - ab)), so D1 = D2 = 0
     x, x_T = torch.randn(2, 3, 64, dtype=torch.float64)
     ab0 = float(sd_grid.alpha_bar[0])
     z0 = ab0**0.5 * x + (1 - ab0) ** 0.5 * x_T
@@ -50,7 +50,7 @@ def test_ddim_oracle_has_zero_deviation(sd_schedule, sd_grid):
 
 @pytest.mark.parametrize("g,D1", [(1, -2.7433), (7.5, 160.1510), (10, 222.8026)])
 def test_toy_memorizer_deviation_via_trajectory(sd_schedule, sd_grid, g, D1):
-    # spec oracle 6 through the library path, with 4 seeds sharing one image
+    # the exact memorizer through the library path, with 4 seeds sharing one image
     x = torch.randn(64, dtype=torch.float64)
     x_T = SeededNoise(range(10, 14), dtype=torch.float64).randn((64,))  # seed 0 would equal x (autouse seed)
     tr = sample(ToyMemorizer(x[None], sd_schedule), x_T, sd_grid, toy_cond(4), guidance=g)
@@ -62,7 +62,7 @@ def test_toy_memorizer_deviation_via_trajectory(sd_schedule, sd_grid, g, D1):
 
 
 def test_guided_loss_toy_memorizer_oracle(sd_schedule, sd_grid):
-    # spec oracle 7: x0_hat(c) = x, x0_hat(null) = 0 gives k = g exactly and guided clean error (g - 1)||x||,
+    # exact memorizer: x0_hat(c) = x, x0_hat(null) = 0 gives k = g exactly and guided clean error (g - 1)||x||,
     # i.e. an eps-space loss ab/(1 - ab) (g - 1)^2 ||x||^2, zero for the conditional branch
     x = torch.randn(1, 32, dtype=torch.float64)
     gs = (1, 3, 7.5)
@@ -180,7 +180,7 @@ def test_kim_study_separates_memorized_prompts(sd_schedule, tmp_path):
     assert s.pearson_D1 > 0.5
     assert s.loss_guided_mem / s.loss_cond_mem > 2 * s.loss_guided_nonmem / s.loss_cond_nonmem
     assert s.first_step_overshoot_mem > s.first_step_overshoot_nonmem
-    # A5: the deviation of memorized prompts grows with g (linearly for an exact memorizer, spec oracle 6)
+    # A5: the deviation of memorized prompts grows with g (linearly for an exact memorizer)
     assert s.sweep_g == [1.0, 7.5] and s.sweep_D1["mem"][1] > s.sweep_D1["mem"][0] + 1
     assert s.to_dict()["sweep_l2_sim_mem"] == s.sweep_severity["mem"]
     assert set(res.prompts[0].severity) >= {"copy_rate", "l2_sim", "cosine"}

@@ -1,5 +1,5 @@
 """Loss gap of Ye et al. (2025): Prop. 4.1 within Monte Carlo error, the small-t closed form, its n-dependence
-(spec §3, §9 items 3 and 5, on smaller and faster settings than the reference table)."""
+(Prop. 4.1 and Fig. 1, on smaller and faster settings than the reference table)."""
 
 import math
 

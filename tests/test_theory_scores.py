@@ -1,5 +1,5 @@
-"""Closed-form scores of Ye et al. (2025): empirical and true score, Hessians, Lipschitz bounds (spec §9, items
-1, 2, 4, 6, 7), against autograd, torch.distributions and the formulas of the spec."""
+"""Closed-form scores of Ye et al. (2025): empirical and true score, Hessians, Lipschitz bounds,
+against autograd, torch.distributions and the paper's formulas."""
 
 import math
 
@@ -78,7 +78,7 @@ def test_empirical_hessian_by_posterior_covariance_matches_autograd():
 
 
 def test_two_point_midpoint_eigenvalue_and_upper_bound():
-    # spec §9 item 6: n = 2 at x = alpha (x1 + x2)/2 the top eigenvalue is -1/s2 + ab |x1 - x2|^2 / (4 s2^2)
+    # n = 2 at x = alpha (x1 + x2)/2 the top eigenvalue is -1/s2 + ab |x1 - x2|^2 / (4 s2^2)
     X = torch.tensor([[0.0, 0.0, 0.0], [2.0, 1.0, -1.0]], dtype=F64)
     ab = 0.7
     s2 = 1 - ab

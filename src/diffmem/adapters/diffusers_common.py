@@ -1,7 +1,7 @@
 """What every diffusers-backed adapter shares: the scheduler mapping, x_T, the codec, loading and provenance.
 
 A subclass names its pipeline classes and components, its denoising module (:attr:`model`) and implements
-``model_output``; nothing here forks a pipeline's ``__call__`` (design lesson 3).
+``model_output``; nothing here forks a pipeline's ``__call__``.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Manifest: JSON Lines, one object per prompt: ``{"prompt": str, "image": path (relative to the manifest),
 "kind": optional str, "id": optional str}``. Paired images are resized to the model's resolution (Lanczos, no
-crop), scaled to [−1, 1] and encoded to the VAE posterior mean times the scaling factor, the latents the model
-was trained on (Kim, Kim & Lee, 2025, §4). The references of copy rules are the latents of all paired images.
+crop), scaled to [−1, 1] and encoded to the VAE posterior mean times the scaling factor: the latents the model
+was trained on, as Kim, Kim & Lee (2025) encode their training images. The references of copy rules are the
+latents of all paired images.
 """
 
 from __future__ import annotations

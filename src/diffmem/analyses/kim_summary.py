@@ -1,10 +1,10 @@
 """The headline numbers of the Kim et al. (2025) study as one typed record.
 
 :func:`summarize` turns per-prompt analyses into a :class:`KimSummary`: correlations of the decomposition
-deviations D with the primary severity (Kim et al., §4.3; Spearman and bootstrap intervals are ours) and group
-contrasts between memorized prompts (copy rate ≥ 1/2 of seeds) and non-memorized ones (no copy): guided and
-conditional loss (§4.1), first-step noise content and overshoot (§4.1–4.2), seed dispersion (§4.2) and, when the
-guidance sweep was sampled, D1 and severity at each g.
+deviations D with the primary severity (Spearman and bootstrap intervals are ours) and group contrasts between
+memorized prompts (copy rate ≥ 1/2 of seeds) and non-memorized ones (no copy): guided and conditional loss,
+first-step noise content and overshoot, seed dispersion and, when the guidance sweep was sampled, D1 and severity
+at each g.
 
 ``to_dict`` gives the flat keys of ``summary.json`` (stable across versions, so runs stay comparable); the sweep
 of the primary severity is keyed by its name (``sweep_ssim_mem`` for SSIM).

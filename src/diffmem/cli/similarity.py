@@ -60,7 +60,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("similarity", help="copy criteria, duplicate counts and the digits feature classifier",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = p.add_subparsers(dest="similarity_command", metavar="WHAT", required=True)
-    m = cmds.add_parser("memorization", help="nearest-neighbour ratio (f_mem) and relative distance")
+    m = cmds.add_parser("memorization", help="nearest-neighbour ratio (memorization ratio) and relative distance")
     m.add_argument("--samples", required=True, help="safetensors file with generated samples [N, ...]")
     m.add_argument("--refs", required=True, help="safetensors file with training images [M, ...]")
     m.add_argument("--samples-key", help="tensor name in --samples (default: its only tensor)")

@@ -3,7 +3,7 @@
 A :class:`Hook` *observes*: it is called at fixed points and returns nothing. ``close`` is always called when the
 run ends, normally or by an exception, so a hook that registered module hooks can remove them there.
 
-An :class:`Intervention` *changes* a run through narrowly typed edits (design lesson 1): the initial latent, the
+An :class:`Intervention` *changes* a run through narrowly typed edits: the initial latent, the
 conditioning, the per-step latent (CAPTAIN-style injection) and the per-step guidance weight. Mitigations subclass it
 and override only what they change; every edit is checked to keep the shape it was given.
 """

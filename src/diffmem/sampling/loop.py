@@ -1,7 +1,7 @@
 """``sample``: the one denoising loop of diffmem.
 
 Analyses, detectors and mitigations consume the :class:`Trajectory` it returns or act through its hooks and
-interventions; none re-implements a loop (design lesson 1).
+interventions; none re-implements a loop.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Named image-preprocessing presets for descriptor models (SSCD, Inception, CLIP, DINO), recorded with every score.
 
-Copy-detection numbers are not comparable across papers partly because preprocessing differs (detectors spec §9);
+Copy-detection numbers are not comparable across papers partly because preprocessing differs;
 each preset is a frozen record whose ``describe()`` goes into the provenance of every result.
 
 | preset | resize / crop | normalisation | used by |

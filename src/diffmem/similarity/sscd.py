@@ -2,7 +2,7 @@
 
 SSCD code and weights are CC-BY-NC 4.0: diffmem never bundles or fetches them. Download a TorchScript descriptor
 yourself (``sscd_disc_mixup.torchscript.pt``, ``sscd_disc_large.torchscript.pt``, ...) and pass its path; the
-file's sha256 and the preprocessing preset are recorded with every score (detectors spec §9).
+file's sha256 and the preprocessing preset are recorded with every score.
 
 Descriptors are L2-normalised, so similarity = dot product (cosine). Optional centering (SSCD README): subtract the
 mean descriptor of target-domain images, then re-normalise; off by default and recorded. Thresholds: cosine > 0.5 =

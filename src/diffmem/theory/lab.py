@@ -1,7 +1,7 @@
 """The theory lab of Ye, Zhu, Tao & Chen (2025): the four experiments, each writing ``summary.json`` + figures.
 
 * :func:`run_loss_gap`: Prop. 4.1 ((a) DSM-loss difference vs (b) Fisher divergence) and the small-t closed form,
-  vs t, n, d and s² (Fig. 1; spec §9 item 5).
+  vs t, n, d and s² (Fig. 1).
 * :func:`run_scores`: the empirical-score sampler copies, the true-score sampler does not; collapse time vs n, d;
   Lemma C.1 Lipschitz bounds against the measured sup.
 * :func:`run_sweep_preset`: the network sweeps (Fig. 3); :func:`run_teaser`: the 2-D teaser (Fig. 2).
@@ -33,7 +33,7 @@ from diffmem.theory.teaser import TEASER_PRESETS, run_teaser_models
 __all__ = ["TheoryResult", "run_loss_gap", "run_scores", "run_sweep_preset", "run_teaser", "run_theory_quick",
            "REFERENCE_T", "SMALL_T"]
 
-REFERENCE_T = (0.01, 0.05, 0.1, 0.3, 1.0, 2.0)  # spec §9 item 5
+REFERENCE_T = (0.01, 0.05, 0.1, 0.3, 1.0, 2.0)  # the t of the reference table
 SMALL_T = 0.3  # the closed form is checked for t <= SMALL_T (empirical posterior on one point)
 
 
@@ -68,7 +68,7 @@ def _prov(model: dict, extra: dict, sampler: dict | None = None, seeds=None) -> 
 
 def run_loss_gap(out: str | Path, *, quick: bool = False, dim: int = 32, draws: int = 2000, seed: int = 0,
                  ns=None, ts=None, tables: bool = True, figures: bool = True) -> dict:
-    """Fig. 1 and the loss-gap tables (spec §9 item 5). Default n ∈ {1K, 10K, 100K} on 17 log-spaced t plus the
+    """Fig. 1 and the loss-gap tables. Default n ∈ {1K, 10K, 100K} on 17 log-spaced t plus the
     reference t; quick: n ∈ {1K, 10K}, 9 t, 1,000 draws for the tables. ``ns``/``ts`` override the grids."""
     t0 = time.perf_counter()
     ns = tuple(ns or ((1000, 10000) if quick else (1000, 10000, 100000)))
@@ -91,7 +91,8 @@ def run_loss_gap(out: str | Path, *, quick: bool = False, dim: int = 32, draws: 
                              "closed_form": summary["gap_closed_form"][ts.index(t)]} for t in REFERENCE_T if t in ts]
     summary["tables"] = _gap_tables(seed, draws // 2 if quick else draws) if tables else {}
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
-    prov = _prov(world.describe(), {"estimator": "spec §3.1, same draws for (a) and (b) and for every t",
+    prov = _prov(world.describe(), {"estimator": "DSM-loss difference and Fisher divergence on the same draws, "
+                                                 "for every t",
                                     "schedule": "OU / VP-SDE, alpha_bar = exp(-t)", "data_seed": seed + 1,
                                     "draw_seed": seed + 2})
     return _save(TheoryResult("loss_gap", summary, {}, prov), out, figures)

@@ -2,7 +2,7 @@
 
 The Lipschitz constant of a score is C_t = sup_x ‖∇²log p_t(x)‖₂. For the empirical law it blows up like σ_t⁻⁴:
     −1/σ² + α² min_{i≠j}‖x_i − x_j‖² / (16 σ⁴)  ≤  C_t  ≤  1/σ² + α² max_{i≠j}‖x_i − x_j‖² / (4 σ⁴)
-(the constants 1/16 and 1/4 are an unconfirmed appendix detail, spec §4.3), while a Gaussian N(μ, Σ) has the
+(the constants 1/16 and 1/4 are our reading of the appendix, not confirmed), while a Gaussian N(μ, Σ) has the
 bounded ‖∇²log p_t‖₂ = 1 / (σ² + α² λ_min(Σ)). The measured sup is taken over probe points: draws from p̂_t
 plus the midpoints α (x_i + x_{nn(i)}) / 2, where two training points tie and the Hessian is largest.
 """
@@ -55,5 +55,5 @@ def measured_lipschitz(mixture: GaussianMixture, points: Tensor, alpha_bar: floa
 
 
 def gaussian_lipschitz(alpha_bar: float, cov_eigenvalues: Tensor) -> float:
-    """‖∇²log p_t‖₂ = 1 / (σ² + α² λ_min(Σ)) for Gaussian data N(μ, Σ) (spec §4.3, oracle 7)."""
+    """‖∇²log p_t‖₂ = 1 / (σ² + α² λ_min(Σ)) for Gaussian data N(μ, Σ) (§4.3)."""
     return 1 / ((1 - float(alpha_bar)) + float(alpha_bar) * float(cov_eigenvalues.min()))

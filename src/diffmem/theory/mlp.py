@@ -1,8 +1,9 @@
 """Time-conditioned MLP score networks for the Gaussian-mixture experiments (Ye, Zhu, Tao & Chen, 2025, §6.1).
 
-Project default (spec §10): a residual MLP with sinusoidal time features, ε-prediction, trained with the DSM loss
-E‖ε_θ(α x + σ z, t) − z‖² (the σ²-weighted form of Eq. 3.1; score = −ε/σ) by AdamW. The network is the class
-F(W, L, N) of Thm. 5.1 with width W = ``width`` and depth L ≈ 2·``depth``; t enters as features of log t.
+Our default (the paper does not fix the architecture): a residual MLP with sinusoidal time features,
+ε-prediction, trained with the DSM loss E‖ε_θ(α x + σ z, t) − z‖² (the σ²-weighted form of Eq. 3.1;
+score = −ε/σ) by AdamW. The network is the class F(W, L, N) of Thm. 5.1 with width W = ``width`` and depth
+L ≈ 2·``depth``; t enters as features of log t.
 :class:`NetDenoiser` puts a trained net behind the one denoiser contract.
 """
 
@@ -85,7 +86,7 @@ class NetDenoiser(Denoiser):
 class TrainConfig:
     """DSM training of a :class:`ScoreMLP` (AdamW; cosine decay to 10 % after a 5 % warm-up).
 
-    ``t_sampling``: ``"uniform"`` is U[t_lo, t_hi] (spec §10 default, t ∈ [1e-3, 10]); ``"log_uniform"`` puts equal
+    ``t_sampling``: ``"uniform"`` is U[t_lo, t_hi] (our default, t ∈ [1e-3, 10]); ``"log_uniform"`` puts equal
     mass on each decade, i.e. far more on small t where the empirical score is fitted (a CPU-budget deviation).
     """
 

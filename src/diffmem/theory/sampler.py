@@ -1,4 +1,4 @@
-"""Sampling the theory lab's models through the one loop, with the lab's defaults (spec §10, scaled for CPU).
+"""Sampling the theory lab's models through the one loop, with the lab's defaults (ours, scaled for CPU).
 
 Reverse process of the OU / VP-SDE (ᾱ = e^{−t}) from t_max = 10 (ᾱ = 4.5e-5, so x_T ~ N(0, I) is the prior to
 that precision) down to t_min = 1e-3, on a geometric grid (linear in log t, where the small-t steps matter), with

@@ -2,7 +2,7 @@
 
 Ye, Zhu, Tao & Chen (2025, §3): sampling with the empirical score ∇log p̂_t (the exact minimiser of the DSM loss)
 returns training points only, while the true score ∇log p_t generates new points. Copies are judged by the 1/3
-nearest-neighbour ratio rule (spec §7). The *collapse time* is where the empirical posterior w_i(x) concentrates
+nearest-neighbour ratio rule (their §7). The *collapse time* is where the empirical posterior w_i(x) concentrates
 on one training point: the largest t at which E_{X ~ P̂_t}[max_i w_i(X)] ≥ ``level`` (project definition; the
 forward law P̂_t is the marginal of the exact reverse process, so no sampling run is needed for it).
 """

@@ -7,7 +7,7 @@ keyed by their settings and each is written to ``rows/<key>.json`` as soon as it
 resumes where it stopped and panels that share a setting share the run.
 
 Grids are scaled to a 2-core CPU (``quick`` ≤ 3 min, ``default`` ≤ 30 min when the cores are free); ``paper`` records
-the published grid (spec §10) for a GPU.
+the published grid (Fig. 3) for a GPU.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ PRESETS = {
                            decays=(0.0, 0.1, 0.3, 1.0), dup=(256, 192),
                            train=TrainConfig(steps=3000, batch=128, lr=3e-3), samples=500,
                            sampler=SamplerConfig(steps=200)),
-    # the published grid (spec §10; axis ranges read off Fig. 3a): needs a GPU, not run on CPU
+    # the published grid (axis ranges read off Fig. 3a): needs a GPU, not run on CPU
     "paper": SweepConfig("paper", dim=32, n_size=(3200, 10000), widths=(64, 128, 256, 512, 1024, 2048, 3072, 4096),
                          n_grid=(1000, 3200, 10000, 32000, 100000), dims=(8, 16, 32, 64), fixed_width=2048,
                          n_decay=(3200, 10000), decays=(0.0, 1e-4, 1e-3, 1e-2, 1e-1), dup=(10000, 5000),

@@ -1,6 +1,6 @@
 """The 2-D teaser (Ye, Zhu, Tao & Chen, 2025, Fig. 2): growing networks on a 4-component mixture in the plane.
 
-n points from :func:`~diffmem.mixtures.gmm_2d` (means at (±3, ±3), spec §10); networks of increasing width
+n points from :func:`~diffmem.mixtures.gmm_2d` (means at (±3, ±3), our choice); networks of increasing width
 go from under-fitting through partial generalization to memorization. Samples that the 1/3 rule calls copies are
 the ones the figure highlights. The exact empirical and true scores give the two ends as references; in 2-D the
 rule also flags some genuinely new samples (a fresh point often lies much closer to one of n points than to the
@@ -25,7 +25,7 @@ __all__ = ["TeaserConfig", "TEASER_PRESETS", "run_teaser_models"]
 
 @dataclass(frozen=True)
 class TeaserConfig:
-    """n = 50, not the n = 200 of spec §10: on 2 CPU cores a width-256 net trained 3,000 steps copies 64 % of
+    """n = 50, not the n = 200 of our GPU default: on 2 CPU cores a width-256 net trained 3,000 steps copies 64 % of
     its samples at n = 50 but only 16 % at n = 200 (true-score floor 12 %), so 200 points need GPU-scale training.
     Sampling stops at t_min = 1e-5 (σ ≈ 0.003): the closest of n points in the plane only separate there."""
 

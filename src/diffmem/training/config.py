@@ -1,4 +1,4 @@
-"""The optimisation recipe of a world model (design lesson 10: a typed dataclass config behind the CLI)."""
+"""The optimisation recipe of a world model (a typed dataclass config behind the CLI)."""
 
 from __future__ import annotations
 
