@@ -25,7 +25,7 @@ def test_prop_4_1_direct_loss_difference_equals_fisher_divergence(world16, t):
     assert e.fisher > 0 and e.gap_se > 0
 
 
-def test_empirical_score_is_the_dsm_minimiser(world16):
+def test_empirical_score_is_the_dsm_minimizer(world16):
     # E_{P̂_t}[-z/sigma - grad log p̂_t(X)] = 0, so any shift delta raises the DSM loss by |delta|^2 (oracle 3)
     X, _ = world16.sample(200, seed=1)
     ab = math.exp(-0.7)

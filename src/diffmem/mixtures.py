@@ -65,7 +65,7 @@ class GaussianMixture:
     Args:
         means: [K, d] component means (training points for the empirical law).
         cov: a float s² (Σ = s² I; 0 for the empirical law) or a [d, d] symmetric PSD matrix.
-        weights: [K] mixture weights (default uniform; normalised here).
+        weights: [K] mixture weights (default uniform; normalized here).
 
     Example:
         >>> gm = GaussianMixture(torch.zeros(1, 2, dtype=torch.float64), cov=1.0)

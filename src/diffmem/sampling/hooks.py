@@ -38,11 +38,11 @@ class Intervention:
     """A change to a run (identity by default). Subclasses override the edits they need."""
 
     def edit_x_T(self, x_T: Tensor) -> Tensor:
-        """Edit the initial latent before sampling (e.g. initial-noise optimisation)."""
+        """Edit the initial latent before sampling (e.g. initial-noise optimization)."""
         return x_T
 
     def edit_cond(self, cond: Cond) -> Cond:
-        """Edit the conditioning once before sampling (e.g. prompt-embedding optimisation, caption noise)."""
+        """Edit the conditioning once before sampling (e.g. prompt-embedding optimization, caption noise)."""
         return cond
 
     def edit_x_t(self, i: int, t: float, x_t: Tensor) -> Tensor:

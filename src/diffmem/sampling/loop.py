@@ -54,9 +54,9 @@ def _no_noise() -> Tensor:
     raise ValueError("this solver draws noise: pass noise=SeededNoise(seeds) to sample()")
 
 
-def _weights(w, batch: int) -> Tensor:
+def _weights(w, batch_size: int) -> Tensor:
     w = torch.as_tensor(w, dtype=torch.float64).cpu()
-    return w.expand(batch).clone() if w.ndim == 0 else w
+    return w.expand(batch_size).clone() if w.ndim == 0 else w
 
 
 def sample(denoiser: Denoiser, x_T: Tensor, grid: Grid, cond: Cond, *, solver: str | Callable = "ddim",

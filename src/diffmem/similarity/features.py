@@ -65,7 +65,7 @@ class TorchScriptExtractor:
         preprocess: preset name or :class:`~diffmem.similarity.preprocess.Preprocess` applied before the model.
         device: where the model runs.
         batch_size: images per forward pass.
-        normalize: L2-normalise the output features (descriptor models such as SSCD).
+        normalize: L2-normalize the output features (descriptor models such as SSCD).
         name: label recorded in ``describe()`` (default: the file name).
     """
 

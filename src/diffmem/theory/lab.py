@@ -134,13 +134,13 @@ def _gap_tables(seed: int, draws: int) -> dict:
 # --- exact scores -------------------------------------------------------------------------------------------
 
 def run_scores(out: str | Path, *, quick: bool = False, seed: int = 0, dim: int = 32, n: int = 1000,
-               samples: int | None = None, figures: bool = True) -> dict:
+               n_samples: int | None = None, figures: bool = True) -> dict:
     """Memorization of the two exact scores (d = ``dim``, n = ``n``), collapse time vs n and d, Lipschitz bounds."""
     t0 = time.perf_counter()
     sampler = SamplerConfig(steps=100 if quick else 200)
     world = gmm_world(dim, seed=seed)
     X, _ = world.sample(n, seed=seed + 1)
-    mem = score_memorization(world, X, samples=samples or (200 if quick else 1000), seed=seed, sampler=sampler)
+    mem = score_memorization(world, X, n_samples=n_samples or (200 if quick else 1000), seed=seed, sampler=sampler)
     held_out, _ = world.sample(2000, seed=seed + 7)
     summary = {"memorization": {k: {"memorization_ratio": v["memorization_ratio"], "loglik_mean": v["loglik_mean"]}
                                 for k, v in mem.items()},
@@ -191,7 +191,7 @@ def run_sweep_preset(out: str | Path, *, preset: str = "quick", figures: bool = 
     cfg = PRESETS[preset]
     summary = run_sweep(cfg, out, progress=progress)
     prov = _prov({"net": "ScoreMLP", "world": "gmm", "world_seed": cfg.world_seed}, {"preset": preset},
-                 cfg.sampler.to_dict(), seeds=[0, cfg.samples - 1])
+                 cfg.sampler.to_dict(), seeds=[0, cfg.n_samples - 1])
     return _save(TheoryResult("sweep", summary, {}, prov), out, figures)
 
 
@@ -202,7 +202,7 @@ def run_teaser(out: str | Path, *, quick: bool = False, figures: bool = True) ->
     summary, arrays = run_teaser_models(cfg)
     summary["config"], summary["wall_s"] = cfg.to_dict(), round(time.perf_counter() - t0, 1)
     prov = _prov(summary["world"], {"preset": "quick" if quick else "default"}, cfg.sampler.to_dict(),
-                 seeds=[0, cfg.samples - 1])
+                 seeds=[0, cfg.n_samples - 1])
     return _save(TheoryResult("teaser", summary, arrays, prov), out, figures)
 
 

@@ -45,10 +45,10 @@ def probe_points(X_train: Tensor, alpha_bar: float, draws: int, generator: torch
     return torch.cat([alpha * X[i] + sigma * z, alpha * (X + X[nn]) / 2])
 
 
-def measured_lipschitz(mixture: GaussianMixture, points: Tensor, alpha_bar: float, *, batch: int = 256) -> float:
+def measured_lipschitz(mixture: GaussianMixture, points: Tensor, alpha_bar: float, *, batch_size: int = 256) -> float:
     """max over ``points`` of ‖∇²log p_t‖₂ (largest absolute Hessian eigenvalue), Hessians by §2.6."""
     best = 0.0
-    for p in points.split(batch):
+    for p in points.split(batch_size):
         eig = torch.linalg.eigvalsh(mixture.hessian(p, alpha_bar))
         best = max(best, float(eig.abs().max()))
     return best

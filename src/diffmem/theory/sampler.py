@@ -39,7 +39,7 @@ class SamplerConfig:
 
 
 def draw_samples(denoiser: Denoiser, dim: int, seeds, config: SamplerConfig | None = None, *,
-                 dtype: torch.dtype = torch.float64, batch: int = 1000) -> tuple[Tensor, dict]:
+                 dtype: torch.dtype = torch.float64, batch_size: int = 1000) -> tuple[Tensor, dict]:
     """Sample ``denoiser`` (a VP-SDE model) once per seed; returns (x̂₀ at the last step [B, dim], provenance).
 
     Sample i depends only on seed i (``SeededNoise``), so batching does not change the result."""
@@ -48,8 +48,8 @@ def draw_samples(denoiser: Denoiser, dim: int, seeds, config: SamplerConfig | No
                            spacing="geometric")
     seeds = list(seeds)
     out, prov = [], None
-    for lo in range(0, len(seeds), batch):
-        noise = SeededNoise(seeds[lo:lo + batch], dtype=dtype)
+    for lo in range(0, len(seeds), batch_size):
+        noise = SeededNoise(seeds[lo:lo + batch_size], dtype=dtype)
         x_T = noise.randn((dim,))
         cond = Cond(torch.full((x_T.shape[0],), NULL_LABEL))
         tr = sample(denoiser, x_T, grid, cond, solver=config.solver, guidance=1.0, noise=noise,

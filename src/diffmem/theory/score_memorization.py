@@ -1,6 +1,6 @@
 """Memorization of the two exact scores, and the time at which the empirical posterior collapses.
 
-Ye, Zhu, Tao & Chen (2025, §3): sampling with the empirical score ∇log p̂_t (the exact minimiser of the DSM loss)
+Ye, Zhu, Tao & Chen (2025, §3): sampling with the empirical score ∇log p̂_t (the exact minimizer of the DSM loss)
 returns training points only, while the true score ∇log p_t generates new points. Copies are judged by the 1/3
 nearest-neighbour ratio rule (their §7). The *collapse time* is where the empirical posterior w_i(x) concentrates
 on one training point: the largest t at which E_{X ~ P̂_t}[max_i w_i(X)] ≥ ``level`` (project definition; the
@@ -23,7 +23,7 @@ from diffmem.theory.sampler import SamplerConfig, draw_samples
 __all__ = ["score_memorization", "collapse_curve", "collapse_time"]
 
 
-def score_memorization(world: GMMWorld, X_train: Tensor, *, samples: int = 500, seed: int = 0,
+def score_memorization(world: GMMWorld, X_train: Tensor, *, n_samples: int = 500, seed: int = 0,
                        sampler: SamplerConfig | None = None) -> dict:
     """Sample the empirical and the true score; per model the memorization ratio and mean true log-likelihood.
 
@@ -34,7 +34,7 @@ def score_memorization(world: GMMWorld, X_train: Tensor, *, samples: int = 500, 
               "true": GaussianMixtureDenoiser(world.means, sched, var=world.var, name="true_score")}
     out = {}
     for name, den in models.items():
-        x, prov = draw_samples(den, world.dim, range(seed, seed + samples), sampler)
+        x, prov = draw_samples(den, world.dim, range(seed, seed + n_samples), sampler)
         out[name] = {"memorization_ratio": memorization_ratio(x, X_train),
                      "loglik_mean": float(world.log_prob(x).mean()), "samples": x, "provenance": prov}
     return out

@@ -42,7 +42,7 @@ class SweepConfig:
     decays: tuple[float, ...]     # AdamW weight decay grid at ``fixed_width``
     dup: tuple[int, int]          # (n, m): m of n training rows duplicate others -> n − m distinct
     train: TrainConfig
-    samples: int = 500
+    n_samples: int = 500
     sampler: SamplerConfig = SamplerConfig(steps=100)
     world_seed: int = 0
     data_seed: int = 1
@@ -54,18 +54,18 @@ class SweepConfig:
 PRESETS = {
     "quick": SweepConfig("quick", dim=32, n_size=(16, 64), widths=(32, 128, 256), n_grid=(16, 64, 256),
                          dims=(8, 32), fixed_width=256, n_decay=(16, 64), decays=(0.0, 1.0), dup=(64, 48),
-                         train=TrainConfig(steps=1200, batch=128, lr=3e-3), samples=200),
+                         train=TrainConfig(steps=1200, batch_size=128, lr=3e-3), n_samples=200),
     "default": SweepConfig("default", dim=32, n_size=(16, 64, 256), widths=(32, 64, 128, 256, 512),
                            n_grid=(16, 64, 256, 1024), dims=(8, 16, 32, 64), fixed_width=256, n_decay=(64, 256),
                            decays=(0.0, 0.1, 0.3, 1.0), dup=(256, 192),
-                           train=TrainConfig(steps=3000, batch=128, lr=3e-3), samples=500,
+                           train=TrainConfig(steps=3000, batch_size=128, lr=3e-3), n_samples=500,
                            sampler=SamplerConfig(steps=200)),
     # the published grid (axis ranges read off Fig. 3a): needs a GPU, not run on CPU
     "paper": SweepConfig("paper", dim=32, n_size=(3200, 10000), widths=(64, 128, 256, 512, 1024, 2048, 3072, 4096),
                          n_grid=(1000, 3200, 10000, 32000, 100000), dims=(8, 16, 32, 64), fixed_width=2048,
                          n_decay=(3200, 10000), decays=(0.0, 1e-4, 1e-3, 1e-2, 1e-1), dup=(10000, 5000),
-                         train=TrainConfig(steps=200_000, batch=512, lr=1e-3, t_sampling="uniform"),
-                         samples=10_000, sampler=SamplerConfig(steps=1000)),
+                         train=TrainConfig(steps=200_000, batch_size=512, lr=1e-3, t_sampling="uniform"),
+                         n_samples=10_000, sampler=SamplerConfig(steps=1000)),
 }
 
 
@@ -116,7 +116,7 @@ def run_one(spec: RunSpec, cfg: SweepConfig) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()  # CPU seconds: a cost measure that contention leaves alone
     net, history = train_score_net(X, train)
     t1 = time.perf_counter()
-    x, prov = draw_samples(NetDenoiser(net), spec.dim, range(cfg.samples), cfg.sampler, dtype=torch.float32)
+    x, prov = draw_samples(NetDenoiser(net), spec.dim, range(cfg.n_samples), cfg.sampler, dtype=torch.float32)
     ll = world.log_prob(x.double())
     return {**asdict(spec), "key": spec.key, "distinct": spec.n - spec.dup, "params": count_params(net),
             "memorization_ratio": memorization_ratio(x.double(), X), "loglik_mean": float(ll.mean()),

@@ -31,8 +31,8 @@ class TeaserConfig:
 
     n: int = 50
     widths: tuple[int, ...] = (16, 64, 256, 512)
-    train: TrainConfig = TrainConfig(steps=5000, batch=256, lr=3e-3, t_lo=1e-4)
-    samples: int = 500
+    train: TrainConfig = TrainConfig(steps=5000, batch_size=256, lr=3e-3, t_lo=1e-4)
+    n_samples: int = 500
     sampler: SamplerConfig = SamplerConfig(steps=200, t_min=1e-5)
     data_seed: int = 1
 
@@ -40,8 +40,8 @@ class TeaserConfig:
         return asdict(self)
 
 
-TEASER_PRESETS = {"quick": TeaserConfig(widths=(16, 64, 256), train=TrainConfig(steps=3000, batch=256, lr=3e-3,
-                                                                                t_lo=1e-4), samples=300),
+TEASER_PRESETS = {"quick": TeaserConfig(widths=(16, 64, 256), train=TrainConfig(steps=3000, batch_size=256, lr=3e-3,
+                                                                                t_lo=1e-4), n_samples=300),
                   "default": TeaserConfig()}
 
 
@@ -57,7 +57,7 @@ def run_teaser_models(cfg: TeaserConfig) -> tuple[dict, dict[str, torch.Tensor]]
         models[f"width{w}"] = (NetDenoiser(net), count_params(net))
     rows, arrays = [], {"train": X}
     for name, (den, params) in models.items():
-        x, _ = draw_samples(den, 2, range(cfg.samples), cfg.sampler)
+        x, _ = draw_samples(den, 2, range(cfg.n_samples), cfg.sampler)
         copy = is_copy(x, X)
         rows.append({"name": name, "params": params, "memorization_ratio": float(copy.double().mean()),
                      "loglik_mean": float(world.log_prob(x.double()).mean())})
