@@ -43,9 +43,9 @@ def test_teaser_cli_highlights_copies(tmp_path, monkeypatch, capsys):
 
 def test_scores_run_small(tmp_path):
     s = run_scores(tmp_path, quick=True, dim=8, n=60, n_samples=40)
-    mem = s["memorization"]
+    mem = s.memorization
     assert mem["empirical"]["memorization_ratio"] >= 0.99 and mem["true"]["memorization_ratio"] <= 0.05
-    lip = s["lipschitz"]["rows"]
+    lip = s.lipschitz["rows"]
     assert all(r["lower"] <= r["measured"] <= r["upper"] for r in lip)
     assert (tmp_path / "scores.png").exists()
     assert torch.cdist(TheoryResult.load(tmp_path, "scores").arrays["samples_empirical"].float(), torch.zeros(1, 8)

@@ -18,7 +18,7 @@ import torch
 from diffmem.io import read_arrays, read_json, write_arrays, write_json
 from diffmem.version import __version__
 
-__all__ = ["Result", "Provenance", "package_version"]
+__all__ = ["Result", "Record", "Provenance", "package_version"]
 
 
 def package_version() -> str:
@@ -110,6 +110,33 @@ class Result:
             raise ValueError(f"{directory / name}.json holds a {tree.get('type')!r}, not a {cls.__name__}")
         path = directory / f"{name}.safetensors"
         return cls.from_dict(tree["data"], read_arrays(path) if path.exists() else {})
+
+
+class Record:
+    """Mixin for frozen dataclasses saved as one flat JSON object (a ``summary.json``): ``to_dict``/``from_dict``.
+
+    Field names are the JSON keys, in field order; tuples become lists and come back as tuples; nested records and
+    dataclasses are rebuilt from the field annotations. Keys a record does not know are ignored by ``from_dict``
+    (a ``summary.json`` also carries provenance)."""
+
+    def to_dict(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: _from_tree(d[f.name], {}, hints.get(f.name)) for f in dataclasses.fields(cls)
+                      if f.name in d})
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Record):
+        return obj.to_dict()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 @dataclass(frozen=True)

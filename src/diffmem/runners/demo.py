@@ -136,8 +136,8 @@ def _theory_section(run: Path) -> TheoryHeadline:
     figures = importlib.util.find_spec("matplotlib") is not None
     gap = run_loss_gap(run / "theory" / "loss_gap", quick=True, figures=figures)
     scores = run_scores(run / "theory" / "scores", quick=True, figures=figures)
-    mem = scores["memorization"]
-    return TheoryHeadline(gap["reference"], gap["prop41_all_agree"], gap["max_rel_err_small_t"],
+    mem = scores.memorization
+    return TheoryHeadline(gap.reference, gap.prop41_all_agree, gap.max_rel_err_small_t,
                           mem["empirical"]["memorization_ratio"], mem["true"]["memorization_ratio"])
 
 

@@ -6,8 +6,9 @@
   Lemma C.1 Lipschitz bounds against the measured sup.
 * :func:`run_sweep_preset`: the network sweeps (Fig. 3); :func:`run_teaser`: the 2-D teaser (Fig. 2).
 
-Every runner writes into ``out`` directly: ``summary.json`` (plain keys, provenance included), ``<kind>.json`` +
-``<kind>.safetensors`` (the :class:`TheoryResult`) and PNG figures rendered from those files only.
+Every runner returns its typed summary (:mod:`diffmem.theory.summaries`) and writes into ``out`` directly:
+``summary.json`` (the summary's keys plus provenance and figure names), ``<kind>.json`` + ``<kind>.safetensors``
+(the :class:`TheoryResult`) and PNG figures rendered from those files only.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from diffmem.theory.loss_gap import loss_gap
 from diffmem.theory.plots import render_figures
 from diffmem.theory.sampler import SamplerConfig
 from diffmem.theory.score_memorization import collapse_curve, collapse_time, score_memorization
+from diffmem.theory.summaries import LossGapSummary, ScoresSummary, SweepSummary, TeaserSummary
 from diffmem.theory.sweeps import PRESETS, run_sweep
 from diffmem.theory.teaser import TEASER_PRESETS, run_teaser_models
 
@@ -39,7 +41,7 @@ SMALL_T = 0.3  # the closed form is checked for t <= SMALL_T (empirical posterio
 
 @dataclass(frozen=True)
 class TheoryResult(Result):
-    """One lab experiment: its summary (JSON-able), arrays for figures, and provenance."""
+    """One lab experiment: its summary (the typed summary's ``to_dict``), arrays for figures, and provenance."""
 
     kind: str
     summary: dict
@@ -47,14 +49,15 @@ class TheoryResult(Result):
     provenance: Provenance
 
 
-def _save(result: TheoryResult, out: str | Path, figures: bool) -> dict:
+def _save(kind: str, summary, arrays: dict, provenance: Provenance, out: str | Path, figures: bool):
+    """Save the :class:`TheoryResult` and ``summary.json`` (then the figures, named in it); returns ``summary``."""
     out = Path(out)
-    result.save(out, result.kind)
-    summary = {**result.summary, "provenance": result.provenance.to_dict()[0]}
-    write_json(out / "summary.json", summary)
+    TheoryResult(kind, summary.to_dict(), arrays, provenance).save(out, kind)
+    record = {**summary.to_dict(), "provenance": provenance.to_dict()[0]}
+    write_json(out / "summary.json", record)
     if figures:
-        summary["figures"] = [p.name for p in render_figures(result.kind, out)]
-        write_json(out / "summary.json", summary)
+        record["figures"] = [p.name for p in render_figures(kind, out)]
+        write_json(out / "summary.json", record)
     return summary
 
 
@@ -67,7 +70,7 @@ def _prov(model: dict, extra: dict, sampler: dict | None = None, seeds=None) -> 
 # --- loss gap -----------------------------------------------------------------------------------------------
 
 def run_loss_gap(out: str | Path, *, quick: bool = False, dim: int = 32, draws: int = 2000, seed: int = 0,
-                 ns=None, ts=None, tables: bool = True, figures: bool = True) -> dict:
+                 ns=None, ts=None, tables: bool = True, figures: bool = True) -> LossGapSummary:
     """Fig. 1 and the loss-gap tables. Default n ∈ {1K, 10K, 100K} on 17 log-spaced t plus the
     reference t; quick: n ∈ {1K, 10K}, 9 t, 1,000 draws for the tables. ``ns``/``ts`` override the grids."""
     t0 = time.perf_counter()
@@ -95,7 +98,7 @@ def run_loss_gap(out: str | Path, *, quick: bool = False, dim: int = 32, draws: 
                                                  "for every t",
                                     "schedule": "OU / VP-SDE, alpha_bar = exp(-t)", "data_seed": seed + 1,
                                     "draw_seed": seed + 2})
-    return _save(TheoryResult("loss_gap", summary, {}, prov), out, figures)
+    return _save("loss_gap", LossGapSummary(**summary), {}, prov, out, figures)
 
 
 def _gap_checks(curves: dict, ts: list) -> dict:
@@ -134,7 +137,7 @@ def _gap_tables(seed: int, draws: int) -> dict:
 # --- exact scores -------------------------------------------------------------------------------------------
 
 def run_scores(out: str | Path, *, quick: bool = False, seed: int = 0, dim: int = 32, n: int = 1000,
-               n_samples: int | None = None, figures: bool = True) -> dict:
+               n_samples: int | None = None, figures: bool = True) -> ScoresSummary:
     """Memorization of the two exact scores (d = ``dim``, n = ``n``), collapse time vs n and d, Lipschitz bounds."""
     t0 = time.perf_counter()
     sampler = SamplerConfig(steps=100 if quick else 200)
@@ -151,7 +154,7 @@ def run_scores(out: str | Path, *, quick: bool = False, seed: int = 0, dim: int 
     arrays = {"samples_empirical": mem["empirical"]["samples"], "samples_true": mem["true"]["samples"]}
     prov = _prov(world.describe(), {"data_seed": seed + 1, "rule": "1/3 nearest-neighbour ratio, inclusive"},
                  sampler.to_dict(), seeds=[seed, seed + len(arrays["samples_true"]) - 1])
-    return _save(TheoryResult("scores", summary, arrays, prov), out, figures)
+    return _save("scores", ScoresSummary(**summary), arrays, prov, out, figures)
 
 
 def _collapse(seed: int, quick: bool) -> dict:
@@ -184,7 +187,8 @@ def _lipschitz(seed: int, quick: bool, n: int = 200, dim: int = 32) -> dict:
 
 # --- networks -----------------------------------------------------------------------------------------------
 
-def run_sweep_preset(out: str | Path, *, preset: str = "quick", figures: bool = True, progress=None) -> dict:
+def run_sweep_preset(out: str | Path, *, preset: str = "quick", figures: bool = True, progress=None
+                     ) -> SweepSummary:
     """The network sweeps of Fig. 3 on a preset grid (resumable: finished runs are read from ``out/rows``)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown sweep preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -192,10 +196,10 @@ def run_sweep_preset(out: str | Path, *, preset: str = "quick", figures: bool = 
     summary = run_sweep(cfg, out, progress=progress)
     prov = _prov({"net": "ScoreMLP", "world": "gmm", "world_seed": cfg.world_seed}, {"preset": preset},
                  cfg.sampler.to_dict(), seeds=[0, cfg.n_samples - 1])
-    return _save(TheoryResult("sweep", summary, {}, prov), out, figures)
+    return _save("sweep", SweepSummary(**summary), {}, prov, out, figures)
 
 
-def run_teaser(out: str | Path, *, quick: bool = False, figures: bool = True) -> dict:
+def run_teaser(out: str | Path, *, quick: bool = False, figures: bool = True) -> TeaserSummary:
     """Fig. 2: 2-D samples of growing networks, copies highlighted."""
     t0 = time.perf_counter()
     cfg = TEASER_PRESETS["quick" if quick else "default"]
@@ -203,7 +207,7 @@ def run_teaser(out: str | Path, *, quick: bool = False, figures: bool = True) ->
     summary["config"], summary["wall_s"] = cfg.to_dict(), round(time.perf_counter() - t0, 1)
     prov = _prov(summary["world"], {"preset": "quick" if quick else "default"}, cfg.sampler.to_dict(),
                  seeds=[0, cfg.n_samples - 1])
-    return _save(TheoryResult("teaser", summary, arrays, prov), out, figures)
+    return _save("teaser", TeaserSummary(**summary), arrays, prov, out, figures)
 
 
 def run_theory_quick(out: str | Path, *, figures: bool = True, sweep: bool = True) -> dict:
@@ -214,12 +218,12 @@ def run_theory_quick(out: str | Path, *, figures: bool = True, sweep: bool = Tru
     gap = run_loss_gap(out / "loss_gap", quick=True, figures=figures)
     scores = run_scores(out / "scores", quick=True, figures=figures)
     teaser = run_teaser(out / "teaser", quick=True, figures=figures)
-    res = {"reference_gap": gap["reference"], "prop41_all_agree": gap["prop41_all_agree"],
-           "max_rel_err_small_t": gap["max_rel_err_small_t"],
-           "memorization_ratio_empirical_score": scores["memorization"]["empirical"]["memorization_ratio"],
-           "memorization_ratio_true_score": scores["memorization"]["true"]["memorization_ratio"],
-           "teaser": teaser["rows"]}
+    res = {"reference_gap": gap.reference, "prop41_all_agree": gap.prop41_all_agree,
+           "max_rel_err_small_t": gap.max_rel_err_small_t,
+           "memorization_ratio_empirical_score": scores.memorization["empirical"]["memorization_ratio"],
+           "memorization_ratio_true_score": scores.memorization["true"]["memorization_ratio"],
+           "teaser": teaser.rows}
     if sweep:
-        res["sweep_findings"] = run_sweep_preset(out / "sweep", preset="quick", figures=figures)["findings"]
+        res["sweep_findings"] = run_sweep_preset(out / "sweep", preset="quick", figures=figures).findings
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     return res
