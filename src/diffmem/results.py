@@ -26,10 +26,8 @@ def package_version() -> str:
 
 
 def _flat(cls) -> bool:
-    """A record that is not a :class:`Result` but defines its own flat JSON form (``to_dict() -> dict`` and
-    ``from_dict(dict)``), e.g. a summary whose keys must stay stable."""
-    return not issubclass(cls, Result) and callable(getattr(cls, "to_dict", None)) \
-        and callable(getattr(cls, "from_dict", None))
+    """A :class:`Record`: saved in its own flat JSON form (``to_dict() -> dict``, ``from_dict(dict)``)."""
+    return issubclass(cls, Record)
 
 
 def _to_tree(obj: Any, arrays: dict, prefix: str) -> Any:

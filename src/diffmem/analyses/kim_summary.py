@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from diffmem.analyses.correlation import correlate
+from diffmem.results import Record
 
 __all__ = ["KimSummary", "summarize", "D_NAMES", "GROUPS"]
 
@@ -29,7 +30,7 @@ _NAN = float("nan")
 
 
 @dataclass(frozen=True)
-class KimSummary:
+class KimSummary(Record):
     """Correlations of D with severity and memorized / non-memorized contrasts (see the module docstring).
 
     Example:

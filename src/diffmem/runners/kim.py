@@ -15,6 +15,7 @@ from diffmem.adapters.subject import diffusers_subject
 from diffmem.analyses.kim import KimConfig, KimResult, KimSummary, run_kim
 from diffmem.io import write_json
 from diffmem.reports.kim_figures import render_kim_figures
+from diffmem.results import Record
 from diffmem.subject import Subject
 from diffmem.worlds.subject import world_subject
 from diffmem.worlds.world import World, load_world
@@ -29,7 +30,7 @@ QUICK_PER_KIND = 8  # prompts of each kind from a world in the quick preset
 
 
 @dataclass(frozen=True)
-class KimRun:
+class KimRun(Record):
     """What one run of the study reports (``summary.json``): the summary, its cost, preset and provenance."""
 
     summary: KimSummary
