@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from diffmem.runners.demo import SECTIONS, quick_settings, run_demo
+from diffmem.runners.demo import SECTIONS, run_demo
 
 __all__ = ["add_parser"]
 
@@ -18,9 +18,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run the main job on the embedded default world and write a report",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="diffmem-demo", help="root directory for run folders (default: %(default)s)")
-    p.add_argument("--samples", dest="n_samples", type=int, default=32,
-                   help="number of seeds per setting (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+    p.add_argument("--samples", dest="n_samples", type=int, default=None,
+                   help="seeds per setting of the closed-form check (default: 32; --quick: 8)")
+    p.add_argument("--steps", type=int, default=None, help="DDIM steps of the closed-form check (default: 50; "
+                   "--quick: 20)")
     p.add_argument("--seed", type=int, default=0, help="first seed; also seeds the world (default: %(default)s)")
     p.add_argument("--world", default="digits-t2i", help="text world of the world and kim sections "
                    "(default: %(default)s)")
@@ -32,8 +33,7 @@ def add_parser(sub) -> None:
 
 
 def _cli(args) -> int:
-    n_samples, steps = quick_settings(args.n_samples, args.steps, args.quick)
-    run = run_demo(args.out, n_samples=n_samples, steps=steps, seed=args.seed, progress=not args.no_progress,
+    run = run_demo(args.out, n_samples=args.n_samples, steps=args.steps, seed=args.seed, progress=not args.no_progress,
                    sections=tuple(s for s in SECTIONS if s not in args.skip), world=args.world, quick=args.quick)
     print((run / "report.md").read_text(encoding="utf-8"))
     print(f"wrote {run}")

@@ -183,10 +183,14 @@ def _closed_form(n_samples: int, steps: int, weights, seed: int, progress: bool)
     return rows, finals, train, prov
 
 
-def run_demo(out: str | Path, *, n_samples: int = 32, steps: int = 50, weights=(1.0, 3.0, 7.5), seed: int = 0,
-             progress: bool = True, sections=SECTIONS, world: str = "digits-t2i", quick: bool = False) -> Path:
+def run_demo(out: str | Path, *, n_samples: int | None = None, steps: int | None = None, weights=(1.0, 3.0, 7.5),
+             seed: int = 0, progress: bool = True, sections=SECTIONS, world: str = "digits-t2i",
+             quick: bool = False) -> Path:
     """Run the requested ``sections`` on ``world`` plus the closed-form check (``n_samples`` seeds, ``steps``
-    steps, each CFG weight), save a :class:`DemoResult` and its report; returns the run dir."""
+    steps, each CFG weight; default 32 and 50, or 8 and 20 for a ``quick`` smoke run), save a
+    :class:`DemoResult` and its report; returns the run dir."""
+    n_samples = n_samples if n_samples is not None else (8 if quick else 32)
+    steps = steps if steps is not None else (20 if quick else 50)
     unknown = set(sections) - set(SECTIONS)
     if unknown:
         raise ValueError(f"unknown demo section(s) {sorted(unknown)}; expected some of {SECTIONS}")
@@ -214,8 +218,3 @@ def _progress(enabled: bool):
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     disable=not enabled, transient=True)
-
-
-def quick_settings(n_samples: int, steps: int, quick: bool) -> tuple[int, int]:
-    """(n_samples, steps) of the closed-form check: a smoke run uses 8 samples and 20 steps."""
-    return (8, 20) if quick else (n_samples, steps)
