@@ -3,11 +3,11 @@
 Run:  .venv/bin/python benchmarks/bench_loop.py            (full, ~1 min on 2 CPU cores)
       .venv/bin/python benchmarks/bench_loop.py --quick    (~20 s)
 
-Workload (the issue's "a 50-step 4x64x64 batch must fit in memory"): x_T [B, 4, 64, 64] (B = 4; quick: B = 2),
-50 DDIM steps (quick: 20) on ``DiscreteSchedule.named("scaled_linear")`` with ``discrete_grid(.., steps_offset=1)``,
-classifier-free guidance 7.5 with ``Cond(c, null)``. The denoiser is a small eps-prediction conv net (3 convs,
-64 channels, timestep and class embeddings added), eval mode, fp32, 2 threads: a cheap but real model, so the
-overhead ratio compares recording against actual compute.
+Workload (an SD-sized latent batch: a 50-step 4x64x64 batch must fit in memory): x_T [B, 4, 64, 64]
+(B = 4; quick: B = 2), 50 DDIM steps (quick: 20) on ``DiscreteSchedule.named("scaled_linear")`` with
+``discrete_grid(.., steps_offset=1)``, classifier-free guidance 7.5 with ``Cond(c, null)``. The denoiser is a small
+eps-prediction conv net (3 convs, 64 channels, timestep and class embeddings added), eval mode, fp32, 2 threads: a
+cheap but real model, so the overhead ratio compares recording against actual compute.
 
 (a) Recording overhead: wall time of ``sample`` with the default ``Recorder()`` over that with ``Recorder(keep=())``,
     same denoiser, x_T and grid; both settings run in every repeat, in alternating order, after a warm-up; the

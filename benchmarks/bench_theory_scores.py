@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from diffmem.theory.mixture import GaussianMixture
+from diffmem.mixtures import GaussianMixture
 
 
 def direct_score(X: torch.Tensor, x: torch.Tensor, ab: float) -> torch.Tensor:

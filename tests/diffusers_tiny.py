@@ -186,7 +186,7 @@ def tiny_pixart_pipeline(scheduler: str = "ddim", *, seed: int = 0, betas: dict 
 
 
 def _perturb(model, seed: int, scale: float = 0.05) -> None:
-    """Add small noise to every parameter: diffusers zero-initialises DiT/PixArt output and modulation layers, which
+    """Add small noise to every parameter: diffusers zero-initializes DiT/PixArt output and modulation layers, which
     would make ε ≡ 0 and any parity check vacuous."""
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

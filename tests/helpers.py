@@ -49,7 +49,7 @@ class PointMass(Denoiser):
 
 
 class ToyMemorizer(Denoiser):
-    """x0_hat(c) = x and x0_hat(null) = 0 (Kim et al. spec oracle 6)."""
+    """x0_hat(c) = x and x0_hat(null) = 0 (the exact memorizer of Kim et al., 2025)."""
 
     prediction_type = "sample"
 

@@ -1,4 +1,4 @@
-"""Kim et al. (2025) analyses A1–A4 against their analytic oracles (spec §8)."""
+"""Kim et al. (2025) analyses A1–A4 against their analytic oracles."""
 
 import json
 
@@ -37,7 +37,7 @@ def test_decompose_matches_least_squares_and_basics():
 
 
 def test_ddim_oracle_has_zero_deviation(sd_schedule, sd_grid):
-    # spec oracle 4, consistent start: every latent is exactly (sqrt(ab), sqrt(1 - ab)), so D1 = D2 = 0
+    # consistent start: every latent is exactly (sqrt(ab), sqrt(1 - ab)), so D1 = D2 = 0
     x, x_T = torch.randn(2, 3, 64, dtype=torch.float64)
     ab0 = float(sd_grid.alpha_bar[0])
     z0 = ab0**0.5 * x + (1 - ab0) ** 0.5 * x_T
@@ -50,7 +50,7 @@ def test_ddim_oracle_has_zero_deviation(sd_schedule, sd_grid):
 
 @pytest.mark.parametrize("g,D1", [(1, -2.7433), (7.5, 160.1510), (10, 222.8026)])
 def test_toy_memorizer_deviation_via_trajectory(sd_schedule, sd_grid, g, D1):
-    # spec oracle 6 through the library path, with 4 seeds sharing one image
+    # the exact memorizer through the library path, with 4 seeds sharing one image
     x = torch.randn(64, dtype=torch.float64)
     x_T = SeededNoise(range(10, 14), dtype=torch.float64).randn((64,))  # seed 0 would equal x (autouse seed)
     tr = sample(ToyMemorizer(x[None], sd_schedule), x_T, sd_grid, toy_cond(4), guidance=g)
@@ -62,7 +62,7 @@ def test_toy_memorizer_deviation_via_trajectory(sd_schedule, sd_grid, g, D1):
 
 
 def test_guided_loss_toy_memorizer_oracle(sd_schedule, sd_grid):
-    # spec oracle 7: x0_hat(c) = x, x0_hat(null) = 0 gives k = g exactly and guided clean error (g - 1)||x||,
+    # exact memorizer: x0_hat(c) = x, x0_hat(null) = 0 gives k = g exactly and guided clean error (g - 1)||x||,
     # i.e. an eps-space loss ab/(1 - ab) (g - 1)^2 ||x||^2, zero for the conditional branch
     x = torch.randn(1, 32, dtype=torch.float64)
     gs = (1, 3, 7.5)
@@ -142,7 +142,9 @@ def test_correlate_against_scipy():
 
 def test_kim_study_separates_memorized_prompts(sd_schedule, tmp_path):
     from diffmem import discrete_grid
-    from diffmem.analyses.kim import KimConfig, KimPrompt, KimResult, KimSubject, run_kim
+    from diffmem.analyses.kim import KimConfig, KimResult, run_kim
+    from diffmem.sampling.spec import SamplerSpec
+    from diffmem.subject import Prompt, Subject
 
     # 4 planted prompts: one narrow component at a training image (memorized); 4 generic prompts: one narrow
     # component at a class mean whose 5 training images lie around it (samples land between training images)
@@ -153,8 +155,8 @@ def test_kim_study_separates_memorized_prompts(sd_schedule, tmp_path):
     broad = means.repeat_interleave(5, 0) + torch.randn(20, d, generator=g, dtype=torch.float64)
     train = torch.cat([planted, broad]).view(-1, 3, 4, 4)
     den = GaussianMixtureDenoiser(torch.cat([planted, means]), sd_schedule, var=0.01)
-    prompts = [KimPrompt(f"c{k}", Cond(torch.tensor([k]), torch.tensor([-1])),
-                         train[k] if k < 4 else train[4 + 5 * (k - 4)], "planted" if k < 4 else "nonplanted")
+    prompts = [Prompt(f"c{k}", f"prompt {k}", Cond(torch.tensor([k]), torch.tensor([-1])),
+                      "planted" if k < 4 else "nonplanted", train[k] if k < 4 else train[4 + 5 * (k - 4)])
                for k in range(8)]
 
     class Flat(Denoiser):  # the mixture works on flat vectors; the study sees [3, 4, 4] images
@@ -163,24 +165,29 @@ def test_kim_study_separates_memorized_prompts(sd_schedule, tmp_path):
         def model_output(self, x_t, t, c):
             return den.model_output(x_t.flatten(1), t, c).view_as(x_t)
 
-    subject = KimSubject(Flat(), discrete_grid(sd_schedule, 20, steps_offset=1, next_rule="ratio", final="first"),
-                         prompts, train, name="planted-gmm")
-    res = run_kim(subject, KimConfig(seeds=4, draws=4, n_boot=100, sweep=(1.0, 7.5), primary="l2_sim"))
+    def sampler(n):
+        return SamplerSpec(discrete_grid(sd_schedule, n, steps_offset=1, next_rule="ratio", final="first"), "ddim",
+                           1.0, sd_schedule)
+
+    subject = Subject("planted-gmm", Flat(), None, (3, 4, 4), sampler, prompts, steps=20, references=train)
+    res = run_kim(subject, KimConfig(n_seeds=4, draws=4, n_boot=100, sweep=(1.0, 7.5), primary="l2_sim"))
     s = res.summary
-    assert s["n_memorized"] == 4 and s["n_nonmemorized"] == 4 and s["n_prompts"] == 8
+    assert s.n_memorized == 4 and s.n_nonmemorized == 4 and s.n_prompts == 8
     assert {p.id for p in res.prompts if p.severity["copy_rate"] == 1.0} == {"c0", "c1", "c2", "c3"}
     # memorized prompts deviate more from the schedule; guidance inflates their loss (relative to the conditional
     # loss) far more than for generic prompts, and x0_hat overshoots the image more at the first step
     assert min(p.D1 for p in res.prompts[:4]) > max(p.D1 for p in res.prompts[4:])
-    assert s["pearson_D1"] > 0.5
-    assert s["loss_guided_mem"] / s["loss_cond_mem"] > 2 * s["loss_guided_nonmem"] / s["loss_cond_nonmem"]
-    assert s["first_step_overshoot_mem"] > s["first_step_overshoot_nonmem"]
-    # A5: the deviation of memorized prompts grows with g (linearly for an exact memorizer, spec oracle 6)
-    assert s["sweep_g"] == [1.0, 7.5] and s["sweep_D1_mem"][1] > s["sweep_D1_mem"][0] + 1
+    assert s.pearson_D1 > 0.5
+    assert s.loss_guided_mem / s.loss_cond_mem > 2 * s.loss_guided_nonmem / s.loss_cond_nonmem
+    assert s.first_step_overshoot_mem > s.first_step_overshoot_nonmem
+    # A5: the deviation of memorized prompts grows with g (linearly for an exact memorizer)
+    assert s.sweep_g == [1.0, 7.5] and s.sweep_D1["mem"][1] > s.sweep_D1["mem"][0] + 1
+    assert s.to_dict()["sweep_l2_sim_mem"] == s.sweep_severity["mem"]
     assert set(res.prompts[0].severity) >= {"copy_rate", "l2_sim", "cosine"}
     res.save(tmp_path)
     back = KimResult.load(tmp_path)
-    assert back.summary == res.summary and isinstance(back.prompts[0], type(res.prompts[0]))
+    assert back.summary.to_dict() == res.summary.to_dict() and back.config == res.config
+    assert isinstance(back.prompts[0], type(res.prompts[0]))
     assert torch.equal(back.prompts[2].w0, res.prompts[2].w0)
     # figures render from the loaded result alone
     from diffmem.reports.kim_figures import render_kim_figures
@@ -195,8 +202,8 @@ def test_kim_runs_unchanged_on_a_tiny_diffusers_sd(tmp_path):
     pytest.importorskip("diffusers")
     from PIL import Image
 
+    from diffmem.adapters.subject import diffusers_subject
     from diffmem.analyses.kim import KimConfig, run_kim
-    from diffmem.analyses.subjects import diffusers_subject
     from diffusers_tiny import tiny_sd_pipeline
 
     n = torch.get_num_threads()
@@ -210,21 +217,28 @@ def test_kim_runs_unchanged_on_a_tiny_diffusers_sd(tmp_path):
             rows.append(json.dumps({"prompt": f"a photo of thing {i}", "image": f"{i}.png", "kind": "planted"}))
         (tmp_path / "m.jsonl").write_text("\n".join(rows) + "\n")
         subject = diffusers_subject(tmp_path / "sd", tmp_path / "m.jsonl", steps=6)
-        res = run_kim(subject, KimConfig(seeds=2, draws=2, n_boot=20, sweep=(1.0, 7.5), primary="l2_sim"))
+        res = run_kim(subject, KimConfig(n_seeds=2, draws=2, n_boot=20, sweep=(1.0, 7.5), primary="l2_sim"))
     finally:
         torch.set_num_threads(n)
     assert subject.prompts[0].x.shape == (4, 8, 8) and len(res.prompts) == 3
-    for key in ("pearson_D1", "pearson_D2", "spearman_D1", "spearman_D2", "pearson_D1_selfref",
-                "loss_ratio_guided_mem_vs_nonmem", "first_step_cos_eps_c_x_mem", "first_step_cos_eps_c_x_nonmem",
-                "n_prompts", "n_seeds"):
-        assert key in res.summary, key
+    assert subject.prompts[1].text == "a photo of thing 1" and subject.prompts[1].kind == "planted"
+    assert torch.equal(subject.references[2], subject.prompts[2].x) and subject.state_shape == (4, 8, 8)
+    # an edited copy of the UNet leaves the subject's own model as it was
+    x_t, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    c = subject.prompts[0].cond.c
+    before = subject.denoiser.model_output(x_t, t, c)
+    zeroed = subject.edited(lambda net: torch.nn.init.zeros_(net.conv_out.weight))
+    assert torch.equal(subject.denoiser.model_output(x_t, t, c), before)
+    assert not torch.equal(zeroed.denoiser.model_output(x_t, t, c), before)
+    assert zeroed.denoiser.pipeline.vae is subject.denoiser.pipeline.vae
+    assert res.summary.n_prompts == 3 and res.summary.n_seeds == 2 and np.isfinite(res.summary.pearson_D1)
     p = res.prompts[0]
     assert p.w0.shape == (6,) and p.loss_guided.shape == (2, 6) and np.isfinite(p.D1)
     assert res.provenance.model["class"] == "StableDiffusionAdapter"
 
 
 def test_manifest_errors(tmp_path):
-    from diffmem.analyses.subjects import read_manifest
+    from diffmem.adapters.subject import read_manifest
 
     (tmp_path / "m.jsonl").write_text('{"prompt": "a", "image": "nope.png"}\n')
     with pytest.raises(ValueError, match="nope.png"):
@@ -232,3 +246,43 @@ def test_manifest_errors(tmp_path):
     (tmp_path / "m.jsonl").write_text('{"prompt": "a"}\n')
     with pytest.raises(ValueError, match="'image'"):
         read_manifest(tmp_path / "m.jsonl")
+
+
+def test_kim_on_an_embedded_world_subject(tmp_path, monkeypatch):
+    from diffmem.analyses.kim import KimConfig, run_kim
+    from diffmem.runners.kim import kim_world_subject
+    from diffmem.worlds.world import load_world
+    from test_training import tiny
+
+    monkeypatch.setenv("DIFFMEM_HOME", str(tmp_path / "home"))
+    subject = kim_world_subject(load_world(tiny(steps=2), progress=False), steps=4, per_kind=2)
+    assert [p.kind for p in subject.prompts] == ["planted", "planted", "nonplanted", "nonplanted"]
+    assert all(p.x is not None and p.x.shape == subject.state_shape for p in subject.prompts)
+    res = run_kim(subject, KimConfig(n_seeds=2, draws=2, n_boot=10, sweep=(7.5,), primary="l2_sim"))
+    assert [p.id for p in res.prompts] == [p.id for p in subject.prompts] and res.summary.n_prompts == 4
+    assert res.provenance.extra["subject"] == subject.name and res.prompts[0].w0.shape == (4,)
+    with pytest.raises(ValueError, match="no paired training sample"):
+        run_kim(_unpaired(subject), KimConfig(n_seeds=2))
+
+
+def _unpaired(subject):
+    from dataclasses import replace
+
+    return replace(subject, prompts=(*subject.prompts[:3], replace(subject.prompts[3], x=None)))
+
+
+def test_kim_summary_round_trips():
+    from diffmem.analyses.kim_summary import GROUPS, KimSummary
+
+    s = KimSummary(n_prompts=5, n_seeds=3, primary_severity="cosine", pearson_D1=0.5, pearson_D1_ci=[0.1, 0.9],
+                   correlations_by_severity={"cosine": {"D1": 0.5}}, n_memorized=2, loss_guided_mem=3.0,
+                   sweep_g=[1.0, 7.5], sweep_D1={t: [0.0, 1.0] for t in GROUPS},
+                   sweep_severity={t: [0.2, 0.3] for t in GROUPS}, sweep_copy_rate={t: [0.0, 0.5] for t in GROUPS})
+    d = s.to_dict()
+    assert d["sweep_cosine_all"] == [0.2, 0.3] and d["pearson_D1_ci"] == [0.1, 0.9] and "sweep_severity" not in d
+    assert list(d)[:4] == ["n_prompts", "n_seeds", "primary_severity", "pearson_D1"]
+    back = KimSummary.from_dict(json.loads(json.dumps(d)))
+    assert back.to_dict() == json.loads(json.dumps(d)) and back.pearson_D1_ci == (0.1, 0.9)
+    plain = KimSummary(n_prompts=3, n_seeds=2, primary_severity="ssim", pearson_D1=1.0, pearson_D1_ci=(0.0, 1.0))
+    assert KimSummary.from_dict(plain.to_dict()).to_dict().keys() == plain.to_dict().keys()
+    assert "sweep_g" not in plain.to_dict()

@@ -1,4 +1,4 @@
-"""Analytic oracles for the loop: identities of Kim et al. (2025, spec §8) and exact-score sampling."""
+"""Analytic oracles for the loop: identities of Kim et al. (2025) and exact-score sampling."""
 
 import functools
 
@@ -20,7 +20,7 @@ def decompose(z, x, x_T):
 
 
 def test_loss_identity():
-    # eps - eps_hat = sqrt(ab / (1 - ab)) (x0_hat - x) on forward-noised inputs (spec oracle 1)
+    # eps - eps_hat = sqrt(ab / (1 - ab)) (x0_hat - x) on forward-noised inputs (Tweedie)
     x, eps, eps_hat = torch.randn(3, 4, 8, 8, dtype=torch.float64)
     for ab in (0.005776, 0.275, 0.998):
         x_t = ab**0.5 * x + (1 - ab) ** 0.5 * eps
@@ -35,12 +35,12 @@ def test_cfg_commutes_with_x0_hat():
     lhs = x0_from_eps(x_t, cfg(eps_u, eps_c, w), ab)
     x0_u, x0_c = x0_from_eps(x_t, eps_u, ab), x0_from_eps(x_t, eps_c, ab)
     assert torch.allclose(lhs, x0_u + w * (x0_c - x0_u), atol=1e-10)
-    # guidance gap (spec oracle 3): eps_c - eps_u = -sqrt(ab/(1-ab)) (x0_c - x0_u)
+    # guidance gap: eps_c - eps_u = -sqrt(ab/(1-ab)) (x0_c - x0_u)
     assert torch.allclose(eps_c - eps_u, -(ab / (1 - ab)) ** 0.5 * (x0_c - x0_u), atol=1e-10)
 
 
 def test_ddim_point_mass_reproduces_forward_marginal(sd_schedule, sd_grid):
-    # Consistent start z_0 = sqrt(ab_981) x + sqrt(1 - ab_981) x_T (spec oracle 4): every later latent
+    # Consistent start z_0 = sqrt(ab_981) x + sqrt(1 - ab_981) x_T (Kim et al., 2025): every later latent
     # decomposes onto (x, x_T) as (sqrt(ab), sqrt(1 - ab)) of the timestep it lives at, with zero residual.
     x, x_T = torch.randn(2, 256, dtype=torch.float64)
     ab0 = float(sd_grid.alpha_bar[0])

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from diffmem import Provenance, __version__
-from diffmem.cli.demo import DemoResult
 from diffmem.cli.main import main
 from diffmem.io import atomic_write_text, new_run_dir, read_json, write_arrays, write_json
+from diffmem.runners.demo import DemoResult
 
 
 def test_import_is_light():
@@ -67,9 +67,10 @@ def test_cli_demo_writes_a_complete_run(tmp_path, capsys):
     assert sorted(p.name for p in run.iterdir()) == ["demo.json", "demo.safetensors", "report.md"]
     res = DemoResult.load(run, "demo")
     assert isinstance(res.provenance, Provenance) and res.provenance.seeds == list(range(8))
-    rows = {r["name"]: r for r in res.rows}
+    rows = {r.name: r for r in res.rows}
     # the empirical denoiser reproduces training points exactly; the population denoiser does not copy
-    assert rows["empirical_w1"]["f_mem"] == 1.0 and rows["population_w1"]["f_mem"] == 0.0
+    assert rows["empirical_w1"].memorization_ratio == 1.0 and rows["population_w1"].memorization_ratio == 0.0
+    assert res.sections == () and res.kim is None
     assert torch.cdist(res.samples["empirical_w7.5"], res.train).min(1).values.max() < 1e-3
     assert "| empirical | 7.5 |" in (run / "report.md").read_text()
     assert json.loads((run / "demo.json").read_text())["type"] == "DemoResult"
@@ -77,19 +78,20 @@ def test_cli_demo_writes_a_complete_run(tmp_path, capsys):
 
 def test_demo_world_and_kim_sections_on_a_tiny_world(tmp_path, monkeypatch):
     """The world and Kim sections run end to end and the report renders from the saved sections only."""
-    from diffmem.cli.demo import run_demo
     from diffmem.reports.demo import render_demo
+    from diffmem.runners.demo import WorldSection, run_demo
     from test_training import tiny
 
     monkeypatch.setenv("DIFFMEM_HOME", str(tmp_path / "home"))
-    run = run_demo(tmp_path / "out", samples=4, steps=5, progress=False, sections=("world", "kim"),
+    run = run_demo(tmp_path / "out", n_samples=4, steps=5, progress=False, sections=("world", "kim"),
                    world=tiny(steps=2), quick=True)
     res = DemoResult.load(run, "demo")
-    assert set(res.sections) == {"world", "kim"}
-    assert set(res.sections["world"]["per_w"]) == {"0", "1", "4", "7.5"}
+    assert res.sections == ("world", "kim") and isinstance(res.world, WorldSection)
+    assert set(res.world.per_w) == {"0", "1", "4", "7.5"}
     assert (run / "world" / "summary.json").exists() and (run / "kim" / "summary.json").exists()
     kim = json.loads((run / "kim" / "summary.json").read_text())
-    assert res.sections["kim"]["n_prompts"] == kim["n_prompts"] == 6  # 2 planted (tiny world) + 4 non-planted
+    assert res.kim.summary.n_prompts == kim["n_prompts"] == 6  # 2 planted (tiny world) + 4 non-planted
+    assert res.kim.to_dict() == kim  # the section is the Kim run's summary.json, typed
     report = (run / "report.md").read_text()
     assert report == render_demo(res)
     assert "planted memorization vs guidance" in report and "Kim et al. 2025" in report

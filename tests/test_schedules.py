@@ -12,7 +12,7 @@ from diffmem.schedules import DiscreteSchedule, VPSDESchedule, continuous_grid, 
 
 
 def test_sd_reference_values(sd_schedule):
-    # Kim et al. spec §2.1 (project derivation values).
+    # SD's scaled-linear table at the timesteps Kim et al. (2025) use (values derived by hand).
     ab = sd_schedule.alpha_bar(torch.tensor([981, 961, 501, 1, 0, 999]))
     expected = [0.005776, 0.007282, 0.27500, 0.998296, 0.99915, 0.004660]
     assert ab.tolist() == pytest.approx(expected, rel=2e-4)

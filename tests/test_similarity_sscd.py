@@ -16,7 +16,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 
 
 class TinyDescriptor(nn.Module):
-    """conv → global average pool → linear: a stand-in for an SSCD ResNet (unnormalised output on purpose)."""
+    """conv → global average pool → linear: a stand-in for an SSCD ResNet (unnormalized output on purpose)."""
 
     def __init__(self, dim: int = 8):
         super().__init__()
@@ -41,7 +41,7 @@ def _images(n=4, shape=(3, 40, 60), seed=0):
     return torch.rand(n, *shape, generator=g) * 2 - 1
 
 
-def test_presets_resize_crop_and_normalise():
+def test_presets_resize_crop_and_normalize():
     x = torch.full((2, 1, 64, 96), 0.2)  # grey, in [-1, 1]
     out = PREPROCESS["dcr"](x)
     assert out.shape == (2, 3, 224, 224)  # short side 256 (→ 256 x 384), centre crop 224

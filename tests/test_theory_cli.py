@@ -30,21 +30,22 @@ def test_sweep_cli_writes_summary_result_and_figure(tmp_path, monkeypatch, capsy
 
 
 def test_teaser_cli_highlights_copies(tmp_path, monkeypatch, capsys):
-    tiny = teaser.TeaserConfig(n=20, widths=(4,), train=TrainConfig(steps=5, batch=8), samples=30,
+    tiny = teaser.TeaserConfig(n=20, widths=(4,), train=TrainConfig(steps=5, batch_size=8), n_samples=30,
                                sampler=SamplerConfig(steps=50))  # 10 steps end before the posterior collapses
     monkeypatch.setitem(teaser.TEASER_PRESETS, "quick", tiny)
     assert main(["theory", "teaser", "--quick", "--out", str(tmp_path)]) == 0
     rows = {r["name"]: r for r in TheoryResult.load(tmp_path, "teaser").summary["rows"]}
-    assert set(rows) == {"empirical", "true", "width4"} and rows["empirical"]["mem_ratio"] == 1.0
+    assert set(rows) == {"empirical", "true", "width4"} and rows["empirical"]["memorization_ratio"] == 1.0
     arrays = TheoryResult.load(tmp_path, "teaser").arrays
     assert arrays["copy_empirical"].all() and arrays["samples_true"].shape == (30, 2)
     assert (tmp_path / "teaser.png").exists()
 
 
 def test_scores_run_small(tmp_path):
-    s = run_scores(tmp_path, quick=True, dim=8, n=60, samples=40)
-    assert s["memorization"]["empirical"]["mem_ratio"] >= 0.99 and s["memorization"]["true"]["mem_ratio"] <= 0.05
-    lip = s["lipschitz"]["rows"]
+    s = run_scores(tmp_path, quick=True, dim=8, n=60, n_samples=40)
+    mem = s.memorization
+    assert mem["empirical"]["memorization_ratio"] >= 0.99 and mem["true"]["memorization_ratio"] <= 0.05
+    lip = s.lipschitz["rows"]
     assert all(r["lower"] <= r["measured"] <= r["upper"] for r in lip)
     assert (tmp_path / "scores.png").exists()
     assert torch.cdist(TheoryResult.load(tmp_path, "scores").arrays["samples_empirical"].float(), torch.zeros(1, 8)

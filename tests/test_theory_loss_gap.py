@@ -1,15 +1,16 @@
 """Loss gap of Ye et al. (2025): Prop. 4.1 within Monte Carlo error, the small-t closed form, its n-dependence
-(spec §3, §9 items 3 and 5, on smaller and faster settings than the reference table)."""
+(Prop. 4.1 and Fig. 1, on smaller and faster settings than the reference table)."""
 
+import json
 import math
 
 import pytest
 import torch
 
+from diffmem.mixtures import GaussianMixture, gmm_world
 from diffmem.theory.lab import run_loss_gap
 from diffmem.theory.loss_gap import loss_gap, loss_gap_closed_form
-from diffmem.theory.mixture import GaussianMixture
-from diffmem.worlds.gmm import gmm_world
+from diffmem.theory.summaries import LossGapSummary
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_prop_4_1_direct_loss_difference_equals_fisher_divergence(world16, t):
     assert e.fisher > 0 and e.gap_se > 0
 
 
-def test_empirical_score_is_the_dsm_minimiser(world16):
+def test_empirical_score_is_the_dsm_minimizer(world16):
     # E_{P̂_t}[-z/sigma - grad log p̂_t(X)] = 0, so any shift delta raises the DSM loss by |delta|^2 (oracle 3)
     X, _ = world16.sample(200, seed=1)
     ab = math.exp(-0.7)
@@ -65,9 +66,11 @@ def test_more_data_shrinks_the_gap_only_at_large_t(world16):
 def test_loss_gap_run_writes_summary_and_figure(tmp_path):
     pytest.importorskip("matplotlib")
     s = run_loss_gap(tmp_path, dim=4, draws=100, ns=(50,), ts=(0.05, 0.3, 2.0), tables=False)
-    assert {"gap_mc", "fisher_mc", "gap_closed_form", "max_rel_err_small_t"} <= set(s)
-    assert len(s["gap_mc"]["50"]) == 3 and s["prop41_all_agree"]
-    assert [r["t"] for r in s["reference"]] == [0.05, 0.3, 2.0]
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert {"gap_mc", "fisher_mc", "gap_closed_form", "max_rel_err_small_t", "provenance"} <= set(saved)
+    assert LossGapSummary.from_dict(saved) == s  # summary.json holds the typed summary's keys
+    assert len(s.gap_mc["50"]) == 3 and s.prop41_all_agree
+    assert [r["t"] for r in s.reference] == [0.05, 0.3, 2.0]
     assert (tmp_path / "loss_gap.png").stat().st_size > 1000 and (tmp_path / "loss_gap.json").exists()
 
 

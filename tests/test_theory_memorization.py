@@ -5,20 +5,20 @@ import math
 import pytest
 import torch
 
+from diffmem.mixtures import gmm_world
 from diffmem.schedules import VPSDESchedule
 from diffmem.similarity.criteria import memorization_ratio
 from diffmem.theory.closed_form import GaussianMixtureDenoiser
 from diffmem.theory.sampler import SamplerConfig, draw_samples
 from diffmem.theory.score_memorization import collapse_curve, collapse_time, score_memorization
-from diffmem.worlds.gmm import gmm_world
 
 
 def test_empirical_score_copies_and_true_score_does_not():
     world = gmm_world(16, seed=0)
     X, _ = world.sample(100, seed=1)
-    res = score_memorization(world, X, samples=100, sampler=SamplerConfig(steps=50))
-    assert res["empirical"]["mem_ratio"] >= 0.99
-    assert res["true"]["mem_ratio"] <= 0.01
+    res = score_memorization(world, X, n_samples=100, sampler=SamplerConfig(steps=50))
+    assert res["empirical"]["memorization_ratio"] >= 0.99
+    assert res["true"]["memorization_ratio"] <= 0.01
     # each empirical sample is a training point (final x0_hat of the exact empirical denoiser)
     assert float(torch.cdist(res["empirical"]["samples"], X).min(1).values.max()) < 1e-6
 
@@ -39,7 +39,7 @@ def test_samples_do_not_depend_on_batching():
     den = GaussianMixtureDenoiser(world.sample(30, seed=1)[0], VPSDESchedule())
     cfg = SamplerConfig(steps=20)
     a, _ = draw_samples(den, 4, range(9), cfg)
-    b, _ = draw_samples(den, 4, range(9), cfg, batch=4)
+    b, _ = draw_samples(den, 4, range(9), cfg, batch_size=4)
     torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 

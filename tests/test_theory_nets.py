@@ -5,14 +5,14 @@ import dataclasses
 import pytest
 import torch
 
+from diffmem.mixtures import gmm_world
 from diffmem.theory import sweeps
 from diffmem.theory.mlp import NetDenoiser, ScoreMLP, TrainConfig, count_params, train_score_net
 from diffmem.theory.sampler import SamplerConfig, draw_samples
 from diffmem.theory.sweeps import RunSpec, SweepConfig, plan, run_sweep, training_set
-from diffmem.worlds.gmm import gmm_world
 
 TINY = SweepConfig("tiny", dim=4, n_size=(8,), widths=(4, 8), n_grid=(8, 16), dims=(2,), fixed_width=8,
-                   n_decay=(8,), decays=(0.0, 1.0), dup=(8, 4), train=TrainConfig(steps=4, batch=8), samples=6,
+                   n_decay=(8,), decays=(0.0, 1.0), dup=(8, 4), train=TrainConfig(steps=4, batch_size=8), n_samples=6,
                    sampler=SamplerConfig(steps=3))
 
 
@@ -25,7 +25,7 @@ def test_param_count_formula():
 
 def test_training_is_deterministic_and_leaves_global_rng_alone():
     X = gmm_world(3, seed=0).sample(20, seed=1)[0]
-    cfg = TrainConfig(width=16, steps=30, batch=16, seed=5)
+    cfg = TrainConfig(width=16, steps=30, batch_size=16, seed=5)
     state = torch.random.get_rng_state()
     a, hist_a = train_score_net(X, cfg)
     assert torch.equal(torch.random.get_rng_state(), state)
@@ -36,7 +36,7 @@ def test_training_is_deterministic_and_leaves_global_rng_alone():
 
 def test_training_lowers_the_dsm_loss():
     X = gmm_world(2, seed=0).sample(64, seed=1)[0]
-    _, hist = train_score_net(X, TrainConfig(width=32, steps=300, batch=64, t_sampling="uniform"))
+    _, hist = train_score_net(X, TrainConfig(width=32, steps=300, batch_size=64, t_sampling="uniform"))
     assert hist[-1] < 0.7 * hist[0]
 
 
@@ -66,7 +66,7 @@ def test_sweep_resumes_from_finished_rows(tmp_path, monkeypatch):
     first = run_sweep(TINY, tmp_path)
     assert set(first["panels"]) == {"size", "n", "decay", "dup"}
     rows = first["panels"]["size"]
-    assert all(0 <= r["mem_ratio"] <= 1 and r["params"] > 0 for r in rows)
+    assert all(0 <= r["memorization_ratio"] <= 1 and r["params"] > 0 for r in rows)
     assert any("duplication" in f for f in first["findings"])
 
     def boom(*a, **k):

@@ -1,5 +1,5 @@
-"""Closed-form scores of Ye et al. (2025): empirical and true score, Hessians, Lipschitz bounds (spec §9, items
-1, 2, 4, 6, 7), against autograd, torch.distributions and the formulas of the spec."""
+"""Closed-form scores of Ye et al. (2025): empirical and true score, Hessians, Lipschitz bounds,
+against autograd, torch.distributions and the paper's formulas."""
 
 import math
 
@@ -7,12 +7,11 @@ import pytest
 import torch
 from torch.distributions import MultivariateNormal
 
+from diffmem.mixtures import GaussianMixture, alpha_sigma, gmm_world
 from diffmem.schedules import DiscreteSchedule, VPSDESchedule
 from diffmem.theory.closed_form import GaussianMixtureDenoiser
 from diffmem.theory.lipschitz import gaussian_lipschitz, lipschitz_bounds, measured_lipschitz, probe_points
-from diffmem.theory.mixture import GaussianMixture, alpha_sigma
 from diffmem.types import Cond
-from diffmem.worlds.gmm import gmm_world
 
 F64 = torch.float64
 
@@ -79,7 +78,7 @@ def test_empirical_hessian_by_posterior_covariance_matches_autograd():
 
 
 def test_two_point_midpoint_eigenvalue_and_upper_bound():
-    # spec §9 item 6: n = 2 at x = alpha (x1 + x2)/2 the top eigenvalue is -1/s2 + ab |x1 - x2|^2 / (4 s2^2)
+    # n = 2 at x = alpha (x1 + x2)/2 the top eigenvalue is -1/s2 + ab |x1 - x2|^2 / (4 s2^2)
     X = torch.tensor([[0.0, 0.0, 0.0], [2.0, 1.0, -1.0]], dtype=F64)
     ab = 0.7
     s2 = 1 - ab

@@ -1,10 +1,8 @@
 """diffmem: measure, explain, detect and mitigate memorization in diffusion models.
 
-The two contracts (design lesson 1): a :class:`Denoiser` returns ε_c and ε_u apart, and :func:`sample` is the one
-loop, returning a recorded :class:`Trajectory`. ``import diffmem`` needs only torch, numpy and safetensors.
+The two contracts (README.md, "What it is"): a :class:`Denoiser` returns ε_c and ε_u apart, and :func:`sample` is
+the one loop, returning a recorded :class:`Trajectory`. ``import diffmem`` needs only torch, numpy and safetensors.
 """
-
-__version__ = "0.1.0"
 
 from diffmem.denoiser import Denoiser
 from diffmem.results import Provenance, Result
@@ -24,6 +22,7 @@ from diffmem.sampling.trajectory import Recorder, Trajectory
 from diffmem.schedules import DiscreteSchedule, Grid, VPSDESchedule, continuous_grid, discrete_grid
 from diffmem.seeding import SeededNoise
 from diffmem.types import Cond, Prediction, StepRecord
+from diffmem.version import __version__
 
 __all__ = [
     "__version__", "Denoiser", "Cond", "Prediction", "StepRecord", "sample", "Trajectory", "Recorder", "Hook",

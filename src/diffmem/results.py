@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +16,18 @@ import numpy as np
 import torch
 
 from diffmem.io import read_arrays, read_json, write_arrays, write_json
+from diffmem.version import __version__
 
-__all__ = ["Result", "Provenance", "package_version"]
+__all__ = ["Result", "Record", "Provenance", "package_version"]
 
 
 def package_version() -> str:
-    from diffmem import __version__
-
     return __version__
+
+
+def _flat(cls) -> bool:
+    """A :class:`Record`: saved in its own flat JSON form (``to_dict() -> dict``, ``from_dict(dict)``)."""
+    return issubclass(cls, Record)
 
 
 def _to_tree(obj: Any, arrays: dict, prefix: str) -> Any:
@@ -31,6 +36,8 @@ def _to_tree(obj: Any, arrays: dict, prefix: str) -> Any:
     if isinstance(obj, torch.Tensor):
         arrays[prefix] = obj
         return {"__array__": prefix}
+    if dataclasses.is_dataclass(obj) and _flat(type(obj)):
+        return obj.to_dict()
     if dataclasses.is_dataclass(obj):
         return {f.name: _to_tree(getattr(obj, f.name), arrays, f"{prefix}.{f.name}".lstrip("."))
                 for f in dataclasses.fields(obj)}
@@ -45,6 +52,8 @@ def _dataclass_in(tp) -> type | None:
     """The dataclass named by a field annotation (``X`` or ``X | None``), if any."""
     if dataclasses.is_dataclass(tp):
         return tp
+    if typing.get_origin(tp) not in (typing.Union, types.UnionType):
+        return None
     return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
 
 
@@ -52,15 +61,19 @@ def _from_tree(tree: Any, arrays: dict, tp=None) -> Any:
     if isinstance(tree, dict) and set(tree) == {"__array__"}:
         return arrays[tree["__array__"]]
     cls = _dataclass_in(tp) if isinstance(tree, dict) else None
+    if cls is not None and _flat(cls):
+        return cls.from_dict(tree)
     if cls is not None:
         hints = typing.get_type_hints(cls)
         return cls(**{f.name: _from_tree(tree[f.name], arrays, hints.get(f.name))
                       for f in dataclasses.fields(cls) if f.name in tree})
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
     if isinstance(tree, dict):
-        return {k: _from_tree(v, arrays) for k, v in tree.items()}
+        value = args[1] if origin is dict and len(args) == 2 else None
+        return {k: _from_tree(v, arrays, value) for k, v in tree.items()}
     if isinstance(tree, list):
-        args = typing.get_args(tp) if typing.get_origin(tp) in (list, tuple) else ()
-        return [_from_tree(v, arrays, args[0] if args else None) for v in tree]
+        out = [_from_tree(v, arrays, args[0] if origin in (list, tuple) and args else None) for v in tree]
+        return tuple(out) if origin is tuple else out
     return tree
 
 
@@ -97,9 +110,36 @@ class Result:
         return cls.from_dict(tree["data"], read_arrays(path) if path.exists() else {})
 
 
+class Record:
+    """Mixin for frozen dataclasses saved as one flat JSON object (a ``summary.json``): ``to_dict``/``from_dict``.
+
+    Field names are the JSON keys, in field order; tuples become lists and come back as tuples; nested records and
+    dataclasses are rebuilt from the field annotations. Keys a record does not know are ignored by ``from_dict``
+    (a ``summary.json`` also carries provenance)."""
+
+    def to_dict(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        hints = typing.get_type_hints(cls)
+        return cls(**{f.name: _from_tree(d[f.name], {}, hints.get(f.name)) for f in dataclasses.fields(cls)
+                      if f.name in d})
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Record):
+        return obj.to_dict()
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
 @dataclass(frozen=True)
 class Provenance(Result):
-    """How a result was made: enough to reproduce it (design lesson 8)."""
+    """How a result was made: enough to reproduce it (model, sampler, grid, guidance, seeds, package version)."""
 
     model: dict
     solver: dict

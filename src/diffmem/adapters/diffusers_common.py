@@ -1,7 +1,7 @@
 """What every diffusers-backed adapter shares: the scheduler mapping, x_T, the codec, loading and provenance.
 
 A subclass names its pipeline classes and components, its denoising module (:attr:`model`) and implements
-``model_output``; nothing here forks a pipeline's ``__call__`` (design lesson 3).
+``model_output``; nothing here forks a pipeline's ``__call__``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class DiffusersAdapter(Denoiser):
         pipe = load_local_pipeline(path, cls.components, cls.pipeline_classes, **{**cls.load_kwargs, **kwargs})
         return cls(pipe, name=name, source=str(path))
 
-    # --- the training schedule and parameterisation follow the pipeline's current scheduler ---------------------
+    # --- the training schedule and parameterization follow the pipeline's current scheduler ---------------------
 
     def _scheduler_state(self) -> tuple:
         # recomputed when the scheduler is swapped (pipe.scheduler = X.from_config(...), the diffusers idiom)

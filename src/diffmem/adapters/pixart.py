@@ -1,6 +1,6 @@
 """PixArt-α/Σ (a caption cross-attention DiT) behind the denoiser contract (Chen et al., ICLR 2024).
 
-Captions are lower-cased and stripped, tokenised to ``max_sequence_length`` (120 for PixArt-α) and encoded by T5
+Captions are lower-cased and stripped, tokenized to ``max_sequence_length`` (120 for PixArt-α) and encoded by T5
 with their attention mask; both embeddings and mask travel in the conditioning, since the transformer masks the
 padding keys. ε_u uses the empty caption, encoded the same way. Learned-σ channels are split off explicitly.
 """

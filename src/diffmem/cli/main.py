@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 
-from diffmem import __version__
+from diffmem.version import __version__
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 

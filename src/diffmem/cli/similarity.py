@@ -10,6 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from diffmem.similarity.criteria import nn_ratio, relative_distance
+from diffmem.similarity.digits_classifier import load_digits_classifier
+from diffmem.similarity.duplicates import exact_duplicates, near_duplicates
+
 __all__ = ["add_parser"]
 
 
@@ -25,8 +29,6 @@ def _tensor(path: str, key: str | None):
 
 
 def _memorization(args) -> int:
-    from diffmem.similarity.criteria import nn_ratio, relative_distance
-
     samples, refs = _tensor(args.samples, args.samples_key), _tensor(args.refs, args.refs_key)
     ratio, nearest = nn_ratio(samples, refs, dedup=not args.no_dedup, backend=args.backend)
     rel, _ = relative_distance(samples, refs, k=min(args.k, len(refs)), dedup=not args.no_dedup,
@@ -41,8 +43,6 @@ def _memorization(args) -> int:
 
 
 def _duplicates(args) -> int:
-    from diffmem.similarity.duplicates import exact_duplicates, near_duplicates
-
     refs = _tensor(args.refs, args.refs_key)
     res = exact_duplicates(refs) if args.threshold is None else near_duplicates(refs, args.threshold,
                                                                                 metric=args.metric)
@@ -51,8 +51,6 @@ def _duplicates(args) -> int:
 
 
 def _classifier(args) -> int:
-    from diffmem.similarity.digits_classifier import load_digits_classifier
-
     clf = load_digits_classifier(retrain=args.retrain)
     print(json.dumps({"path": str(clf.path), "test_accuracy": clf.test_accuracy, "sha256": clf.sha256}, indent=2))
     return 0
@@ -62,7 +60,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("similarity", help="copy criteria, duplicate counts and the digits feature classifier",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = p.add_subparsers(dest="similarity_command", metavar="WHAT", required=True)
-    m = cmds.add_parser("memorization", help="nearest-neighbour ratio (f_mem) and relative distance")
+    m = cmds.add_parser("memorization", help="nearest-neighbour ratio (memorization ratio) and relative distance")
     m.add_argument("--samples", required=True, help="safetensors file with generated samples [N, ...]")
     m.add_argument("--refs", required=True, help="safetensors file with training images [M, ...]")
     m.add_argument("--samples-key", help="tensor name in --samples (default: its only tensor)")

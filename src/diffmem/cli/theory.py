@@ -13,6 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 
+from diffmem.theory import lab
+from diffmem.theory.sweeps import PRESETS, plan
+from diffmem.theory.teaser import TEASER_PRESETS
+
 __all__ = ["add_parser"]
 
 KINDS = ("loss-gap", "scores", "sweep", "teaser")
@@ -32,41 +36,36 @@ def add_parser(sub) -> None:
 
 
 def _cli(args) -> int:
-    from diffmem.theory import lab
-
     figures = not args.no_figures
     preset = args.preset or ("quick" if args.quick else "default")
     if args.dry_run:
         return _dry_run(args.experiment, preset)
     if args.experiment == "loss-gap":
         s = lab.run_loss_gap(args.out, quick=args.quick, figures=figures)
-        print(json.dumps({k: s[k] for k in ("reference", "prop41_all_agree", "max_rel_err_small_t")}, indent=1))
+        print(json.dumps({"reference": s.reference, "prop41_all_agree": s.prop41_all_agree,
+                          "max_rel_err_small_t": s.max_rel_err_small_t}, indent=1))
     elif args.experiment == "scores":
         s = lab.run_scores(args.out, quick=args.quick, figures=figures)
-        print(json.dumps({"memorization": s["memorization"], "heldout_loglik_mean": s["heldout_loglik_mean"],
-                          "t_collapse": [(r["dim"], r["n"], r["t_collapse"]) for r in s["collapse"]["rows"]]},
+        print(json.dumps({"memorization": s.memorization, "heldout_loglik_mean": s.heldout_loglik_mean,
+                          "t_collapse": [(r["dim"], r["n"], r["t_collapse"]) for r in s.collapse["rows"]]},
                          indent=1))
     elif args.experiment == "sweep":
         s = lab.run_sweep_preset(args.out, preset=preset, figures=figures,
                                  progress=lambda k, n, key: print(f"[{k}/{n}] {key}", flush=True))
-        print("\n".join(s["findings"]))
+        print("\n".join(s.findings))
     else:
         s = lab.run_teaser(args.out, quick=args.quick, figures=figures)
-        print(json.dumps(s["rows"], indent=1))
-    print(f"wrote {args.out} ({s['wall_s']} s)")
+        print(json.dumps(s.rows, indent=1))
+    print(f"wrote {args.out} ({s.wall_s} s)")
     return 0
 
 
 def _dry_run(experiment: str, preset: str) -> int:
     if experiment == "sweep":
-        from diffmem.theory.sweeps import PRESETS, plan
-
         cfg = PRESETS[preset]
         runs = {s.key for specs in plan(cfg).values() for s in specs}
         print(json.dumps({**cfg.to_dict(), "unique_runs": len(runs)}, indent=1, default=str))
     elif experiment == "teaser":
-        from diffmem.theory.teaser import TEASER_PRESETS
-
         print(json.dumps(TEASER_PRESETS[preset].to_dict(), indent=1, default=str))
     else:
         print(json.dumps({"experiment": experiment, "quick": preset == "quick"}))

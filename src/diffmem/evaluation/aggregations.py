@@ -1,4 +1,4 @@
-"""Aggregations of per-generation similarity scores, each recorded with its provenance (mitigations spec §17).
+"""Aggregations of per-generation similarity scores, each recorded with its provenance.
 
 The input is the per-generation table s[p, g] (prompt p, generation g; e.g. the max SSCD cosine of generation g to
 the references of prompt p), a [P, G] tensor or a list of 1-D tensors for ragged prompts (padded with NaN =

@@ -1,4 +1,4 @@
-"""Published evaluation presets (mitigations spec §17): which SSCD checkpoint, preprocessing, generations per
+"""Published evaluation presets: which SSCD checkpoint, preprocessing, generations per
 prompt and aggregations each peer family reports, so a diffmem number can be put beside theirs.
 
 Running a preset on a per-generation SSCD table gives every aggregation of that preset, each with provenance.

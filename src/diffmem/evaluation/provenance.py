@@ -1,4 +1,4 @@
-"""How a similarity or quality number was made (mitigations spec §17, the provenance rule).
+"""How a similarity or quality number was made (the provenance every evaluation result carries).
 
 Copy-detection and quality numbers are not comparable across papers unless the similarity model (checkpoint and
 file hash), the preprocessing, the aggregation and the threshold are known; every evaluation result carries one

@@ -5,9 +5,12 @@ Nothing is computed here beyond group means of saved arrays; matplotlib is impor
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
+
+from diffmem.io import atomic_write_bytes
 
 __all__ = ["render_kim_figures"]
 
@@ -29,10 +32,6 @@ def _legend(ax, **kw) -> None:
 
 
 def _save(fig, path: Path) -> Path:
-    import io
-
-    from diffmem.io import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
@@ -47,8 +46,8 @@ def render_kim_figures(res, out: str | Path) -> list[Path]:
 
     out, groups, paths = Path(out), _groups(res), []
     steps = range(len(res.alpha_bar))
-    primary = res.summary["primary_severity"]
-    g_idx = int(torch.argmin((res.sweep - res.config.get("guidance", 7.5)).abs()))
+    primary = res.summary.primary_severity
+    g_idx = int(torch.argmin((res.sweep - res.config.guidance).abs()))
 
     fig, ax = plt.subplots(figsize=(6, 4))  # F1: loss vs t
     for (name, group), style in zip(groups.items(), ("-", "--"), strict=True):
@@ -92,7 +91,7 @@ def render_kim_figures(res, out: str | Path) -> list[Path]:
     for ax, key in zip(axes, ("D1", "D1_selfref"), strict=True):
         ax.scatter([getattr(p, key) for p in res.prompts], sev, c=[p.severity["copy_rate"] for p in res.prompts],
                    cmap="coolwarm", vmin=0, vmax=1, s=18)
-        ax.set(xlabel=key, ylabel=primary, title=f"F5 r = {res.summary[f'pearson_{key}']:.3f}")
+        ax.set(xlabel=key, ylabel=primary, title=f"F5 r = {getattr(res.summary, f'pearson_{key}'):.3f}")
     paths.append(_save(fig, out / "F5_D_vs_severity.png"))
 
     if res.prompts[0].D1_by_g is not None:  # F6: sweep

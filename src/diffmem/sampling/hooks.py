@@ -3,7 +3,7 @@
 A :class:`Hook` *observes*: it is called at fixed points and returns nothing. ``close`` is always called when the
 run ends, normally or by an exception, so a hook that registered module hooks can remove them there.
 
-An :class:`Intervention` *changes* a run through narrowly typed edits (design lesson 1): the initial latent, the
+An :class:`Intervention` *changes* a run through narrowly typed edits: the initial latent, the
 conditioning, the per-step latent (CAPTAIN-style injection) and the per-step guidance weight. Mitigations subclass it
 and override only what they change; every edit is checked to keep the shape it was given.
 """
@@ -38,11 +38,11 @@ class Intervention:
     """A change to a run (identity by default). Subclasses override the edits they need."""
 
     def edit_x_T(self, x_T: Tensor) -> Tensor:
-        """Edit the initial latent before sampling (e.g. initial-noise optimisation)."""
+        """Edit the initial latent before sampling (e.g. initial-noise optimization)."""
         return x_T
 
     def edit_cond(self, cond: Cond) -> Cond:
-        """Edit the conditioning once before sampling (e.g. prompt-embedding optimisation, caption noise)."""
+        """Edit the conditioning once before sampling (e.g. prompt-embedding optimization, caption noise)."""
         return cond
 
     def edit_x_t(self, i: int, t: float, x_t: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """``sample``: the one denoising loop of diffmem.
 
 Analyses, detectors and mitigations consume the :class:`Trajectory` it returns or act through its hooks and
-interventions; none re-implements a loop (design lesson 1).
+interventions; none re-implements a loop.
 """
 
 from __future__ import annotations
@@ -61,9 +61,9 @@ def _guidance_norm(eps_c: Tensor, eps_u: Tensor) -> Tensor:
     return (eps_c.to(dtype) - eps_u.to(dtype)).flatten(1).norm(dim=1)
 
 
-def _weights(w, batch: int) -> Tensor:
+def _weights(w, batch_size: int) -> Tensor:
     w = torch.as_tensor(w, dtype=torch.float64).cpu()
-    return w.expand(batch).clone() if w.ndim == 0 else w
+    return w.expand(batch_size).clone() if w.ndim == 0 else w
 
 
 def sample(denoiser: Denoiser, x_T: Tensor, grid: Grid, cond: Cond, *, solver: str | Callable = "ddim",

@@ -2,10 +2,10 @@
 
 - Ratio rule (Ye et al., 2025, §7; Gu et al., TMLR 2025; Yoon et al., 2023): a sample x is a copy when
   ‖x − a₁‖ / ‖x − a₂‖ ≤ 1/3 (inclusive) for its nearest and second-nearest training points a₁, a₂; the
-  memorization ratio (f_mem) is the share of samples that are copies.
+  memorization ratio is the share of samples that are copies.
 - Relative distance (Carlini et al., USENIX Security 2023; IET-AGC's "MQ"): r = D₁ / mean_{j ≤ k} D_j with
   D_j the (squared, by default) distance to the j-th nearest training point; small r = memorized.
-- Threshold labels on a similarity or distance, with the direction declared (detectors spec, rule 1).
+- Threshold labels on a similarity or distance, with the direction declared.
 
 Exact duplicates in the reference set would make a₂ = a₁, so every near-copy of a duplicated image would get
 ratio ≈ 1 and look "not memorized". With ``dedup=True`` (the default) diffmem applies the rules to the *distinct*
@@ -74,7 +74,7 @@ def is_copy(queries: Tensor, refs: Tensor, threshold: float = COPY_RATIO, **kw) 
 
 
 def memorization_ratio(queries: Tensor, refs: Tensor, threshold: float = COPY_RATIO, **kw) -> float:
-    """Fraction of queries that are copies of some reference (Ye et al.'s memorization ratio, f_mem)."""
+    """Fraction of queries that are copies of some reference (Ye et al.'s memorization ratio)."""
     return float(is_copy(queries, refs, threshold, **kw).double().mean())
 
 
@@ -102,7 +102,7 @@ def relative_distance(queries: Tensor, refs: Tensor, *, k: int = 50, squared: bo
 def threshold_labels(scores: Tensor, threshold: float, *, higher_is_copy: bool, inclusive: bool = False) -> Tensor:
     """Boolean copy labels from a similarity (``higher_is_copy=True``: s > τ) or distance (False: s < τ).
 
-    ``inclusive`` turns > / < into ≥ / ≤. The direction is declared, never inferred (detectors spec, rule 1);
+    ``inclusive`` turns > / < into ≥ / ≤. The direction is declared, never inferred;
     e.g. SSCD "replicated" = cosine > 0.5 (Somepalli et al.), tiled-L2 copy = distance < a calibrated τ.
 
     >>> threshold_labels(torch.tensor([0.2, 0.5, 0.9]), 0.5, higher_is_copy=True).tolist()

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from diffmem.home import diffmem_home
 from diffmem.io import read_arrays, read_json, write_arrays, write_json
+from diffmem.results import package_version
 from diffmem.similarity.features import file_sha256
 
 __all__ = ["DigitsClassifierConfig", "DigitsNet", "DigitsClassifier", "load_digits_classifier",
@@ -157,8 +158,6 @@ def load_digits_classifier(*, retrain: bool = False,
         return DigitsClassifier(net, config, float(info["test_accuracy"]), weights)
     net, accuracy = train_digits_classifier(config)
     write_arrays(weights, net.state_dict())  # weights first, JSON last: a JSON means a complete cache entry
-    from diffmem.results import package_version
-
     n_test = len(_split(len(digits_images()[1]), config)[1])
     write_json(meta, {"config": asdict(config), "test_accuracy": accuracy, "n_test": n_test,
                       "sha256": file_sha256(weights), "package": package_version()})

@@ -2,7 +2,7 @@
 
 One small protocol feeds FID, precision/recall and density/coverage (:mod:`diffmem.evaluation`) and copy detection:
 ``features(images) -> Tensor[N, F]`` and ``describe() -> dict`` (what the model is, the sha256 of its file, the
-preprocessing), so every score can say exactly how it was made (design lesson 8). Implementations: a user's
+preprocessing), so every score can say exactly how it was made. Implementations: a user's
 TorchScript file (Inception, CLIP, DINO, SSCD, ...) via :class:`TorchScriptExtractor`, and diffmem's own digits
 classifier (:mod:`diffmem.similarity.digits_classifier`). Weights are only ever read from local paths.
 """
@@ -65,7 +65,7 @@ class TorchScriptExtractor:
         preprocess: preset name or :class:`~diffmem.similarity.preprocess.Preprocess` applied before the model.
         device: where the model runs.
         batch_size: images per forward pass.
-        normalize: L2-normalise the output features (descriptor models such as SSCD).
+        normalize: L2-normalize the output features (descriptor models such as SSCD).
         name: label recorded in ``describe()`` (default: the file name).
     """
 

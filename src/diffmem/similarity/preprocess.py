@@ -1,21 +1,21 @@
 """Named image-preprocessing presets for descriptor models (SSCD, Inception, CLIP, DINO), recorded with every score.
 
-Copy-detection numbers are not comparable across papers partly because preprocessing differs (detectors spec §9);
+Copy-detection numbers are not comparable across papers partly because preprocessing differs;
 each preset is a frozen record whose ``describe()`` goes into the provenance of every result.
 
-| preset | resize / crop | normalisation | used by |
+| preset | resize / crop | normalization | used by |
 |---|---|---|---|
 | ``sscd_official`` | short side 288 | ImageNet | SSCD README (Pizzi et al., CVPR 2022) |
 | ``dcr`` | short side 256, centre crop 224 | mean = std = 0.5 | DCR (Somepalli et al.), Wen, Jeon, Chen, Asthana |
 | ``square288`` / ``square320`` | square resize | ImageNet | MemBench (288); SSCD README (320) |
 | ``imagenet224`` | short side 256, centre crop 224 | ImageNet | torchvision-style classifiers, DINO |
 | ``clip224`` | short side 224, centre crop 224 | CLIP mean/std | OpenAI CLIP image encoders |
-| ``inception299`` | square 299 | none ([0, 1] in) | Inception ports that normalise internally (pytorch-fid) |
+| ``inception299`` | square 299 | none ([0, 1] in) | Inception ports that normalize internally (pytorch-fid) |
 | ``identity`` | none | none (input range kept) | models trained on diffmem's own [−1, 1] images |
 
 Inputs are diffmem images [N, C, H, W] in ``input_range`` (default [−1, 1]); they are mapped to [0, 1], grey is
 repeated to 3 channels, resized bilinearly with antialiasing (``torch.nn.functional.interpolate``; torchvision's
-tensor ``Resize`` does the same, PIL's resampler differs slightly), centre-cropped, then normalised.
+tensor ``Resize`` does the same, PIL's resampler differs slightly), centre-cropped, then normalized.
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 
 @dataclass(frozen=True)
 class Preprocess:
-    """Resize → centre crop → normalise, from images in ``input_range``.
+    """Resize → centre crop → normalize, from images in ``input_range``.
 
     Attributes:
         name: preset key, recorded in results.
         resize: target size in pixels, or ``None`` for no resize.
         mode: ``"short_side"`` (the smaller side becomes ``resize``, aspect kept) or ``"square"`` (both sides).
         crop: centre-crop side after resizing, or ``None``.
-        mean, std: per-channel normalisation applied to [0, 1] values; ``None`` keeps ``input_range`` values as is.
+        mean, std: per-channel normalization applied to [0, 1] values; ``None`` keeps ``input_range`` values as is.
         channels: channels the model expects (grey input is repeated), or ``None`` to pass channels through.
         input_range: (low, high) of the incoming images.
     """

@@ -77,7 +77,7 @@ class ReferenceIndex:
     """Exact k-NN over a fixed reference set (e.g. a training set), with memory-bounded blocked search.
 
     It keeps the flattened references, their squared norms and (FAISS backend) the flat index, so repeated searches
-    (f_mem monitored during training, several sample batches) pay for them once.
+    (the memorization ratio monitored during training, several sample batches) pay for them once.
 
     Args:
         refs: [M, ...] reference items (flattened to [M, D]).

@@ -2,10 +2,10 @@
 
 SSCD code and weights are CC-BY-NC 4.0: diffmem never bundles or fetches them. Download a TorchScript descriptor
 yourself (``sscd_disc_mixup.torchscript.pt``, ``sscd_disc_large.torchscript.pt``, ...) and pass its path; the
-file's sha256 and the preprocessing preset are recorded with every score (detectors spec §9).
+file's sha256 and the preprocessing preset are recorded with every score.
 
-Descriptors are L2-normalised, so similarity = dot product (cosine). Optional centering (SSCD README): subtract the
-mean descriptor of target-domain images, then re-normalise; off by default and recorded. Thresholds: cosine > 0.5 =
+Descriptors are L2-normalized, so similarity = dot product (cosine). Optional centering (SSCD README): subtract the
+mean descriptor of target-domain images, then re-normalize; off by default and recorded. Thresholds: cosine > 0.5 =
 "replicated" (Somepalli et al.), > 0.75 ≈ copy at 90 % precision on DISC (SSCD authors); they are not calibrated
 against each other.
 """
@@ -51,7 +51,7 @@ class SSCD:
         return self
 
     def features(self, images: Tensor) -> Tensor:
-        """Unit descriptors [N, F] (centred then re-normalised when a centre is fitted)."""
+        """Unit descriptors [N, F] (centred then re-normalized when a centre is fitted)."""
         d = self.extractor.features(images)
         if self.center_ is not None:
             if self.center_.shape[0] != d.shape[1]:
@@ -73,7 +73,7 @@ def load_sscd(path: str | Path, **kw) -> SSCD:
 
 
 def sscd_similarity(a: Tensor, b: Tensor) -> Tensor:
-    """Cosine similarity of descriptors a [N, F] and b [M, F] → [N, M] (re-normalised, so raw features work).
+    """Cosine similarity of descriptors a [N, F] and b [M, F] → [N, M] (re-normalized, so raw features work).
 
     >>> sscd_similarity(torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0], [0.0, 3.0]])).tolist()
     [[1.0, 0.0]]

@@ -8,13 +8,13 @@ crop) and over channels. ``data_range`` defaults to 2 because diffmem images liv
 
 **Small images** (digits are 8×8). A window cannot exceed the image, so the window *shrinks*: its size becomes the
 largest odd number ≤ min(H, W) (11 → 7 on 8×8, leaving a 2×2 valid map), and a Gaussian window keeps σ = 1.5,
-truncated to the new size and renormalised. scikit-image raises instead; pass ``win_size=7, gaussian=False,
+truncated to the new size and renormalized. scikit-image raises instead; pass ``win_size=7, gaussian=False,
 sample_covariance=True`` to reproduce its defaults on 8×8 exactly.
 
 **MS-SSIM** uses contrast-structure at every scale and full SSIM at the coarsest, with Wang et al.'s 5 weights and
 2×2 average pooling (odd sizes floor) between scales: MS-SSIM = Π_j cs_j^{w_j} · ssim_M^{w_M}. Scales stop early
 once the side would fall below ``min_side`` (3), so the window shrinks with the image as above; the weights of the
-scales used are renormalised to sum to 1 (8×8 → 2 scales, 8 and 4 px, windows 7 and 3). Negative cs or SSIM values
+scales used are renormalized to sum to 1 (8×8 → 2 scales, 8 and 4 px, windows 7 and 3). Negative cs or SSIM values
 are clamped to 0 before the fractional powers (as pytorch-msssim does), so MS-SSIM ∈ [0, 1].
 """
 

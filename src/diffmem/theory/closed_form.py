@@ -4,7 +4,7 @@ Gaussian. They are the analytic oracles of the test suite and the demo's models.
 For data x₀ ~ Σ_k π_k N(μ_k, s² I) and x_t = sqrt(ᾱ) x₀ + sqrt(1 − ᾱ) ε, the posterior mean (Tweedie) is
 E[x₀ | x_t] = Σ_k r_k(x_t) [μ_k + g (x_t − sqrt(ᾱ) μ_k)], g = sqrt(ᾱ) s² / v, v = ᾱ s² + 1 − ᾱ,
 with responsibilities r_k ∝ π_k N(x_t; sqrt(ᾱ) μ_k, v I). With s² = 0 and μ_k the training points this is the
-empirical denoiser, the exact minimiser of the denoising loss that reproduces training points (Ye et al., 2025, §3).
+empirical denoiser, the exact minimizer of the denoising loss that reproduces training points (Ye et al., 2025, §3).
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from diffmem.denoiser import Denoiser
+from diffmem.mixtures import GaussianMixture
 from diffmem.schedules import NoiseSchedule
-from diffmem.theory.mixture import GaussianMixture
 
 __all__ = ["GaussianMixtureDenoiser", "GaussianDenoiser", "NULL_LABEL"]
 

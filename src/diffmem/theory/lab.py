@@ -1,13 +1,14 @@
 """The theory lab of Ye, Zhu, Tao & Chen (2025): the four experiments, each writing ``summary.json`` + figures.
 
 * :func:`run_loss_gap`: Prop. 4.1 ((a) DSM-loss difference vs (b) Fisher divergence) and the small-t closed form,
-  vs t, n, d and s² (Fig. 1; spec §9 item 5).
+  vs t, n, d and s² (Fig. 1).
 * :func:`run_scores`: the empirical-score sampler copies, the true-score sampler does not; collapse time vs n, d;
   Lemma C.1 Lipschitz bounds against the measured sup.
 * :func:`run_sweep_preset`: the network sweeps (Fig. 3); :func:`run_teaser`: the 2-D teaser (Fig. 2).
 
-Every runner writes into ``out`` directly: ``summary.json`` (plain keys, provenance included), ``<kind>.json`` +
-``<kind>.safetensors`` (the :class:`TheoryResult`) and PNG figures rendered from those files only.
+Every runner returns its typed summary (:mod:`diffmem.theory.summaries`) and writes into ``out`` directly:
+``summary.json`` (the summary's keys plus provenance and figure names), ``<kind>.json`` + ``<kind>.safetensors``
+(the :class:`TheoryResult`) and PNG figures rendered from those files only.
 """
 
 from __future__ import annotations
@@ -20,24 +21,27 @@ from pathlib import Path
 import torch
 
 from diffmem.io import write_json
+from diffmem.mixtures import GaussianMixture, gmm_world
 from diffmem.results import Provenance, Result
 from diffmem.theory.lipschitz import gaussian_lipschitz, lipschitz_bounds, measured_lipschitz, probe_points
 from diffmem.theory.loss_gap import loss_gap
-from diffmem.theory.mixture import GaussianMixture
+from diffmem.theory.plots import render_figures
 from diffmem.theory.sampler import SamplerConfig
 from diffmem.theory.score_memorization import collapse_curve, collapse_time, score_memorization
-from diffmem.worlds.gmm import gmm_world
+from diffmem.theory.summaries import LossGapSummary, ScoresSummary, SweepSummary, TeaserSummary
+from diffmem.theory.sweeps import PRESETS, run_sweep
+from diffmem.theory.teaser import TEASER_PRESETS, run_teaser_models
 
 __all__ = ["TheoryResult", "run_loss_gap", "run_scores", "run_sweep_preset", "run_teaser", "run_theory_quick",
            "REFERENCE_T", "SMALL_T"]
 
-REFERENCE_T = (0.01, 0.05, 0.1, 0.3, 1.0, 2.0)  # spec §9 item 5
+REFERENCE_T = (0.01, 0.05, 0.1, 0.3, 1.0, 2.0)  # the t of the reference table
 SMALL_T = 0.3  # the closed form is checked for t <= SMALL_T (empirical posterior on one point)
 
 
 @dataclass(frozen=True)
 class TheoryResult(Result):
-    """One lab experiment: its summary (JSON-able), arrays for figures, and provenance."""
+    """One lab experiment: its summary (the typed summary's ``to_dict``), arrays for figures, and provenance."""
 
     kind: str
     summary: dict
@@ -45,16 +49,15 @@ class TheoryResult(Result):
     provenance: Provenance
 
 
-def _save(result: TheoryResult, out: str | Path, figures: bool) -> dict:
+def _save(kind: str, summary, arrays: dict, provenance: Provenance, out: str | Path, figures: bool):
+    """Save the :class:`TheoryResult` and ``summary.json`` (then the figures, named in it); returns ``summary``."""
     out = Path(out)
-    result.save(out, result.kind)
-    summary = {**result.summary, "provenance": result.provenance.to_dict()[0]}
-    write_json(out / "summary.json", summary)
+    TheoryResult(kind, summary.to_dict(), arrays, provenance).save(out, kind)
+    record = {**summary.to_dict(), "provenance": provenance.to_dict()[0]}
+    write_json(out / "summary.json", record)
     if figures:
-        from diffmem.theory.plots import render_figures
-
-        summary["figures"] = [p.name for p in render_figures(result.kind, out)]
-        write_json(out / "summary.json", summary)
+        record["figures"] = [p.name for p in render_figures(kind, out)]
+        write_json(out / "summary.json", record)
     return summary
 
 
@@ -67,8 +70,8 @@ def _prov(model: dict, extra: dict, sampler: dict | None = None, seeds=None) -> 
 # --- loss gap -----------------------------------------------------------------------------------------------
 
 def run_loss_gap(out: str | Path, *, quick: bool = False, dim: int = 32, draws: int = 2000, seed: int = 0,
-                 ns=None, ts=None, tables: bool = True, figures: bool = True) -> dict:
-    """Fig. 1 and the loss-gap tables (spec §9 item 5). Default n ∈ {1K, 10K, 100K} on 17 log-spaced t plus the
+                 ns=None, ts=None, tables: bool = True, figures: bool = True) -> LossGapSummary:
+    """Fig. 1 and the loss-gap tables. Default n ∈ {1K, 10K, 100K} on 17 log-spaced t plus the
     reference t; quick: n ∈ {1K, 10K}, 9 t, 1,000 draws for the tables. ``ns``/``ts`` override the grids."""
     t0 = time.perf_counter()
     ns = tuple(ns or ((1000, 10000) if quick else (1000, 10000, 100000)))
@@ -91,10 +94,11 @@ def run_loss_gap(out: str | Path, *, quick: bool = False, dim: int = 32, draws: 
                              "closed_form": summary["gap_closed_form"][ts.index(t)]} for t in REFERENCE_T if t in ts]
     summary["tables"] = _gap_tables(seed, draws // 2 if quick else draws) if tables else {}
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
-    prov = _prov(world.describe(), {"estimator": "spec §3.1, same draws for (a) and (b) and for every t",
+    prov = _prov(world.describe(), {"estimator": "DSM-loss difference and Fisher divergence on the same draws, "
+                                                 "for every t",
                                     "schedule": "OU / VP-SDE, alpha_bar = exp(-t)", "data_seed": seed + 1,
                                     "draw_seed": seed + 2})
-    return _save(TheoryResult("loss_gap", summary, {}, prov), out, figures)
+    return _save("loss_gap", LossGapSummary(**summary), {}, prov, out, figures)
 
 
 def _gap_checks(curves: dict, ts: list) -> dict:
@@ -133,15 +137,15 @@ def _gap_tables(seed: int, draws: int) -> dict:
 # --- exact scores -------------------------------------------------------------------------------------------
 
 def run_scores(out: str | Path, *, quick: bool = False, seed: int = 0, dim: int = 32, n: int = 1000,
-               samples: int | None = None, figures: bool = True) -> dict:
+               n_samples: int | None = None, figures: bool = True) -> ScoresSummary:
     """Memorization of the two exact scores (d = ``dim``, n = ``n``), collapse time vs n and d, Lipschitz bounds."""
     t0 = time.perf_counter()
     sampler = SamplerConfig(steps=100 if quick else 200)
     world = gmm_world(dim, seed=seed)
     X, _ = world.sample(n, seed=seed + 1)
-    mem = score_memorization(world, X, samples=samples or (200 if quick else 1000), seed=seed, sampler=sampler)
+    mem = score_memorization(world, X, n_samples=n_samples or (200 if quick else 1000), seed=seed, sampler=sampler)
     held_out, _ = world.sample(2000, seed=seed + 7)
-    summary = {"memorization": {k: {"mem_ratio": v["mem_ratio"], "loglik_mean": v["loglik_mean"]}
+    summary = {"memorization": {k: {"memorization_ratio": v["memorization_ratio"], "loglik_mean": v["loglik_mean"]}
                                 for k, v in mem.items()},
                "heldout_loglik_mean": float(world.log_prob(held_out).mean()), "n": n, "dim": dim}
     summary["collapse"] = _collapse(seed, quick)
@@ -150,7 +154,7 @@ def run_scores(out: str | Path, *, quick: bool = False, seed: int = 0, dim: int 
     arrays = {"samples_empirical": mem["empirical"]["samples"], "samples_true": mem["true"]["samples"]}
     prov = _prov(world.describe(), {"data_seed": seed + 1, "rule": "1/3 nearest-neighbour ratio, inclusive"},
                  sampler.to_dict(), seeds=[seed, seed + len(arrays["samples_true"]) - 1])
-    return _save(TheoryResult("scores", summary, arrays, prov), out, figures)
+    return _save("scores", ScoresSummary(**summary), arrays, prov, out, figures)
 
 
 def _collapse(seed: int, quick: bool) -> dict:
@@ -183,30 +187,27 @@ def _lipschitz(seed: int, quick: bool, n: int = 200, dim: int = 32) -> dict:
 
 # --- networks -----------------------------------------------------------------------------------------------
 
-def run_sweep_preset(out: str | Path, *, preset: str = "quick", figures: bool = True, progress=None) -> dict:
+def run_sweep_preset(out: str | Path, *, preset: str = "quick", figures: bool = True, progress=None
+                     ) -> SweepSummary:
     """The network sweeps of Fig. 3 on a preset grid (resumable: finished runs are read from ``out/rows``)."""
-    from diffmem.theory.sweeps import PRESETS, run_sweep
-
     if preset not in PRESETS:
         raise ValueError(f"unknown sweep preset {preset!r}; expected one of {sorted(PRESETS)}")
     cfg = PRESETS[preset]
     summary = run_sweep(cfg, out, progress=progress)
     prov = _prov({"net": "ScoreMLP", "world": "gmm", "world_seed": cfg.world_seed}, {"preset": preset},
-                 cfg.sampler.to_dict(), seeds=[0, cfg.samples - 1])
-    return _save(TheoryResult("sweep", summary, {}, prov), out, figures)
+                 cfg.sampler.to_dict(), seeds=[0, cfg.n_samples - 1])
+    return _save("sweep", SweepSummary(**summary), {}, prov, out, figures)
 
 
-def run_teaser(out: str | Path, *, quick: bool = False, figures: bool = True) -> dict:
+def run_teaser(out: str | Path, *, quick: bool = False, figures: bool = True) -> TeaserSummary:
     """Fig. 2: 2-D samples of growing networks, copies highlighted."""
-    from diffmem.theory.teaser import TEASER_PRESETS, run_teaser_models
-
     t0 = time.perf_counter()
     cfg = TEASER_PRESETS["quick" if quick else "default"]
     summary, arrays = run_teaser_models(cfg)
     summary["config"], summary["wall_s"] = cfg.to_dict(), round(time.perf_counter() - t0, 1)
     prov = _prov(summary["world"], {"preset": "quick" if quick else "default"}, cfg.sampler.to_dict(),
-                 seeds=[0, cfg.samples - 1])
-    return _save(TheoryResult("teaser", summary, arrays, prov), out, figures)
+                 seeds=[0, cfg.n_samples - 1])
+    return _save("teaser", TeaserSummary(**summary), arrays, prov, out, figures)
 
 
 def run_theory_quick(out: str | Path, *, figures: bool = True, sweep: bool = True) -> dict:
@@ -217,12 +218,12 @@ def run_theory_quick(out: str | Path, *, figures: bool = True, sweep: bool = Tru
     gap = run_loss_gap(out / "loss_gap", quick=True, figures=figures)
     scores = run_scores(out / "scores", quick=True, figures=figures)
     teaser = run_teaser(out / "teaser", quick=True, figures=figures)
-    res = {"reference_gap": gap["reference"], "prop41_all_agree": gap["prop41_all_agree"],
-           "max_rel_err_small_t": gap["max_rel_err_small_t"],
-           "mem_ratio_empirical_score": scores["memorization"]["empirical"]["mem_ratio"],
-           "mem_ratio_true_score": scores["memorization"]["true"]["mem_ratio"],
-           "teaser": teaser["rows"]}
+    res = {"reference_gap": gap.reference, "prop41_all_agree": gap.prop41_all_agree,
+           "max_rel_err_small_t": gap.max_rel_err_small_t,
+           "memorization_ratio_empirical_score": scores.memorization["empirical"]["memorization_ratio"],
+           "memorization_ratio_true_score": scores.memorization["true"]["memorization_ratio"],
+           "teaser": teaser.rows}
     if sweep:
-        res["sweep_findings"] = run_sweep_preset(out / "sweep", preset="quick", figures=figures)["findings"]
+        res["sweep_findings"] = run_sweep_preset(out / "sweep", preset="quick", figures=figures).findings
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     return res

@@ -2,7 +2,7 @@
 
 The Lipschitz constant of a score is C_t = sup_x ‖∇²log p_t(x)‖₂. For the empirical law it blows up like σ_t⁻⁴:
     −1/σ² + α² min_{i≠j}‖x_i − x_j‖² / (16 σ⁴)  ≤  C_t  ≤  1/σ² + α² max_{i≠j}‖x_i − x_j‖² / (4 σ⁴)
-(the constants 1/16 and 1/4 are an unconfirmed appendix detail, spec §4.3), while a Gaussian N(μ, Σ) has the
+(the constants 1/16 and 1/4 are our reading of the appendix, not confirmed), while a Gaussian N(μ, Σ) has the
 bounded ‖∇²log p_t‖₂ = 1 / (σ² + α² λ_min(Σ)). The measured sup is taken over probe points: draws from p̂_t
 plus the midpoints α (x_i + x_{nn(i)}) / 2, where two training points tie and the Hessian is largest.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from diffmem.mixtures import GaussianMixture
 from diffmem.similarity.retrieval import knn
-from diffmem.theory.mixture import GaussianMixture
 
 __all__ = ["pairwise_extremes", "lipschitz_bounds", "probe_points", "measured_lipschitz", "gaussian_lipschitz"]
 
@@ -45,15 +45,15 @@ def probe_points(X_train: Tensor, alpha_bar: float, draws: int, generator: torch
     return torch.cat([alpha * X[i] + sigma * z, alpha * (X + X[nn]) / 2])
 
 
-def measured_lipschitz(mixture: GaussianMixture, points: Tensor, alpha_bar: float, *, batch: int = 256) -> float:
+def measured_lipschitz(mixture: GaussianMixture, points: Tensor, alpha_bar: float, *, batch_size: int = 256) -> float:
     """max over ``points`` of ‖∇²log p_t‖₂ (largest absolute Hessian eigenvalue), Hessians by §2.6."""
     best = 0.0
-    for p in points.split(batch):
+    for p in points.split(batch_size):
         eig = torch.linalg.eigvalsh(mixture.hessian(p, alpha_bar))
         best = max(best, float(eig.abs().max()))
     return best
 
 
 def gaussian_lipschitz(alpha_bar: float, cov_eigenvalues: Tensor) -> float:
-    """‖∇²log p_t‖₂ = 1 / (σ² + α² λ_min(Σ)) for Gaussian data N(μ, Σ) (spec §4.3, oracle 7)."""
+    """‖∇²log p_t‖₂ = 1 / (σ² + α² λ_min(Σ)) for Gaussian data N(μ, Σ) (§4.3)."""
     return 1 / ((1 - float(alpha_bar)) + float(alpha_bar) * float(cov_eigenvalues.min()))

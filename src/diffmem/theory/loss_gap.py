@@ -1,9 +1,9 @@
 """The loss gap between the true and the empirical score (Ye, Zhu, Tao & Chen, 2025, Prop. 4.1, Thm. 4.3).
 
 Loss-Gap_t = (1/n) Σ_i [ℓ_t(x_i, ∇log p_t) − ℓ_t(x_i, ∇log p̂_t)] = E_{X ~ P̂_t} ‖∇log p̂_t(X) − ∇log p_t(X)‖².
-Three estimates on the same Monte Carlo draws (spec §3.1): (a) the direct difference of the DSM losses, with
-target −z/σ_t, (b) the Fisher divergence under the *empirical* noised law, and (c) the small-t closed form of
-spec §3.3 (project derivation: valid while the empirical posterior sits on one training point)
+Three estimates on the same Monte Carlo draws: (a) the direct difference of the DSM losses, with
+target −z/σ_t, (b) the Fisher divergence under the *empirical* noised law, and (c) our small-t closed form
+(derived here, not in the paper: valid while the empirical posterior sits on one training point)
     Loss-Gap_t ≈ tr((σ⁻¹ I − σ A⁻¹)²) + α² tr(A⁻² Σ),   A = α² Σ + σ² I;   Σ = I: d (1/σ² − 1).
 Prop. 4.1 says (a) = (b) in expectation; on the same draws their per-draw difference has mean zero, so they must
 agree within its standard error ``diff_se``.
@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
+from diffmem.mixtures import GaussianMixture
 from diffmem.schedules import NoiseSchedule, VPSDESchedule
-from diffmem.theory.mixture import GaussianMixture
 
 __all__ = ["GapEstimate", "loss_gap", "loss_gap_closed_form"]
 
@@ -36,14 +36,14 @@ class GapEstimate:
     fisher: float       # (b) E_{P̂_t} ‖∇log p̂_t − ∇log p_t‖²
     fisher_se: float
     diff_se: float      # standard error of the paired per-draw difference (a) − (b)
-    closed_form: float  # (c) spec §3.3
+    closed_form: float  # (c) the small-t closed form
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def loss_gap_closed_form(alpha_bar: float, cov_eigenvalues: Tensor) -> float:
-    """Small-t closed form tr((σ⁻¹I − σA⁻¹)²) + α² tr(A⁻²Σ) for components N(μ_k, Σ) (spec §3.3)."""
+    """Small-t closed form tr((σ⁻¹I − σA⁻¹)²) + α² tr(A⁻²Σ) for components N(μ_k, Σ) (see the module docstring)."""
     lam = cov_eigenvalues.double()
     ab = float(alpha_bar)
     s = (1 - ab) ** 0.5

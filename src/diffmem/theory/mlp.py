@@ -1,8 +1,9 @@
 """Time-conditioned MLP score networks for the Gaussian-mixture experiments (Ye, Zhu, Tao & Chen, 2025, §6.1).
 
-Project default (spec §10): a residual MLP with sinusoidal time features, ε-prediction, trained with the DSM loss
-E‖ε_θ(α x + σ z, t) − z‖² (the σ²-weighted form of Eq. 3.1; score = −ε/σ) by AdamW. The network is the class
-F(W, L, N) of Thm. 5.1 with width W = ``width`` and depth L ≈ 2·``depth``; t enters as features of log t.
+Our default (the paper does not fix the architecture): a residual MLP with sinusoidal time features,
+ε-prediction, trained with the DSM loss E‖ε_θ(α x + σ z, t) − z‖² (the σ²-weighted form of Eq. 3.1;
+score = −ε/σ) by AdamW. The network is the class F(W, L, N) of Thm. 5.1 with width W = ``width`` and depth
+L ≈ 2·``depth``; t enters as features of log t.
 :class:`NetDenoiser` puts a trained net behind the one denoiser contract.
 """
 
@@ -85,14 +86,14 @@ class NetDenoiser(Denoiser):
 class TrainConfig:
     """DSM training of a :class:`ScoreMLP` (AdamW; cosine decay to 10 % after a 5 % warm-up).
 
-    ``t_sampling``: ``"uniform"`` is U[t_lo, t_hi] (spec §10 default, t ∈ [1e-3, 10]); ``"log_uniform"`` puts equal
+    ``t_sampling``: ``"uniform"`` is U[t_lo, t_hi] (our default, t ∈ [1e-3, 10]); ``"log_uniform"`` puts equal
     mass on each decade, i.e. far more on small t where the empirical score is fitted (a CPU-budget deviation).
     """
 
     width: int = 128
     depth: int = 2
     steps: int = 2000
-    batch: int = 256
+    batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.0
     t_lo: float = 1e-3
@@ -105,7 +106,7 @@ class TrainConfig:
             raise ValueError(f"t_sampling must be 'uniform' or 'log_uniform', got {self.t_sampling!r}")
         if not 0 < self.t_lo < self.t_hi:
             raise ValueError(f"need 0 < t_lo < t_hi, got {self.t_lo!r}, {self.t_hi!r}")
-        if min(self.steps, self.batch, self.width) < 1 or self.lr <= 0 or self.weight_decay < 0:
+        if min(self.steps, self.batch_size, self.width) < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"bad training config {self}")
 
     def to_dict(self) -> dict:
@@ -122,9 +123,9 @@ def _draw_t(cfg: TrainConfig, n: int, g: torch.Generator) -> Tensor:
 def train_score_net(X_train: Tensor, cfg: TrainConfig) -> tuple[ScoreMLP, list[float]]:
     """Train ε_θ on ``X_train`` [n, d] (float32); returns the net and the loss averaged over each 10 % of steps.
 
-    Deterministic for ``cfg.seed``: initialisation and every draw (indices, t, z) use seeded generators."""
+    Deterministic for ``cfg.seed``: initialization and every draw (indices, t, z) use seeded generators."""
     X = X_train.flatten(1).float()
-    with torch.random.fork_rng(devices=[]):  # nn.Linear initialisation has no generator argument
+    with torch.random.fork_rng(devices=[]):  # nn.Linear initialization has no generator argument
         torch.manual_seed(cfg.seed)
         net = ScoreMLP(X.shape[1], cfg.width, cfg.depth)
     g = torch.Generator().manual_seed(cfg.seed + 1)
@@ -135,8 +136,8 @@ def train_score_net(X_train: Tensor, cfg: TrainConfig) -> tuple[ScoreMLP, list[f
     history, running, every = [], 0.0, max(1, cfg.steps // 10)
     net.train()
     for step in range(cfg.steps):
-        x0 = X[torch.randint(X.shape[0], (cfg.batch,), generator=g)]
-        t = _draw_t(cfg, cfg.batch, g)
+        x0 = X[torch.randint(X.shape[0], (cfg.batch_size,), generator=g)]
+        t = _draw_t(cfg, cfg.batch_size, g)
         z = torch.randn(x0.shape, generator=g)
         ab = torch.exp(-t)[:, None]
         loss = ((net(ab.sqrt() * x0 + (1 - ab).sqrt() * z, t) - z) ** 2).sum(1).mean()

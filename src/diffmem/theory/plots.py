@@ -74,7 +74,7 @@ def plot_sweep_panel(summary: dict, panel: str, ax=None):
     by, x, label, logx = spec
     twin = ax.twinx() if panel in ("width", "decay") else None
     for key in sorted({r[by] for r in rows}):
-        pts = sorted((r[x], r["mem_ratio"], r["loglik_mean"]) for r in rows if r[by] == key)
+        pts = sorted((r[x], r["memorization_ratio"], r["loglik_mean"]) for r in rows if r[by] == key)
         xs = [p[0] for p in pts]
         line, = ax.plot(xs, [p[1] for p in pts], "o-", label=f"{by}={key}")
         if twin is not None:
@@ -104,7 +104,8 @@ def plot_teaser(summary: dict, arrays: dict, axes=None):
         ax.scatter(x[copy, 0], x[copy, 1], s=6, c="tab:red")
         ax.scatter(train[:, 0], train[:, 1], s=3, c="k", marker=".")
         size = "" if row["params"] is None else f", {row['params']} params"
-        ax.set(title=f"{row['name']}{size}\nmem {row['mem_ratio']:.2f}", xlim=(-7, 7), ylim=(-7, 7), aspect="equal")
+        ax.set(title=f"{row['name']}{size}\nmem {row['memorization_ratio']:.2f}", xlim=(-7, 7), ylim=(-7, 7),
+               aspect="equal")
         ax.title.set_fontsize(8)
     return axes
 

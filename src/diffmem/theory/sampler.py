@@ -1,4 +1,4 @@
-"""Sampling the theory lab's models through the one loop, with the lab's defaults (spec §10, scaled for CPU).
+"""Sampling the theory lab's models through the one loop, with the lab's defaults (ours, scaled for CPU).
 
 Reverse process of the OU / VP-SDE (ᾱ = e^{−t}) from t_max = 10 (ᾱ = 4.5e-5, so x_T ~ N(0, I) is the prior to
 that precision) down to t_min = 1e-3, on a geometric grid (linear in log t, where the small-t steps matter), with
@@ -15,7 +15,10 @@ import torch
 from torch import Tensor
 
 from diffmem.denoiser import Denoiser
+from diffmem.sampling.loop import sample
+from diffmem.sampling.trajectory import Recorder
 from diffmem.schedules import VPSDESchedule, continuous_grid
+from diffmem.seeding import SeededNoise
 from diffmem.theory.closed_form import NULL_LABEL
 from diffmem.types import Cond
 
@@ -36,19 +39,17 @@ class SamplerConfig:
 
 
 def draw_samples(denoiser: Denoiser, dim: int, seeds, config: SamplerConfig | None = None, *,
-                 dtype: torch.dtype = torch.float64, batch: int = 1000) -> tuple[Tensor, dict]:
+                 dtype: torch.dtype = torch.float64, batch_size: int = 1000) -> tuple[Tensor, dict]:
     """Sample ``denoiser`` (a VP-SDE model) once per seed; returns (x̂₀ at the last step [B, dim], provenance).
 
     Sample i depends only on seed i (``SeededNoise``), so batching does not change the result."""
-    from diffmem import Recorder, SeededNoise, sample
-
     config = config or SamplerConfig()
     grid = continuous_grid(VPSDESchedule(), config.steps, t_max=config.t_max, t_min=config.t_min,
                            spacing="geometric")
     seeds = list(seeds)
     out, prov = [], None
-    for lo in range(0, len(seeds), batch):
-        noise = SeededNoise(seeds[lo:lo + batch], dtype=dtype)
+    for lo in range(0, len(seeds), batch_size):
+        noise = SeededNoise(seeds[lo:lo + batch_size], dtype=dtype)
         x_T = noise.randn((dim,))
         cond = Cond(torch.full((x_T.shape[0],), NULL_LABEL))
         tr = sample(denoiser, x_T, grid, cond, solver=config.solver, guidance=1.0, noise=noise,

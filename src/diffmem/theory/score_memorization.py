@@ -1,8 +1,8 @@
 """Memorization of the two exact scores, and the time at which the empirical posterior collapses.
 
-Ye, Zhu, Tao & Chen (2025, §3): sampling with the empirical score ∇log p̂_t (the exact minimiser of the DSM loss)
+Ye, Zhu, Tao & Chen (2025, §3): sampling with the empirical score ∇log p̂_t (the exact minimizer of the DSM loss)
 returns training points only, while the true score ∇log p_t generates new points. Copies are judged by the 1/3
-nearest-neighbour ratio rule (spec §7). The *collapse time* is where the empirical posterior w_i(x) concentrates
+nearest-neighbour ratio rule (their §7). The *collapse time* is where the empirical posterior w_i(x) concentrates
 on one training point: the largest t at which E_{X ~ P̂_t}[max_i w_i(X)] ≥ ``level`` (project definition; the
 forward law P̂_t is the marginal of the exact reverse process, so no sampling run is needed for it).
 """
@@ -14,30 +14,29 @@ import math
 import torch
 from torch import Tensor
 
+from diffmem.mixtures import GaussianMixture, GMMWorld
 from diffmem.schedules import NoiseSchedule, VPSDESchedule
+from diffmem.similarity.criteria import memorization_ratio
 from diffmem.theory.closed_form import GaussianMixtureDenoiser
-from diffmem.theory.mixture import GaussianMixture
 from diffmem.theory.sampler import SamplerConfig, draw_samples
-from diffmem.worlds.gmm import GMMWorld
 
 __all__ = ["score_memorization", "collapse_curve", "collapse_time"]
 
 
-def score_memorization(world: GMMWorld, X_train: Tensor, *, samples: int = 500, seed: int = 0,
+def score_memorization(world: GMMWorld, X_train: Tensor, *, n_samples: int = 500, seed: int = 0,
                        sampler: SamplerConfig | None = None) -> dict:
     """Sample the empirical and the true score; per model the memorization ratio and mean true log-likelihood.
 
-    Returns ``{"empirical": {...}, "true": {...}}`` with ``mem_ratio``, ``loglik_mean`` and ``samples`` [B, d]."""
-    from diffmem.similarity.criteria import memorization_ratio
-
+    Returns ``{"empirical": {...}, "true": {...}}`` with ``memorization_ratio``, ``loglik_mean`` and ``samples``
+    [B, d]."""
     sched, sampler = VPSDESchedule(), sampler or SamplerConfig()
     models = {"empirical": GaussianMixtureDenoiser(X_train, sched, name="empirical_score"),
               "true": GaussianMixtureDenoiser(world.means, sched, var=world.var, name="true_score")}
     out = {}
     for name, den in models.items():
-        x, prov = draw_samples(den, world.dim, range(seed, seed + samples), sampler)
-        out[name] = {"mem_ratio": memorization_ratio(x, X_train), "loglik_mean": float(world.log_prob(x).mean()),
-                     "samples": x, "provenance": prov}
+        x, prov = draw_samples(den, world.dim, range(seed, seed + n_samples), sampler)
+        out[name] = {"memorization_ratio": memorization_ratio(x, X_train),
+                     "loglik_mean": float(world.log_prob(x).mean()), "samples": x, "provenance": prov}
     return out
 
 

@@ -1,13 +1,13 @@
 """Network sweeps on Gaussian mixtures: memorization vs size, n, d, width, weight decay, duplication.
 
 Ye, Zhu, Tao & Chen (2025, §6.1, Fig. 3; Thm. 5.1 and its duplication corollary, §4.4). Each run trains a
-:class:`~diffmem.theory.mlp.ScoreMLP` on n points of a :func:`~diffmem.worlds.gmm.gmm_world`, samples it through the
+:class:`~diffmem.theory.mlp.ScoreMLP` on n points of a :func:`~diffmem.mixtures.gmm_world`, samples it through the
 one loop and records the memorization ratio (1/3 rule) and the mean true log-likelihood of its samples. Runs are
 keyed by their settings and each is written to ``rows/<key>.json`` as soon as it finishes, so an interrupted sweep
 resumes where it stopped and panels that share a setting share the run.
 
 Grids are scaled to a 2-core CPU (``quick`` ≤ 3 min, ``default`` ≤ 30 min when the cores are free); ``paper`` records
-the published grid (spec §10) for a GPU.
+the published grid (Fig. 3) for a GPU.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from diffmem.io import read_json, write_json
+from diffmem.mixtures import gmm_world
+from diffmem.similarity.criteria import memorization_ratio
 from diffmem.theory.mlp import NetDenoiser, TrainConfig, count_params, train_score_net
 from diffmem.theory.sampler import SamplerConfig, draw_samples
-from diffmem.worlds.gmm import gmm_world
 
 __all__ = ["SweepConfig", "RunSpec", "PRESETS", "plan", "run_one", "run_sweep", "findings"]
 
@@ -41,7 +42,7 @@ class SweepConfig:
     decays: tuple[float, ...]     # AdamW weight decay grid at ``fixed_width``
     dup: tuple[int, int]          # (n, m): m of n training rows duplicate others -> n − m distinct
     train: TrainConfig
-    samples: int = 500
+    n_samples: int = 500
     sampler: SamplerConfig = SamplerConfig(steps=100)
     world_seed: int = 0
     data_seed: int = 1
@@ -53,18 +54,18 @@ class SweepConfig:
 PRESETS = {
     "quick": SweepConfig("quick", dim=32, n_size=(16, 64), widths=(32, 128, 256), n_grid=(16, 64, 256),
                          dims=(8, 32), fixed_width=256, n_decay=(16, 64), decays=(0.0, 1.0), dup=(64, 48),
-                         train=TrainConfig(steps=1200, batch=128, lr=3e-3), samples=200),
+                         train=TrainConfig(steps=1200, batch_size=128, lr=3e-3), n_samples=200),
     "default": SweepConfig("default", dim=32, n_size=(16, 64, 256), widths=(32, 64, 128, 256, 512),
                            n_grid=(16, 64, 256, 1024), dims=(8, 16, 32, 64), fixed_width=256, n_decay=(64, 256),
                            decays=(0.0, 0.1, 0.3, 1.0), dup=(256, 192),
-                           train=TrainConfig(steps=3000, batch=128, lr=3e-3), samples=500,
+                           train=TrainConfig(steps=3000, batch_size=128, lr=3e-3), n_samples=500,
                            sampler=SamplerConfig(steps=200)),
-    # the published grid (spec §10; axis ranges read off Fig. 3a): needs a GPU, not run on CPU
+    # the published grid (axis ranges read off Fig. 3a): needs a GPU, not run on CPU
     "paper": SweepConfig("paper", dim=32, n_size=(3200, 10000), widths=(64, 128, 256, 512, 1024, 2048, 3072, 4096),
                          n_grid=(1000, 3200, 10000, 32000, 100000), dims=(8, 16, 32, 64), fixed_width=2048,
                          n_decay=(3200, 10000), decays=(0.0, 1e-4, 1e-3, 1e-2, 1e-1), dup=(10000, 5000),
-                         train=TrainConfig(steps=200_000, batch=512, lr=1e-3, t_sampling="uniform"),
-                         samples=10_000, sampler=SamplerConfig(steps=1000)),
+                         train=TrainConfig(steps=200_000, batch_size=512, lr=1e-3, t_sampling="uniform"),
+                         n_samples=10_000, sampler=SamplerConfig(steps=1000)),
 }
 
 
@@ -109,18 +110,16 @@ def training_set(spec: RunSpec, cfg: SweepConfig) -> torch.Tensor:
 
 def run_one(spec: RunSpec, cfg: SweepConfig) -> dict:
     """Train, sample and score one network; returns its row (JSON-able)."""
-    from diffmem.similarity.criteria import memorization_ratio
-
     world = gmm_world(spec.dim, seed=cfg.world_seed)
     X = training_set(spec, cfg)
     train = replace(cfg.train, width=spec.width, weight_decay=spec.weight_decay)
     t0, c0 = time.perf_counter(), time.process_time()  # CPU seconds: a cost measure that contention leaves alone
     net, history = train_score_net(X, train)
     t1 = time.perf_counter()
-    x, prov = draw_samples(NetDenoiser(net), spec.dim, range(cfg.samples), cfg.sampler, dtype=torch.float32)
+    x, prov = draw_samples(NetDenoiser(net), spec.dim, range(cfg.n_samples), cfg.sampler, dtype=torch.float32)
     ll = world.log_prob(x.double())
     return {**asdict(spec), "key": spec.key, "distinct": spec.n - spec.dup, "params": count_params(net),
-            "mem_ratio": memorization_ratio(x.double(), X), "loglik_mean": float(ll.mean()),
+            "memorization_ratio": memorization_ratio(x.double(), X), "loglik_mean": float(ll.mean()),
             "loglik_median": float(ll.median()), "final_loss": history[-1], "train_s": round(t1 - t0, 2),
             "sample_s": round(time.perf_counter() - t1, 2), "cpu_s": round(time.process_time() - c0, 2),
             "train": train.to_dict(), "sampler": prov["sampler"]}
@@ -151,7 +150,7 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, progress=None) -> dict:
     return summary
 
 
-def _series(rows, by: str, x: str, y: str = "mem_ratio") -> dict:
+def _series(rows, by: str, x: str, y: str = "memorization_ratio") -> dict:
     out: dict = {}
     for r in rows:
         out.setdefault(r[by], []).append((r[x], r[y]))
@@ -176,7 +175,7 @@ def findings(panels: dict, cfg: SweepConfig) -> list[str]:
         (n0, m0), (n1, m1) = pts[0], pts[-1]
         verdict = "more data -> less memorization" if m1 < m0 else "NOT less memorization with more data"
         out.append(f"n, d={d}, width {cfg.fixed_width}: mem {m0:.3f} at n={n0} -> {m1:.3f} at n={n1} ({verdict})")
-    by_d = {r["dim"]: r["mem_ratio"] for r in panels["n"] if r["n"] == cfg.n_grid[0]}
+    by_d = {r["dim"]: r["memorization_ratio"] for r in panels["n"] if r["n"] == cfg.n_grid[0]}
     lo, hi = min(by_d), max(by_d)
     verdict = "higher d -> less memorization" if by_d[hi] < by_d[lo] else "NOT less memorization at higher d"
     out.append(f"n={cfg.n_grid[0]}: mem {by_d[lo]:.3f} at d={lo} vs {by_d[hi]:.3f} at d={hi} ({verdict})")
@@ -184,10 +183,10 @@ def findings(panels: dict, cfg: SweepConfig) -> list[str]:
         for n, rows in _group(panels[panel], by).items():
             best = max(rows, key=lambda r: r["loglik_mean"])
             out.append(f"{panel}, n={n}: " + "; ".join(
-                f"{x} {r[x]:g}: mem {r['mem_ratio']:.2f}, loglik mean {r['loglik_mean']:.1f} / median "
+                f"{x} {r[x]:g}: mem {r['memorization_ratio']:.2f}, loglik mean {r['loglik_mean']:.1f} / median "
                 f"{r['loglik_median']:.1f}" for r in rows) + f" (best mean loglik at {x} {best[x]:g})")
     full, dup, small = panels["dup"]
-    out.append(f"duplication: n={full['n']} distinct mem {full['mem_ratio']:.3f}; n={dup['n']} with m={dup['dup']} "
-               f"duplicates mem {dup['mem_ratio']:.3f}; n-m={small['n']} distinct mem {small['mem_ratio']:.3f} "
-               f"(corollary: duplicated set behaves like n-m)")
+    out.append(f"duplication: n={full['n']} distinct mem {full['memorization_ratio']:.3f}; n={dup['n']} with "
+               f"m={dup['dup']} duplicates mem {dup['memorization_ratio']:.3f}; n-m={small['n']} distinct mem "
+               f"{small['memorization_ratio']:.3f} (corollary: duplicated set behaves like n-m)")
     return out

@@ -1,0 +1,106 @@
+"""A diffusers text-to-image model plus a prompt manifest as a :class:`~diffmem.subject.Subject`.
+
+Manifest: JSON Lines, one object per prompt: ``{"prompt": str, "image": path (relative to the manifest),
+"kind": optional str, "id": optional str}``. Paired images are resized to the model's resolution (Lanczos, no
+crop), scaled to [−1, 1] and encoded to the VAE posterior mean times the scaling factor: the latents the model
+was trained on, as Kim, Kim & Lee (2025) encode their training images. The references of copy rules are the
+latents of all paired images.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from diffmem.adapters.diffusers_common import DiffusersAdapter
+from diffmem.adapters.diffusers_sd import StableDiffusionAdapter
+from diffmem.adapters.pixart import PixArtAdapter
+from diffmem.subject import Prompt, Subject
+
+__all__ = ["ADAPTER_KINDS", "read_manifest", "load_image", "adapter_subject", "diffusers_subject"]
+
+ADAPTER_KINDS = {"sd": StableDiffusionAdapter, "pixart": PixArtAdapter}  # text-to-image families by CLI key
+
+
+def read_manifest(path: str | Path) -> list[dict]:
+    """Rows of a JSONL manifest, each checked for ``prompt`` and ``image`` (paths made absolute)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"manifest {str(path)!r} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
+        missing = [k for k in ("prompt", "image") if not isinstance(row.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}:{n}: missing string field {missing[0]!r}")
+        image = (path.parent / row["image"]).resolve()
+        if not image.is_file():
+            raise ValueError(f"{path}:{n}: image {str(image)!r} does not exist")
+        rows.append({"id": str(row.get("id", n - 1)), "kind": row.get("kind", "unknown"), **row, "image": image})
+    if not rows:
+        raise ValueError(f"manifest {str(path)!r} has no rows")
+    return rows
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
+    """[3, H, W] in [−1, 1]: RGB, Lanczos-resized to ``size`` = (H, W) without cropping."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB").resize((size[1], size[0]), Image.LANCZOS)
+        arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def diffusers_subject(model_dir: str | Path, manifest: str | Path, *, steps: int = 50, kind: str = "sd",
+                      dtype: torch.dtype = torch.float32) -> Subject:
+    """The subject of a local Stable Diffusion (``kind="sd"``) or PixArt (``"pixart"``) directory and a manifest."""
+    if kind not in ADAPTER_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(ADAPTER_KINDS)}")
+    adapter = ADAPTER_KINDS[kind].from_pretrained(model_dir)
+    return adapter_subject(adapter, read_manifest(manifest), steps=steps, dtype=dtype, name=str(model_dir))
+
+
+def adapter_subject(adapter: DiffusersAdapter, rows: list[dict], *, steps: int = 50,
+                    dtype: torch.dtype = torch.float32, name: str = "diffusers") -> Subject:
+    """The subject of a built text-to-image adapter and manifest rows (see :func:`read_manifest`).
+
+    Each prompt is paired with the latent of its image; the references are all paired latents; decoding is the
+    VAE's; the sampler reproduces the pipeline's scheduler with its DDIM solver; new texts are encoded by the
+    adapter; :meth:`~diffmem.subject.Subject.edited` wraps an edited copy of the UNet/transformer."""
+    c, h, w = adapter.latent_shape()
+    down = adapter.codec.downsample
+    images = torch.stack([load_image(r["image"], (h * down, w * down)) for r in rows])
+    latents = adapter.codec.encode(images).to(dtype)
+    conds = adapter.prompts([r["prompt"] for r in rows])
+    prompts = [Prompt(r["id"], r["prompt"], conds.select(torch.tensor([i])), r["kind"], latents[i],
+                      {"image": str(r["image"])}) for i, r in enumerate(rows)]
+
+    def sampler(n: int):
+        return adapter.sampler(n, solver="ddim")
+
+    return Subject(name, adapter, adapter.model, (c, h, w), sampler, tuple(prompts), steps=steps,
+                   references=latents, decode=adapter.codec.decode, condition=adapter.prompts,
+                   rebind=lambda net: rebind_adapter(adapter, net),
+                   info={"adapter": type(adapter).__name__, "source": adapter.source, "n_manifest_rows": len(rows)})
+
+
+def rebind_adapter(adapter: DiffusersAdapter, net: nn.Module) -> DiffusersAdapter:
+    """A copy of ``adapter`` whose pipeline holds ``net`` in place of its denoising module (UNet or transformer);
+    the other components (VAE, text encoder, scheduler) are shared, ``adapter`` is left as it was."""
+    component = next(c for c in adapter.components if getattr(adapter.pipeline, c, None) is adapter.model)
+    pipeline = copy.copy(adapter.pipeline)
+    setattr(pipeline, component, net)
+    new = copy.copy(adapter)
+    new.pipeline = pipeline
+    return new
