@@ -37,11 +37,34 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     assert read_json(target) == {"v": 1} and sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
 
 
-def test_nan_survives_json(tmp_path):
+def test_json_is_strict_and_non_finite_values_are_null_with_a_reason(tmp_path):
+    import json
+
     atomic_write_text(tmp_path / "x.txt", "hé")
     assert (tmp_path / "x.txt").read_text(encoding="utf-8") == "hé"
-    write_json(tmp_path / "n.json", {"d": float("nan")})
-    assert read_json(tmp_path / "n.json")["d"] != read_json(tmp_path / "n.json")["d"]
+    write_json(tmp_path / "n.json", {"d": float("nan"), "rows": [{"auc": float("inf")}, {"auc": 0.5}]})
+
+    def refuse(token):  # a strict reader: NaN / Infinity tokens are not JSON
+        raise ValueError(token)
+
+    data = json.loads((tmp_path / "n.json").read_text(), parse_constant=refuse)
+    assert data == {"d": None, "rows": [{"auc": None}, {"auc": 0.5}],
+                    "nonfinite": {"/d": "nan", "/rows/0/auc": "inf"}}
+
+
+def test_written_files_follow_the_umask_not_the_temporary_files_0600(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        for path in (write_json(tmp_path / "a.json", {"v": 1}), write_arrays(tmp_path / "b.st", {"x": torch.zeros(2)}),
+                     atomic_write_text(tmp_path / "c.txt", "c")):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o644, path
+        os.umask(0o077)
+        assert stat.S_IMODE(write_json(tmp_path / "d.json", {}).stat().st_mode) == 0o600
+    finally:
+        os.umask(old)
 
 
 def test_run_dirs_are_numbered(tmp_path):
@@ -78,6 +101,7 @@ def test_cli_demo_writes_a_complete_run(tmp_path, capsys):
 
 def test_demo_world_and_kim_sections_on_a_tiny_world(tmp_path, monkeypatch):
     """The world and Kim sections run end to end and the report renders from the saved sections only."""
+    from diffmem.io import strict_json
     from diffmem.reports.demo import render_demo
     from diffmem.runners.demo import WorldSection, run_demo
     from test_training import tiny
@@ -91,7 +115,8 @@ def test_demo_world_and_kim_sections_on_a_tiny_world(tmp_path, monkeypatch):
     assert (run / "world" / "summary.json").exists() and (run / "kim" / "summary.json").exists()
     kim = json.loads((run / "kim" / "summary.json").read_text())
     assert res.kim.summary.n_prompts == kim["n_prompts"] == 6  # 2 planted (tiny world) + 4 non-planted
-    assert res.kim.to_dict() == kim  # the section is the Kim run's summary.json, typed
+    # the section is the Kim run's summary.json, typed (non-finite numbers are null in strict JSON)
+    assert json.loads(strict_json(res.kim.to_dict())) == kim
     report = (run / "report.md").read_text()
     assert report == render_demo(res)
     assert "planted memorization vs guidance" in report and "Kim et al. 2025" in report

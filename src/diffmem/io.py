@@ -1,16 +1,21 @@
-"""Atomic writes and numbered run directories.
+"""Atomic writes, strict JSON and numbered run directories.
 
 Every file is written to a temporary name in the same directory and renamed into place (``os.replace`` is atomic on
-POSIX), so an interrupted run never leaves a half-written file under a final name. Run directories are numbered
-like EDM's ``00042-desc`` and can be reopened to resume: finished pieces are simply the files that exist.
+POSIX), so an interrupted run never leaves a half-written file under a final name. Files get the mode an ordinary
+``open`` would give under the process umask (group-readable under umask 022), not the 0600 of a temporary file, so
+a results folder shared with co-authors stays readable. JSON is strict (RFC 8259): a non-finite number is written as
+``null`` and listed, with what it was, under the top-level key ``"nonfinite"``. Run directories are numbered like
+EDM's ``00042-desc`` and can be reopened to resume: finished pieces are simply the files that exist.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +23,22 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "write_arrays", "read_arrays",
-           "new_run_dir"]
+           "new_run_dir", "strict_json", "file_mode"]
+
+_UMASK_LOCK = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode ``open(path, "w")`` would create a file with: 0666 less the process umask."""
+    with _UMASK_LOCK:  # os.umask can only be read by setting it
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _publish(tmp: str, path: Path) -> None:
+    os.chmod(tmp, file_mode())
+    os.replace(tmp, path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -31,7 +51,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -52,9 +72,37 @@ def _json_default(obj):
     raise TypeError(f"cannot write {type(obj).__name__} to JSON: {obj!r}")
 
 
+def _finite(obj, where: str, found: dict):
+    """``obj`` with every non-finite float replaced by None; ``found`` collects {json path: "nan" | "inf" | "-inf"}."""
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
+        found[where or "/"] = str(float(obj))
+        return None
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return _finite(obj.item(), where, found)
+    if isinstance(obj, dict):
+        return {k: _finite(v, f"{where}/{k}", found) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v, f"{where}/{i}", found) for i, v in enumerate(obj)]
+    return obj
+
+
+def strict_json(obj) -> str:
+    """Indented RFC 8259 JSON: non-finite numbers become ``null``, listed under ``"nonfinite"`` (top-level dicts).
+
+    Example:
+        >>> json.loads(strict_json({"auc": float("nan"), "n": 3}))
+        {'auc': None, 'n': 3, 'nonfinite': {'/auc': 'nan'}}
+    """
+    found: dict = {}
+    clean = _finite(obj, "", found)
+    if found and isinstance(clean, dict):
+        clean["nonfinite"] = found
+    return json.dumps(clean, indent=2, default=_json_default, allow_nan=False)
+
+
 def write_json(path: str | os.PathLike, obj) -> Path:
-    """Atomically write ``obj`` as indented JSON (NaN is written as JSON ``NaN`` so nothing is lost)."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    """Atomically write ``obj`` as strict JSON (:func:`strict_json`)."""
+    return atomic_write_text(path, strict_json(obj) + "\n")
 
 
 def read_json(path: str | os.PathLike):
@@ -69,7 +117,7 @@ def write_arrays(path: str | os.PathLike, arrays: dict[str, torch.Tensor]) -> Pa
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in arrays.items()}, tmp)
-        os.replace(tmp, path)
+        _publish(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

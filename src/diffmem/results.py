@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -57,7 +58,21 @@ def _dataclass_in(tp) -> type | None:
     return next((a for a in typing.get_args(tp) if dataclasses.is_dataclass(a)), None)
 
 
+def nulls_to_nan(obj: Any) -> Any:
+    """Nulls inside numeric lists and dicts back to NaN (strict JSON writes a non-finite float as null), for
+    records whose fields hold only numbers and strings."""
+    if obj is None:
+        return math.nan
+    if isinstance(obj, dict):
+        return {k: nulls_to_nan(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [nulls_to_nan(v) for v in obj]
+    return obj
+
+
 def _from_tree(tree: Any, arrays: dict, tp=None) -> Any:
+    if tree is None and tp is float:  # strict JSON writes a non-finite float as null (io.strict_json)
+        return math.nan
     if isinstance(tree, dict) and set(tree) == {"__array__"}:
         return arrays[tree["__array__"]]
     cls = _dataclass_in(tp) if isinstance(tree, dict) else None

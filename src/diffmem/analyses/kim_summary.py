@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from diffmem.analyses.correlation import correlate
-from diffmem.results import Record
+from diffmem.results import Record, nulls_to_nan
 
 __all__ = ["KimSummary", "summarize", "D_NAMES", "GROUPS"]
 
@@ -100,6 +100,7 @@ class KimSummary(Record):
     def from_dict(cls, d: dict) -> KimSummary:
         """Inverse of :meth:`to_dict` (keys of other records, e.g. ``wall_seconds``, are ignored)."""
         names = {f.name for f in dataclasses.fields(cls) if not f.name.startswith("sweep_")}
+        d = nulls_to_nan(d)  # every field is a number or a string: a null was a non-finite number
         kw = {k: v for k, v in d.items() if k in names}
         if "sweep_g" in d:
             primary = d["primary_severity"]
