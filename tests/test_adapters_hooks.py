@@ -11,10 +11,9 @@ pytest.importorskip("transformers")
 from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 
 from diffmem import Hook  # noqa: E402
-from diffmem.adapters.attention import attention_layers  # noqa: E402
 from diffmem.adapters.diffusers_sd import StableDiffusionAdapter  # noqa: E402
 from diffmem.adapters.dit import DiTAdapter  # noqa: E402
-from diffmem.sampling.module_hooks import AttentionHooks, ForwardHooks  # noqa: E402
+from diffmem.attention import AttentionHooks, ForwardHooks, attention  # noqa: E402
 from diffusers_tiny import one_thread, tiny_dit_pipeline, tiny_sd_pipeline  # noqa: E402, F401
 
 CROSS = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
@@ -35,6 +34,10 @@ def dit():
 def inputs(sd):
     g = torch.Generator().manual_seed(0)
     return torch.randn(2, 4, 8, 8, generator=g), sd.prompts(["a cat", "the dog"])
+
+
+def attention_layers(model):
+    return attention(model).modules
 
 
 def processors(model):
