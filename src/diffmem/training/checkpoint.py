@@ -1,4 +1,4 @@
-"""Resumable training state in one safetensors file, written atomically (never pickle; design lesson 8).
+"""Resumable training state in one safetensors file, written atomically (never pickled).
 
 Keys: ``net.<name>`` (live weights), ``ema.<name>`` (averaged weights), ``opt.<param index>.<state key>`` (AdamW
 moments and step counts) and ``step`` (completed steps). A kill during the write leaves the previous file intact.

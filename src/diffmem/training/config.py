@@ -1,4 +1,4 @@
-"""The optimisation recipe of a world model (design lesson 10: a typed dataclass config behind the CLI)."""
+"""The optimization recipe of a world model: a typed dataclass config behind the CLI."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class TrainConfig:
         schedule, num_train_timesteps: DDPM training noise schedule (``diffmem.schedules.DiscreteSchedule.named``);
             Stable Diffusion's ``scaled_linear`` by default, so timesteps mean what they mean in SD (Jain et al.'s
             τ = 500, 650 transfer) and most steps fall where the 8×8 image is still visible.
-        seed: initialisation and per-step randomness.
+        seed: initialization and per-step randomness.
         checkpoint_every: steps between resumable checkpoints.
     """
 

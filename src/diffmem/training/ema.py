@@ -12,7 +12,7 @@ class EMA:
     """Shadow copies of a module's state: parameters are averaged, buffers copied.
 
     ``update(net, step)`` moves the shadow parameters towards the live ones with decay min(``decay``,
-    (1 + step)/(10 + step)): the warm-up keeps the first steps' random initialisation from dominating a short run.
+    (1 + step)/(10 + step)): the warm-up keeps the first steps' random initialization from dominating a short run.
     Buffers (e.g. attention ``head_mask`` gates set by pruning) are copied, never averaged, so a pruned head stays
     pruned in the EMA weights.
 
