@@ -8,9 +8,13 @@ import torch
 
 from diffmem.attention import Head, attention
 from diffmem.nets.dit import DiT, DiTConfig
+from diffmem.sampling.hooks import Hook
 from diffmem.text.tokenizer import WordTokenizer
 from diffmem.worlds.model import WorldNet
+from diffmem.worlds.subject import world_subject
+from diffmem.worlds.world import load_world
 from roundoff import order_atol
+from test_training import tiny
 
 TEXT_DIM, TOKENS = 32, 6
 
@@ -145,3 +149,34 @@ def test_world_hooks_restore_after_an_exception_and_refuse_double_installs():
     with pytest.raises(ValueError, match="Linear"):
         attention(torch.nn.Linear(2, 2))
 
+
+
+class Boom(Exception):
+    pass
+
+
+class FailAtStep1(Hook):
+    def on_step(self, record):
+        if record.i == 1:
+            raise Boom
+
+
+def test_recording_from_a_subject_through_the_sampling_loop(tmp_path, monkeypatch):
+    """The detectors' path: ``attention(subject).hooks(...)`` passed to ``subject.sample`` records one entry per
+    step ([2B rows: ε_u; ε_c], heads, prompt tokens) and is removed when the run ends, also by an exception."""
+    monkeypatch.setenv("DIFFMEM_HOME", str(tmp_path / "home"))
+    subject = world_subject(load_world(tiny(world="digits-t2i", steps=2), progress=False), kinds=["planted"],
+                            per_kind=2)
+    att = attention(subject)
+    rec = att.hooks(record="cross")
+    subject.sample(subject.cond(), [0, 1], guidance=4.0, steps=3, hooks=[rec])
+    L = subject.cond().c["emb"].shape[1]
+    for name in att.select("cross"):
+        p = rec.stacked(name)
+        assert p.shape == (3, 4, att.layers[name].heads, L)
+        torch.testing.assert_close(p.sum(-1), torch.ones(p.shape[:-1]))
+    assert all(m.edit is None for m in att.modules.values())
+    failing = att.hooks(record="all")
+    with pytest.raises(Boom):
+        subject.sample(subject.cond(), [0, 1], guidance=4.0, steps=3, hooks=[failing, FailAtStep1()])
+    assert all(m.edit is None for m in att.modules.values()) and len(failing.probs[att.select("self")[0]]) == 2

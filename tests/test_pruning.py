@@ -451,7 +451,7 @@ def test_copy_ablation_removes_the_heads_whose_ablation_breaks_copies(tmp_path, 
     monkeypatch.setattr(ca, "_ratios", scripted)
     before = copy.deepcopy(world.net.state_dict())
     subject = world_inputs(world, features=flat).subject
-    res = ca.copy_ablation(subject, world.train_images(), 0.5, n=4, seed=3)
+    res = ca.copy_ablation(subject, world.train_images(), 0.5, n_samples=4, seed=3)
     k = prune_count(len(v), 0.5)
     assert res.heads == sorted(v, key=lambda h: -v[h])[:k]
     assert res.scores[names[0]][1] == pytest.approx(v[Head(names[0], 1)])
@@ -459,7 +459,7 @@ def test_copy_ablation_removes_the_heads_whose_ablation_breaks_copies(tmp_path, 
     assert set(seen) == {ca.SCORING_SEED + 3 * 4}  # one scoring batch, far from evaluation seeds
     assert all(torch.equal(t, before[key]) for key, t in world.net.state_dict().items())
     with pytest.raises(ValueError, match="unpruned"):
-        ca.copy_ablation(remove_heads(subject, res.heads[:1]), world.train_images(), 0.5, n=4)
+        ca.copy_ablation(remove_heads(subject, res.heads[:1]), world.train_images(), 0.5, n_samples=4)
 
 
 def test_copy_ablation_gates_one_head_at_a_time(tmp_path, monkeypatch):

@@ -196,10 +196,12 @@ BACKENDS: list[type[AttentionModel]] = []  # registered by the backend modules, 
 
 
 def attention(model) -> AttentionModel:
-    """The attention interface of ``model`` (a world ``WorldNet``/``DiT``, a diffusers UNet or transformer, or an
-    :class:`AttentionModel`, returned as is)."""
+    """The attention interface of ``model``: a world ``WorldNet``/``DiT``, a diffusers UNet or transformer, a
+    :class:`~diffmem.subject.Subject` (its ``net``), or an :class:`AttentionModel` (returned as is)."""
     if isinstance(model, AttentionModel):
         return model
+    if not isinstance(model, nn.Module) and isinstance(getattr(model, "net", None), nn.Module):
+        model = model.net
     for backend in BACKENDS:
         if backend.handles(model):
             return backend(model)

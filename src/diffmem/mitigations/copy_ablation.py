@@ -42,32 +42,32 @@ class CopyAblation:
     baseline_copy_rate: float
 
 
-def _ratios(subject: Subject, references: Tensor, n: int, seed: int, steps: int,
+def _ratios(subject: Subject, references: Tensor, n_samples: int, seed: int, steps: int,
             head_masks: Mapping[str, Tensor]) -> Tensor:
-    """Nearest-neighbour ratios [n] of ``n`` samples (seeds ``seed`` …) generated with ``head_masks`` installed."""
-    with attention(subject.net).hooks(head_masks=head_masks):
-        x0 = generate(subject, n, seed=seed, steps=steps)
+    """Nearest-neighbour ratios [n] of ``n_samples`` samples (seeds ``seed`` …) generated with ``head_masks``."""
+    with attention(subject).hooks(head_masks=head_masks):
+        x0 = generate(subject, n_samples, seed=seed, steps=steps)
     return nn_ratio(x0.flatten(1), references.flatten(1))[0]
 
 
 @torch.no_grad()
-def copy_ablation(subject: Subject, references: Tensor, ratio: float = 0.2, *, n: int = 128, seed: int = 0,
+def copy_ablation(subject: Subject, references: Tensor, ratio: float = 0.2, *, n_samples: int = 128, seed: int = 0,
                   steps: int = 50) -> CopyAblation:
     """Score every self-attention head of ``subject.net`` by single-head ablation (module docstring) against the
     training images ``references`` (pixels, as generated) and pick the ⌊η·H⌋ whose removal breaks copies most.
     The model is left unchanged."""
-    att = attention(subject.net)
+    att = attention(subject)
     if any(bool((m.head_mask != 1).any()) for m in att.modules.values() if hasattr(m, "head_mask")):
         raise ValueError("copy_ablation needs an unpruned net (every head gate 1)")
-    first = SCORING_SEED + seed * n
-    base = _ratios(subject, references, n, first, steps, {})
+    first = SCORING_SEED + seed * n_samples
+    base = _ratios(subject, references, n_samples, first, steps, {})
     scores: dict[str, list[float]] = {}
     for name, gates in att.gates(requires_grad=False).items():
         scores[name] = []
         for h in range(len(gates)):
             off = gates.clone()
             off[h] = 0
-            ratios = _ratios(subject, references, n, first, steps, {name: off})
+            ratios = _ratios(subject, references, n_samples, first, steps, {name: off})
             scores[name].append(float(ratios.mean() - base.mean()))
     ranked = sorted(((s, Head(name, h)) for name, v in scores.items() for h, s in enumerate(v)),
                     key=lambda item: -item[0])  # stable: ties keep layer then head order

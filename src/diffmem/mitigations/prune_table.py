@@ -26,7 +26,7 @@ from diffmem.mitigations.copy_ablation import copy_ablation
 from diffmem.mitigations.diffusers_heads import save_pruned
 from diffmem.mitigations.head_pruning import prune_count
 from diffmem.mitigations.prune_results import PruneRow, PruneTable, run_metrics, summarize
-from diffmem.mitigations.pruning import finetune, generate, remove_heads, select_heads
+from diffmem.mitigations.pruning import PruneResult, finetune, generate, remove_heads, select_heads
 from diffmem.mitigations.time_law import TIME_LAWS
 from diffmem.subject import Subject
 from diffmem.training.config import TrainConfig
@@ -79,6 +79,7 @@ VARIANTS: dict[str, dict] = {
     "ours-copy-ablation-eta0.3-ft300": {"select": "copy-ablation", "ratio": 0.3, "finetune_steps": 300, "ours": True},
 }
 TABLE_METHODS = ("original", "importance", "random")  # Ye et al.'s Table 1
+_LOCATIONS = ("checkpoint", "data")  # where the model and data lie: recorded, not compared when resuming
 _SAVED = {"importance": "pruned", "ours-copy-ablation": "pruned-ours-copy-ablation"}  # run-0 models kept
 
 
@@ -138,7 +139,7 @@ def _choose(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, v: Va
             eta: float, seed: int):
     """(heads, PruneResult or None, extra row fields) of one pruned row."""
     if v.select == "copy-ablation":
-        chosen = copy_ablation(subject, evaluation.train_images, eta, n=settings.score_samples, seed=seed,
+        chosen = copy_ablation(subject, evaluation.train_images, eta, n_samples=settings.score_samples, seed=seed,
                                steps=settings.sample_steps)
         return chosen.heads, chosen, {"scoring_copy_rate": chosen.baseline_copy_rate}
     result = select_heads(subject, recipe, method=v.select, ratio=eta, law=v.law or settings.law,
@@ -155,7 +156,7 @@ def _save(original: Subject, pruned: Subject, method: str, heads: list[Head], ch
                     heads_before=attention(original.net).head_counts(), extra=extra)
     else:
         write_arrays(folder / "weights.safetensors", dict(pruned.net.state_dict()))
-    if hasattr(chosen, "save"):
+    if isinstance(chosen, PruneResult):
         chosen.save(folder)
     else:
         write_json(folder / "removed.json", {"method": method, **extra, "removed": [[h.layer, h.index] for h in heads],
@@ -209,7 +210,8 @@ def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out
     """
     variants = {m: _variant(m) for m in methods}
     out = Path(out)
-    identity = {"subject": subject.name, **{k: v for k, v in subject.info.items() if isinstance(v, (str, int, float))},
+    info = {k: v for k, v in subject.info.items() if isinstance(v, (str, int, float))}
+    identity = {**{k: v for k, v in info.items() if k not in _LOCATIONS},
                 **{k: v for k, v in dataclasses.asdict(settings).items() if k != "runs"},
                 "recipe": recipe.to_dict(), **dict(evaluation.description)}
     identity = json.loads(json.dumps(identity))  # as JSON reads it back, so a resumed run compares equal
@@ -223,8 +225,9 @@ def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out
     if not any(rows.values()):
         raise ValueError(f"no finished rows of {list(methods)} in {out / 'runs'}")
     summaries = summarize(rows, baseline_rows=_rows(out, "original", settings.runs))
-    table = PruneTable(summaries, {**identity, "runs": settings.runs,
-                                   "variants": {m: dataclasses.asdict(variants[m]) for m in summaries}})
+    table = PruneTable(summaries, {"subject": subject.name, **info, **identity, "runs": settings.runs,
+                                   "variants": {m: dataclasses.asdict(variants[m]) for m in summaries},
+                                   "provenance": json.loads(json.dumps(subject.describe(), default=str))})
     write_json(out / "summary.json", table.to_dict())
     return table
 
