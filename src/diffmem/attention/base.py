@@ -96,6 +96,7 @@ class AttentionModel:
     """
 
     backend = "abstract"
+    persistent_gates = False  # whether heads can be removed by a zero gate kept in the state dict
 
     @classmethod
     def handles(cls, model: nn.Module) -> bool:  # pragma: no cover - interface

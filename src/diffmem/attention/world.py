@@ -24,6 +24,7 @@ class WorldAttention(AttentionModel):
     """:class:`~diffmem.attention.base.AttentionModel` over the :class:`~diffmem.nets.attention.Attention` layers."""
 
     backend = "world"
+    persistent_gates = True
 
     @classmethod
     def handles(cls, model: nn.Module) -> bool:

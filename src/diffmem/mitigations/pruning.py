@@ -100,7 +100,7 @@ def select_heads(subject: Subject, cfg: TrainConfig, *, method: str = "importanc
     batches seeded by ``seed``, t from ``law``) or at random (by ``seed``). The model is left unchanged."""
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; expected one of {METHODS}")
-    att = attention(subject.net)
+    att = attention(subject)
     counts = att.head_counts("self")
     scores: dict[str, Tensor] = {}
     importance: dict[str, Tensor] = {}
@@ -120,7 +120,7 @@ def remove_heads(subject: Subject, heads: list[Head], *, physically: bool | None
     persistent zero gate; both give the same outputs. ``subject`` is unchanged."""
     def edit(net: nn.Module) -> None:
         att = attention(net)
-        att.remove_heads(heads, physically=att.backend != "world" if physically is None else physically)
+        att.remove_heads(heads, physically=not att.persistent_gates if physically is None else physically)
 
     return subject.edited(edit)
 
