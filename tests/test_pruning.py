@@ -23,7 +23,7 @@ from diffmem.mitigations.head_pruning import (
 )
 from diffmem.mitigations.prune_backends import world_inputs
 from diffmem.mitigations.prune_results import Metrics, PruneRow, run_metrics, summarize
-from diffmem.mitigations.pruning import PruneResult, generate, remove_heads, scoring_loss, select_heads
+from diffmem.mitigations.pruning import PruneResult, generate, scoring_loss, select_heads, without_heads
 from diffmem.mitigations.time_law import draw_timesteps, unit_to_index
 from diffmem.nets.dit import DiTConfig
 from diffmem.sampling.spec import SamplerSpec
@@ -260,12 +260,12 @@ def test_prune_drops_a_silent_head_first_round_trips_and_leaves_the_subject_alon
     assert result.total_heads == 12 and result.heads == [Head("dit.blocks.2.attn", 1)]
     assert result.removed_per_layer == {"dit.blocks.0.attn": 0, "dit.blocks.1.attn": 0, "dit.blocks.2.attn": 1}
     assert float(result.importance["dit.blocks.2.attn"][1]) == 0.0
-    pruned = remove_heads(subject, result.heads)
+    pruned = without_heads(subject, result.heads)
     assert pruned.net.dit.blocks[2].attn.head_mask.tolist() == [1, 0, 1, 1]
     loaded = PruneResult.load(result.save(tmp_path).parent)
     assert loaded.heads == result.heads and torch.equal(loaded.scores["dit.blocks.0.attn"],
                                                         result.scores["dit.blocks.0.attn"])
-    removed = remove_heads(subject, loaded.heads, physically=True)
+    removed = without_heads(subject, loaded.heads, physically=True)
     x, t, y = inputs()
     torch.testing.assert_close(removed.net(x, t, y), pruned.net(x, t, y), rtol=0, atol=1e-12)
     tuned = finetune(pruned, TrainConfig(batch_size=4, warmup=0), 2, tmp_path / "state.pt")
@@ -351,9 +351,9 @@ def test_generate_from_a_pruned_world_is_seeded_and_form_independent(tmp_path, m
     torch.testing.assert_close(generate(subject, 2, seed=5, steps=3), base[1:], rtol=0, atol=atol)
     assert (generate(subject, 2, seed=6, steps=3) - base[1:]).abs().max() > 1e-2
     doomed = random_heads(attention(world.net).head_counts(), 0.5, seed=0)
-    masked = generate(remove_heads(subject, doomed), 3, seed=4, steps=3)
+    masked = generate(without_heads(subject, doomed), 3, seed=4, steps=3)
     assert (masked - base).abs().max() > 1e-2
-    removed = generate(remove_heads(subject, doomed, physically=True), 3, seed=4, steps=3)
+    removed = generate(without_heads(subject, doomed, physically=True), 3, seed=4, steps=3)
     torch.testing.assert_close(removed, masked, rtol=0, atol=atol)
     assert torch.equal(generate(subject, 3, seed=4, steps=3), base)  # the subject itself is unchanged
 
@@ -459,7 +459,7 @@ def test_copy_ablation_removes_the_heads_whose_ablation_breaks_copies(tmp_path, 
     assert set(seen) == {ca.SCORING_SEED + 3 * 4}  # one scoring batch, far from evaluation seeds
     assert all(torch.equal(t, before[key]) for key, t in world.net.state_dict().items())
     with pytest.raises(ValueError, match="unpruned"):
-        ca.copy_ablation(remove_heads(subject, res.heads[:1]), world.train_images(), 0.5, n_samples=4)
+        ca.copy_ablation(without_heads(subject, res.heads[:1]), world.train_images(), 0.5, n_samples=4)
 
 
 def test_copy_ablation_gates_one_head_at_a_time(tmp_path, monkeypatch):
@@ -472,7 +472,7 @@ def test_copy_ablation_gates_one_head_at_a_time(tmp_path, monkeypatch):
     gate = torch.tensor([1.0, 0.0, 1.0, 1.0])[:attention(world.net).head_counts()[name]]
     refs = world.train_images()
     gated = ca._ratios(subject, refs, 3, 7, 2, {name: gate})
-    pruned = remove_heads(subject, [Head(name, 1)])
+    pruned = without_heads(subject, [Head(name, 1)])
     expect = ca._ratios(pruned, refs, 3, 7, 2, {})
     assert torch.equal(gated, expect)
 

@@ -21,7 +21,7 @@ from diffmem.mitigations import prune_table  # noqa: E402
 from diffmem.mitigations.diffusers_heads import load_pruned, save_pruned  # noqa: E402
 from diffmem.mitigations.head_pruning import accumulate_scores, prune_count, random_heads  # noqa: E402
 from diffmem.mitigations.prune_backends import diffusers_inputs, pixel_features  # noqa: E402
-from diffmem.mitigations.pruning import alpha_bar, generate, remove_heads, scoring_loss, trainable  # noqa: E402
+from diffmem.mitigations.pruning import alpha_bar, generate, scoring_loss, trainable, without_heads  # noqa: E402
 from diffmem.subject import TrainingSet  # noqa: E402
 from diffmem.training.config import TrainConfig  # noqa: E402
 from diffmem.training.trainer import draw_batch, eps_loss, fit  # noqa: E402
@@ -199,7 +199,7 @@ def test_subject_level_removal_copies_the_model():
     adapter = DiTAdapter(dit_pipe(heads=2))
     subject = dit_subject(adapter)
     before = copy.deepcopy(adapter.model.state_dict())
-    pruned = remove_heads(subject, [Head(L0, 0)])
+    pruned = without_heads(subject, [Head(L0, 0)])
     assert attention(pruned.net).head_counts() == {L0: 1, L1: 2}
     assert attention(subject.net).head_counts() == {L0: 2, L1: 2} and pruned.denoiser.model is pruned.net
     assert all(torch.equal(v, before[k]) for k, v in adapter.model.state_dict().items())

@@ -26,7 +26,7 @@ from diffmem.mitigations.copy_ablation import copy_ablation
 from diffmem.mitigations.diffusers_heads import save_pruned
 from diffmem.mitigations.head_pruning import prune_count
 from diffmem.mitigations.prune_results import PruneRow, PruneTable, run_metrics, summarize
-from diffmem.mitigations.pruning import PruneResult, finetune, generate, remove_heads, select_heads
+from diffmem.mitigations.pruning import PruneResult, finetune, generate, select_heads, without_heads
 from diffmem.mitigations.time_law import TIME_LAWS
 from diffmem.subject import Subject
 from diffmem.training.config import TrainConfig
@@ -171,7 +171,7 @@ def _one_run(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, meth
         heads, chosen, fields = _choose(subject, evaluation, recipe, v, settings, eta, seed)
         cfg = recipe if v.weight_decay is None else replace(recipe, weight_decay=v.weight_decay)
         steps = settings.finetune_steps if v.finetune_steps is None else v.finetune_steps
-        model = finetune(remove_heads(subject, heads), cfg, steps, out / "state" / f"{method}-{seed}.pt", seed=seed)
+        model = finetune(without_heads(subject, heads), cfg, steps, out / "state" / f"{method}-{seed}.pt", seed=seed)
         fields.update(removed=[[h.layer, h.index] for h in heads], ratio=eta, finetune_steps=steps)
         if seed == 0 and method in _SAVED:
             _save(subject, model, method, heads, chosen, out / _SAVED[method],
@@ -213,7 +213,8 @@ def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out
     info = {k: v for k, v in subject.info.items() if isinstance(v, (str, int, float))}
     identity = {**{k: v for k, v in info.items() if k not in _LOCATIONS},
                 **{k: v for k, v in dataclasses.asdict(settings).items() if k != "runs"},
-                "recipe": recipe.to_dict(), **dict(evaluation.description)}
+                "recipe": {k: v for k, v in recipe.to_dict().items() if k not in ("steps", "seed")},  # set per row
+                **dict(evaluation.description)}
     identity = json.loads(json.dumps(identity))  # as JSON reads it back, so a resumed run compares equal
     check_table_settings(out, identity)
     for seed in range(settings.runs if compute else 0):

@@ -28,7 +28,7 @@ from diffmem.subject import Subject
 from diffmem.training.config import TrainConfig
 from diffmem.training.trainer import draw_batch, eps_loss, fit
 
-__all__ = ["METHODS", "PruneResult", "trainable", "alpha_bar", "scoring_loss", "select_heads", "remove_heads",
+__all__ = ["METHODS", "PruneResult", "trainable", "alpha_bar", "scoring_loss", "select_heads", "without_heads",
            "finetune", "generate"]
 
 METHODS = ("importance", "random")
@@ -115,9 +115,12 @@ def select_heads(subject: Subject, cfg: TrainConfig, *, method: str = "importanc
                        [[h.layer, h.index] for h in heads], per_layer, scores, importance)
 
 
-def remove_heads(subject: Subject, heads: list[Head], *, physically: bool | None = None) -> Subject:
-    """Algorithm 1 step 3 on an edited copy: ``heads`` removed physically, or (world DiT, the default there) by a
-    persistent zero gate; both give the same outputs. ``subject`` is unchanged."""
+def without_heads(subject: Subject, heads: list[Head], *, physically: bool | None = None) -> Subject:
+    """Algorithm 1 step 3: a subject around a copy of the model without ``heads`` (``subject`` is unchanged).
+
+    By default the backend's form: a persistent zero gate where the model has one (world DiT: the state dict keeps
+    its shapes), else physical removal (:meth:`diffmem.attention.AttentionModel.remove_heads`); both give the same
+    outputs."""
     def edit(net: nn.Module) -> None:
         att = attention(net)
         att.remove_heads(heads, physically=not att.persistent_gates if physically is None else physically)
