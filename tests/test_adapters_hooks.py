@@ -10,12 +10,12 @@ pytest.importorskip("transformers")
 
 from diffusers.models.attention_processor import AttnProcessor  # noqa: E402
 
-from diffmem import Hook  # noqa: E402
 from diffmem.adapters.diffusers_sd import StableDiffusionAdapter  # noqa: E402
 from diffmem.adapters.dit import DiTAdapter  # noqa: E402
 from diffmem.attention import AttentionHooks, ForwardHooks, attention  # noqa: E402
 from diffusers_tiny import one_thread, tiny_dit_pipeline, tiny_sd_pipeline  # noqa: E402, F401
 from roundoff import order_atol  # noqa: E402
+from test_attention import Boom, FailAt  # noqa: E402
 
 CROSS = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
 SELF = "down_blocks.0.attentions.0.transformer_blocks.0.attn1"
@@ -173,16 +173,6 @@ def test_logit_edits(sd, inputs):
     torch.testing.assert_close(edited.stacked(CROSS)[0], expect, rtol=0, atol=order_atol(expect))
 
 
-class Boom(Exception):
-    pass
-
-
-class FailAt(Hook):
-    def on_step(self, record):
-        if record.i == 2:
-            raise Boom
-
-
 def test_processors_are_restored_even_after_an_exception(sd, inputs):
     before = processors(sd.model)
     with pytest.raises(Boom), AttentionHooks(sd.model, record="all"):
@@ -191,7 +181,7 @@ def test_processors_are_restored_even_after_an_exception(sd, inputs):
     assert all(processors(sd.model)[n] is p for n, p in before.items())
     hooks = AttentionHooks(sd.model, record="cross")
     with pytest.raises(Boom):  # as a sampling Hook: installed in on_start, removed in close
-        sd.generate(inputs[1], [0, 1], 5, hooks=[hooks, FailAt()])
+        sd.generate(inputs[1], [0, 1], 5, hooks=[hooks, FailAt(2)])
     assert all(processors(sd.model)[n] is p for n, p in before.items())
     assert len(hooks.probs[CROSS]) == 3  # steps 0, 1, 2 ran
 

@@ -155,9 +155,14 @@ class Boom(Exception):
     pass
 
 
-class FailAtStep1(Hook):
+class FailAt(Hook):
+    """Raises :class:`Boom` at sampling step ``step`` (after that step's forward pass)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
     def on_step(self, record):
-        if record.i == 1:
+        if record.i == self.step:
             raise Boom
 
 
@@ -178,5 +183,5 @@ def test_recording_from_a_subject_through_the_sampling_loop(tmp_path, monkeypatc
     assert all(m.edit is None for m in att.modules.values())
     failing = att.hooks(record="all")
     with pytest.raises(Boom):
-        subject.sample(subject.cond(), [0, 1], guidance=4.0, steps=3, hooks=[failing, FailAtStep1()])
+        subject.sample(subject.cond(), [0, 1], guidance=4.0, steps=3, hooks=[failing, FailAt(1)])
     assert all(m.edit is None for m in att.modules.values()) and len(failing.probs[att.select("self")[0]]) == 2
