@@ -1,4 +1,4 @@
-"""The optimization recipe of a world model: a typed dataclass config behind the CLI."""
+"""The optimization recipe of a world model (a typed dataclass config behind the CLI)."""
 
 from __future__ import annotations
 
