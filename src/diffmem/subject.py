@@ -102,6 +102,9 @@ class Subject:
         decode: states -> pixels in [−1, 1] ([B, C, H, W]); None when states are pixels.
         condition: prompt texts -> :class:`Cond` with the null branch (new prompts, caption perturbations).
         rebind: ``net -> Denoiser`` around another module (how :meth:`edited` wraps an edited copy).
+        trainable: ``net -> module`` that training losses differentiate (fine-tuning, importance scores): its
+            ``condition(ids)`` maps :attr:`TrainingSet.cond` rows to the denoiser's conditioning and its
+            ``forward(x_t, t, c)`` returns ε; None when ``net`` itself does both (world nets).
         info: provenance of the model (checkpoint, config key, data).
     """
 
@@ -117,6 +120,7 @@ class Subject:
     decode: Callable[[Tensor], Tensor] | None = None
     condition: Callable[[Sequence[str]], Cond] | None = None
     rebind: Callable[[nn.Module], Denoiser] | None = None
+    trainable: Callable[[nn.Module], nn.Module] | None = None
     info: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

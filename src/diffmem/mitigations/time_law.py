@@ -1,7 +1,8 @@
 """Scoring-time laws of Ye et al. (2025, Algorithm 1): t ~ Beta(0.8, 2) on (0, 1), mapped to a model's timestep
-index by t_index = min(floor(u · T), T − 1) (spec §10 project default), so small t gets most of the mass.
+index by t_index = min(floor(u · T), T − 1) (our mapping of the unit interval onto the index grid), so small t gets
+most of the mass.
 
-``uniform`` is the ablation of issue 8 (every training index equally likely, as in DDPM training).
+``uniform`` is an ablation (every training index equally likely, as in DDPM training; Ho et al., 2020).
 """
 
 from __future__ import annotations

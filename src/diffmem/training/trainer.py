@@ -67,14 +67,18 @@ def eps_loss(net: nn.Module, alpha_bar: Tensor, x0: Tensor, t: Tensor, eps: Tens
 
 
 def fit(net: nn.Module, ts: TrainingSet, cfg: TrainConfig, state_path: str | Path, *, progress: bool = True,
-        callback: Callable[[int, float], None] | None = None, log: FitLog | None = None) -> EMA:
+        callback: Callable[[int, float], None] | None = None, log: FitLog | None = None,
+        alpha_bar: Tensor | None = None) -> EMA:
     """Train ``net`` (which must provide ``condition(ids)`` and ``forward(x_t, t, c)``) for ``cfg.steps``.
+
+    ``alpha_bar`` is the training table ᾱ[0..T−1] (default: that of ``cfg.schedule``), e.g. a diffusers model's.
 
     Resumes from ``state_path`` when it exists and checkpoints there every ``cfg.checkpoint_every`` steps and at
     the end. ``callback(step, loss)`` runs after each step (an exception there stops the run like a kill).
     Returns the EMA of the weights.
     """
-    alpha_bar = DiscreteSchedule.named(cfg.schedule, cfg.num_train_timesteps).alphas_cumprod.float()
+    if alpha_bar is None:
+        alpha_bar = DiscreteSchedule.named(cfg.schedule, cfg.num_train_timesteps).alphas_cumprod.float()
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(net, cfg.ema_decay)
     state_path, log = Path(state_path), log or FitLog()

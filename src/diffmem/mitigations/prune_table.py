@@ -1,0 +1,234 @@
+"""Table 1 of Ye et al. (2025) on a :class:`~diffmem.subject.Subject` — original vs Algorithm-1 pruning vs random
+pruning — plus variants (uniform-t scoring, weight decay while fine-tuning, the η sweep, a fine-tune-only control,
+shorter fine-tuning, and our copy-ablation selection), several runs each.
+
+Variants are data (:data:`VARIANTS`, plain dicts of :class:`Variant` fields). Run s uses seed s for the scoring
+batches (or the random pick), the fine-tuning draws and the sampling noise. Every (method, run) row is written to
+``OUT/runs/{method}-{s}.json`` as soon as it is done and skipped when present, so a killed run resumes (and two
+processes may fill disjoint methods of one table); ``OUT/summary.json`` holds the :class:`PruneTable`. The run-0
+models of Algorithm 1 and of ours are saved to ``OUT/pruned/`` and ``OUT/pruned-ours-copy-ablation/``. The
+subject's model is never changed: every pruned model is an edited copy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from torch import Tensor
+
+from diffmem.attention import Head, attention
+from diffmem.io import read_json, write_arrays, write_json
+from diffmem.mitigations.copy_ablation import copy_ablation
+from diffmem.mitigations.diffusers_heads import save_pruned
+from diffmem.mitigations.head_pruning import prune_count
+from diffmem.mitigations.prune_results import PruneRow, PruneTable, run_metrics, summarize
+from diffmem.mitigations.pruning import PruneResult, finetune, generate, select_heads, without_heads
+from diffmem.mitigations.time_law import TIME_LAWS
+from diffmem.subject import Subject
+from diffmem.training.config import TrainConfig
+
+__all__ = ["Variant", "VARIANTS", "TABLE_METHODS", "TableSettings", "QUICK", "FULL", "Evaluation", "run_table",
+           "check_table_settings"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """How one row of the table is made.
+
+    Attributes:
+        select: "none" (the unpruned model, not fine-tuned), "importance" (Algorithm 1), "random", or
+            "copy-ablation" (ours, :mod:`diffmem.mitigations.copy_ablation`).
+        law, ratio: the scoring time law and η; None takes the table's.
+        weight_decay: AdamW weight decay while fine-tuning; None keeps the recipe's.
+        finetune_steps: M for this row; None takes the table's. Fine-tuning on the training set re-memorizes, so
+            M trades quality against the cut; rows compared with each other must share it.
+        ours: True for methods of our design (labelled as such in every output).
+    """
+
+    select: str
+    law: str | None = None
+    ratio: float | None = None
+    weight_decay: float | None = None
+    finetune_steps: int | None = None
+    ours: bool = False
+
+
+VARIANTS: dict[str, dict] = {
+    "original": {"select": "none"},
+    "importance": {"select": "importance"},
+    "random": {"select": "random"},
+    "importance-uniform-t": {"select": "importance", "law": "uniform"},
+    "importance-wd0.3": {"select": "importance", "weight_decay": 0.3},
+    "importance-eta0.1": {"select": "importance", "ratio": 0.1},
+    "importance-eta0.3": {"select": "importance", "ratio": 0.3},
+    "importance-eta0.5": {"select": "importance", "ratio": 0.5},
+    "ours-copy-ablation": {"select": "copy-ablation", "ours": True},
+    "ours-copy-ablation-eta0.3": {"select": "copy-ablation", "ratio": 0.3, "ours": True},
+    "ours-copy-ablation-eta0.5": {"select": "copy-ablation", "ratio": 0.5, "ours": True},
+    # control: no head removed, the same fine-tuning (separates the effect of pruning from that of fine-tuning)
+    "finetune-only": {"select": "random", "ratio": 0.0},
+    "finetune-only-ft300": {"select": "random", "ratio": 0.0, "finetune_steps": 300},
+    # the same choices with a shorter fine-tuning budget M = 300 (baselines matched)
+    "importance-ft300": {"select": "importance", "finetune_steps": 300},
+    "random-ft300": {"select": "random", "finetune_steps": 300},
+    "ours-copy-ablation-ft300": {"select": "copy-ablation", "finetune_steps": 300, "ours": True},
+    "ours-copy-ablation-eta0.3-ft300": {"select": "copy-ablation", "ratio": 0.3, "finetune_steps": 300, "ours": True},
+}
+TABLE_METHODS = ("original", "importance", "random")  # Ye et al.'s Table 1
+_LOCATIONS = ("checkpoint", "data")  # where the model and data lie: recorded, not compared when resuming
+_SAVED = {"importance": "pruned", "ours-copy-ablation": "pruned-ours-copy-ablation"}  # run-0 models kept
+
+
+@dataclass(frozen=True)
+class TableSettings:
+    """The table's shared settings: η, runs, scoring (law, batches), fine-tuning M, sampling (samples per run,
+    steps) and ours' scoring batch."""
+
+    ratio: float = 0.2
+    runs: int = 5
+    law: str = "beta"
+    num_batches: int = 100
+    finetune_steps: int = 1000
+    n_samples: int = 1000
+    sample_steps: int = 50
+    score_samples: int = 128
+
+    def __post_init__(self):
+        prune_count(1, self.ratio)  # rejects a bad η
+        if self.law not in TIME_LAWS:
+            raise ValueError(f"unknown time law {self.law!r}; expected one of {TIME_LAWS}")
+        for name in ("runs", "num_batches", "n_samples", "sample_steps", "score_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.finetune_steps < 0:
+            raise ValueError(f"finetune_steps must be >= 0, got {self.finetune_steps}")
+
+
+FULL = TableSettings()
+QUICK = TableSettings(runs=2, n_samples=200, finetune_steps=100, num_batches=10, sample_steps=20, score_samples=32)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What the metrics compare generated pixels with.
+
+    Attributes:
+        train_images: [M, C, H, W] the training images in pixels (the copy test's references).
+        real_images: [N, C, H, W] the reference set of FID and precision/recall.
+        features: images -> features for FID and precision/recall.
+        description: how (recorded in the settings: feature space, copy space).
+    """
+
+    train_images: Tensor
+    real_images: Tensor
+    features: Callable[[Tensor], Tensor]
+    description: Mapping = field(default_factory=dict)
+
+
+def _variant(method: str) -> Variant:
+    if method not in VARIANTS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(VARIANTS)}")
+    return Variant(**VARIANTS[method])
+
+
+def _choose(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, v: Variant, settings: TableSettings,
+            eta: float, seed: int):
+    """(heads, PruneResult or None, extra row fields) of one pruned row."""
+    if v.select == "copy-ablation":
+        chosen = copy_ablation(subject, evaluation.train_images, eta, n_samples=settings.score_samples, seed=seed,
+                               steps=settings.sample_steps)
+        return chosen.heads, chosen, {"scoring_copy_rate": chosen.baseline_copy_rate}
+    result = select_heads(subject, recipe, method=v.select, ratio=eta, law=v.law or settings.law,
+                          num_batches=settings.num_batches, seed=seed)
+    return result.heads, result, {}
+
+
+def _save(original: Subject, pruned: Subject, method: str, heads: list[Head], chosen, folder: Path,
+          extra: dict) -> None:
+    """The run-0 model: a diffusers model as its state dict plus what rebuilds it from the source directory
+    (:func:`~diffmem.mitigations.diffusers_heads.load_pruned`), a world net as its state dict."""
+    if "pipeline" in original.info:
+        save_pruned(pruned.net, heads, folder, source=original.info.get("model"), pipeline=original.info["pipeline"],
+                    heads_before=attention(original.net).head_counts(), extra=extra)
+    else:
+        write_arrays(folder / "weights.safetensors", dict(pruned.net.state_dict()))
+    if isinstance(chosen, PruneResult):
+        chosen.save(folder)
+    else:
+        write_json(folder / "removed.json", {"method": method, **extra, "removed": [[h.layer, h.index] for h in heads],
+                                             "scores": chosen.scores})
+
+
+def _one_run(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, method: str, seed: int, out: Path,
+             settings: TableSettings) -> PruneRow:
+    v, model, fields = _variant(method), subject, {}
+    if v.select != "none":
+        eta = settings.ratio if v.ratio is None else v.ratio
+        heads, chosen, fields = _choose(subject, evaluation, recipe, v, settings, eta, seed)
+        cfg = recipe if v.weight_decay is None else replace(recipe, weight_decay=v.weight_decay)
+        steps = settings.finetune_steps if v.finetune_steps is None else v.finetune_steps
+        model = finetune(without_heads(subject, heads), cfg, steps, out / "state" / f"{method}-{seed}.pt", seed=seed)
+        fields.update(removed=[[h.layer, h.index] for h in heads], ratio=eta, finetune_steps=steps)
+        if seed == 0 and method in _SAVED:
+            _save(subject, model, method, heads, chosen, out / _SAVED[method],
+                  {"ratio": eta, "finetune_steps": steps, "law": v.law or settings.law})
+    x0 = generate(model, settings.n_samples, seed=seed * settings.n_samples, steps=settings.sample_steps)
+    metrics = run_metrics(x0, evaluation.train_images, evaluation.real_images, evaluation.features)
+    return PruneRow(method, seed, metrics, v.ours, **fields)
+
+
+def check_table_settings(out: Path, settings: dict) -> None:
+    """Rows of one folder must come from one setting: resuming with other settings is refused, by name."""
+    path = out / "table.json"
+    if path.exists():
+        old = read_json(path)
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(f"{out} holds a table made with other settings (saved, requested): {diff}; "
+                             "use another --out")
+    else:
+        write_json(path, settings)
+
+
+def _rows(out: Path, method: str, runs: int) -> list[PruneRow]:
+    paths = [out / "runs" / f"{method}-{s}.json" for s in range(runs)]
+    return [PruneRow.from_dict(read_json(p)) for p in paths if p.exists()]
+
+
+def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out: str | Path, *,
+              settings: TableSettings = FULL, methods: Sequence[str] = TABLE_METHODS,
+              compute: bool = True) -> PruneTable:
+    """Fill the table for ``subject`` (its prompts are what samples cycle over; its training set is scored and
+    fine-tuned on with ``recipe``) and return it (also written to ``out/summary.json``).
+
+    ``methods`` are keys of :data:`VARIANTS`. ``compute=False`` only summarizes the rows already in ``out`` (each
+    method over the runs it has; methods without any row are left out), e.g. to read a table still being filled.
+    """
+    variants = {m: _variant(m) for m in methods}
+    out = Path(out)
+    info = {k: v for k, v in subject.info.items() if isinstance(v, (str, int, float))}
+    identity = {**{k: v for k, v in info.items() if k not in _LOCATIONS},
+                **{k: v for k, v in dataclasses.asdict(settings).items() if k != "runs"},
+                "recipe": {k: v for k, v in recipe.to_dict().items() if k not in ("steps", "seed")},  # set per row
+                **dict(evaluation.description)}
+    identity = json.loads(json.dumps(identity))  # as JSON reads it back, so a resumed run compares equal
+    check_table_settings(out, identity)
+    for seed in range(settings.runs if compute else 0):
+        for method in methods:
+            path = out / "runs" / f"{method}-{seed}.json"
+            if not path.exists():
+                write_json(path, _one_run(subject, evaluation, recipe, method, seed, out, settings).to_dict())
+    rows = {m: _rows(out, m, settings.runs) for m in methods}
+    if not any(rows.values()):
+        raise ValueError(f"no finished rows of {list(methods)} in {out / 'runs'}")
+    summaries = summarize(rows, baseline_rows=_rows(out, "original", settings.runs))
+    table = PruneTable(summaries, {"subject": subject.name, **info, **identity, "runs": settings.runs,
+                                   "variants": {m: dataclasses.asdict(variants[m]) for m in summaries},
+                                   "provenance": json.loads(json.dumps(subject.describe(), default=str))})
+    write_json(out / "summary.json", table.to_dict())
+    return table
+
