@@ -1,0 +1,33 @@
+"""Webster's one-step confidence: mean((z_T − x̂₀)²) of a one-step CFG run equals σ_T²·mean(ε̂²)."""
+
+import torch
+
+from detector_oracles import oracle_subjects
+from diffmem.detectors import make_detector
+from diffmem.schedules import sigma_from_alpha_bar
+
+EPS64 = torch.finfo(torch.float64).eps
+
+
+def test_score_is_the_mean_squared_gap_between_z_T_and_the_one_step_x0_hat():
+    empirical, _, _ = oracle_subjects(k=6)
+    prompts, seeds = empirical.prompts, [0, 1]
+    cond = empirical.cond([p for p in prompts for _ in seeds])
+    traj = empirical.sample(cond, seeds * len(prompts), guidance=7.5, first=1)
+    ab = float(traj.alpha_bar[0])
+    z_T = traj.x_T / ab**0.5  # the VE state of Webster's Karras step
+    webster = (z_T - traj.x0_hat[0]).flatten(1).square().mean(1).view(len(prompts), 2)
+    ours = make_detector("webster-onestep").score_generations(empirical, prompts, seeds)
+    sigma2 = float(sigma_from_alpha_bar(traj.alpha_bar[0])) ** 2
+    tol = 1e3 * EPS64 * float(webster.max())
+    assert float((ours - webster).abs().max()) <= tol
+    assert float((ours - sigma2 * traj.eps[0].flatten(1).square().mean(1).view(len(prompts), 2)).abs().max()) <= tol
+
+
+def test_onestep_does_not_depend_on_batching_and_n1_is_a_prefix():
+    empirical, _, _ = oracle_subjects(k=6)
+    a = make_detector("webster-onestep", batch_size=5).score_generations(empirical, empirical.prompts, [0, 1, 2])
+    b = make_detector("webster-onestep").score_generations(empirical, empirical.prompts, [0, 1, 2])
+    c = make_detector("webster-onestep").score_generations(empirical, empirical.prompts, [0])
+    tol = 1e6 * EPS64 * float(b.abs().max())  # float64 round-off of other batch shapes
+    assert float((a - b).abs().max()) <= tol and float((c[:, 0] - b[:, 0]).abs().max()) <= tol
