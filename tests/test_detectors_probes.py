@@ -93,3 +93,37 @@ def test_forward_mode_jvp_through_the_world_dit_equals_the_reverse_mode_jacobian
     for name in COST:
         scores = make_detector(name).score(subject, prompts, [0, 1])
         assert scores.shape == (2,) and bool(torch.isfinite(torch.as_tensor(scores)).all()), name
+
+
+@pytest.mark.parametrize("family", ["sd", "pixart"])
+def test_every_probe_detector_runs_on_tiny_diffusers_models_and_the_jvp_is_the_jacobian(family):
+    """Forward-mode AD through a diffusers UNet / PixArt transformer (attention on the math SDPA kernel), fp32."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from diffmem.adapters.diffusers_sd import StableDiffusionAdapter
+    from diffmem.adapters.pixart import PixArtAdapter
+    from diffmem.detectors.token_attribution import token_attribution
+    from diffmem.subject import Prompt, Subject
+    from diffusers_tiny import tiny_pixart_pipeline, tiny_sd_pipeline
+
+    torch.set_num_threads(1)
+    adapter = StableDiffusionAdapter(tiny_sd_pipeline()) if family == "sd" else PixArtAdapter(tiny_pixart_pipeline())
+    prompts = tuple(Prompt(str(i), text, adapter.prompts([text])) for i, text in enumerate(["a cat", "the dog sat"]))
+    subject = Subject(family, adapter, adapter.model, adapter.latent_shape(), adapter.sampler, prompts, steps=10)
+    for name in COST:
+        scores = make_detector(name).score(subject, prompts, [0, 1])
+        assert scores.shape == (2,) and bool(torch.isfinite(torch.as_tensor(scores)).all()), name
+    x, cond, t = initial_states(subject, [0]), prompts[0].cond, subject.spec.grid.timesteps[0]
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    _, _, jv_c, _ = jvp_eps(subject, x, t, cond, v)
+    J = torch.autograd.functional.jacobian(lambda z: adapter(z, t, cond).eps_c, x).reshape(x.numel(), x.numel())
+    # fp32 round-off of a Jacobian row times v, both ways through the network: a few eps32 of Σ_j |J_ij v_j|
+    tol = 1e2 * torch.finfo(torch.float32).eps * float((J.abs() @ v.flatten().abs()).max())
+    assert float((jv_c.flatten() - J @ v.flatten()).abs().max()) <= tol
+    if family == "sd":  # CLIP conditioning is a bare [B, 77, D] tensor: the caller names the prompt's positions
+        real = torch.zeros(77, dtype=torch.bool)
+        real[1:4] = True
+        assert token_attribution(subject, prompts[1], [0], real=real).scores.shape == (3,)
+    else:  # T5 captions: a mask and a trailing EOS
+        att = token_attribution(subject, prompts[1], [0], special=(0, 1))
+        assert att.scores.shape == (int(prompts[1].cond.c["mask"].sum()) - 1,) and bool((att.scores > 0).all())
