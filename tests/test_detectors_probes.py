@@ -43,6 +43,18 @@ def test_cost_per_generation_by_the_harness_conventions(name):
     assert tuple(counting.rows[k] / generations for k in ("nfe", "jvp", "vjp")) == COST[name]
 
 
+@pytest.mark.parametrize("name", sorted(COST))
+def test_scores_do_not_depend_on_batching_and_n1_is_a_prefix(name):
+    empirical, _, _ = oracle_subjects(k=6)
+    seeds = [0, 1, 2]
+    a = make_detector(name, batch_size=5).score_generations(empirical, empirical.prompts, seeds)
+    b = make_detector(name).score_generations(empirical, empirical.prompts, seeds)
+    c = make_detector(name).score_generations(empirical, empirical.prompts, seeds[:1])
+    tol = 1e6 * EPS64 * float(b.abs().max())  # float64 round-off of other batch shapes (chunked mixture sums)
+    assert a.shape == b.shape == (6, 3) and float((a - b).abs().max()) <= tol
+    assert float((c[:, 0] - b[:, 0]).abs().max()) <= tol
+
+
 def test_sharpness_at_k_steps_adds_the_trajectory_and_one_probe_per_state():
     empirical, _, _ = oracle_subjects(k=4)
     counting = Counting(empirical.denoiser)

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffmem.detectors.base import PerGeneration, eps_difference, register, repeat_cond
-from diffmem.detectors.probes import initial_states, upcast
+from diffmem.detectors.base import PerGeneration, eps_difference, register
+from diffmem.detectors.probes import initial_states, over_batches, upcast
 from diffmem.subject import Prompt, Subject
 from diffmem.types import Cond, concat_cond
 
@@ -123,10 +123,8 @@ class Anisotropy(PerGeneration):
         return d[:B].flatten(1).norm(dim=1), local_cosine(*pair, patch=self.patch_for(subject.state_shape))
 
     def score_generations(self, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int]) -> Tensor:
-        out = torch.empty(len(prompts) * len(seeds), dtype=torch.float64)
-        n = 0
-        for index, batch_seeds in self.batches(prompts, seeds):
-            norm, cos = self.terms(subject, repeat_cond(subject, prompts, index), batch_seeds)
-            out[n:n + len(index)] = (self.gamma_norm * norm.double() + self.gamma_cos * cos.double()).cpu()
-            n += len(index)
-        return out.view(len(prompts), len(seeds))
+        def combined(cond: Cond, batch_seeds: list[int]) -> Tensor:
+            norm, cos = self.terms(subject, cond, batch_seeds)
+            return self.gamma_norm * norm.double() + self.gamma_cos * cos.double()
+
+        return over_batches(self, subject, prompts, seeds, combined)

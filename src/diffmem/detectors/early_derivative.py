@@ -22,8 +22,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from diffmem.detectors.base import PerGeneration, register, repeat_cond
-from diffmem.detectors.probes import guided_states, upcast
+from diffmem.detectors.base import PerGeneration, register
+from diffmem.detectors.probes import guided_states, over_batches, upcast
 from diffmem.sampling.guidance import Window
 from diffmem.sampling.trajectory import Recorder
 from diffmem.subject import Prompt, Subject
@@ -67,15 +67,11 @@ class Metric2(PerGeneration):
     steps: int | None = None
 
     def score_generations(self, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int]) -> Tensor:
-        out = torch.empty(len(prompts) * len(seeds), dtype=torch.float64)
-        n = 0
-        for index, batch_seeds in self.batches(prompts, seeds):
-            cond = repeat_cond(subject, prompts, index)
+        def m2(cond: Cond, batch_seeds: list[int]) -> Tensor:
             states, ts, _ = guided_states(subject, cond, batch_seeds, 1, steps=self.steps)
-            g = metric2_gradient(subject, states[0], ts[0], cond)
-            out[n:n + len(index)] = g.flatten(1).square().sum(1).double().cpu()
-            n += len(index)
-        return out.view(len(prompts), len(seeds))
+            return metric2_gradient(subject, states[0], ts[0], cond).flatten(1).square().sum(1)
+
+        return over_batches(self, subject, prompts, seeds, m2)
 
 
 @register
@@ -99,14 +95,13 @@ class DSM01(PerGeneration):
     def score_generations(self, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int]) -> Tensor:
         k = self.frm + 2  # steps run; the last needs ε_c only
         guided = Window(w=self.guidance, start=0.0, stop=(k - 1) / k, w_outside=1.0)
-        out = torch.empty(len(prompts) * len(seeds), dtype=torch.float64)
-        n = 0
-        for index, batch_seeds in self.batches(prompts, seeds):
-            traj = subject.sample(repeat_cond(subject, prompts, index), batch_seeds, guidance=guided,
-                                  steps=self.steps, first=k, recorder=Recorder(keep=("eps_c",)))
-            out[n:n + len(index)] = dsm(traj.eps_c, self.frm).double()
-            n += len(index)
-        return out.view(len(prompts), len(seeds))
+
+        def jump(cond: Cond, batch_seeds: list[int]) -> Tensor:
+            traj = subject.sample(cond, batch_seeds, guidance=guided, steps=self.steps, first=k,
+                                  recorder=Recorder(keep=("eps_c",)))
+            return dsm(traj.eps_c, self.frm)
+
+        return over_batches(self, subject, prompts, seeds, jump)
 
 
 @register

@@ -25,11 +25,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffmem.detectors.base import PerGeneration, register, repeat_cond
-from diffmem.detectors.probes import initial_states, upcast
+from diffmem.detectors.base import PerGeneration, register
+from diffmem.detectors.probes import initial_states, over_batches, upcast
 from diffmem.sampling.guidance import cfg
 from diffmem.schedules import sigma_from_alpha_bar
 from diffmem.subject import Prompt, Subject
+from diffmem.types import Cond
 
 __all__ = ["OneStepConfidence"]
 
@@ -54,15 +55,13 @@ class OneStepConfidence(PerGeneration):
     def score_generations(self, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int]) -> Tensor:
         grid = subject.sampler(self.steps or subject.steps).grid
         sigma2 = float(sigma_from_alpha_bar(grid.alpha_bar[0])) ** 2  # VE σ_T²
-        out = torch.empty(len(prompts) * len(seeds), dtype=torch.float64)
-        n = 0
-        for index, batch_seeds in self.batches(prompts, seeds):
-            cond = repeat_cond(subject, prompts, index)
+
+        def confidence(cond: Cond, batch_seeds: list[int]) -> Tensor:
             x_T = initial_states(subject, batch_seeds, self.steps)
             with torch.no_grad():
                 pred = subject.denoiser(x_T, grid.timesteps[0], cond, uncond=self.guidance != 1.0)
             eps_u = upcast(pred.eps_c if pred.eps_u is None else pred.eps_u)
             eps_hat = cfg(eps_u, upcast(pred.eps_c), self.guidance)
-            out[n:n + len(index)] = sigma2 * eps_hat.flatten(1).square().mean(1).double().cpu()
-            n += len(index)
-        return out.view(len(prompts), len(seeds))
+            return sigma2 * eps_hat.flatten(1).square().mean(1)
+
+        return over_batches(self, subject, prompts, seeds, confidence)

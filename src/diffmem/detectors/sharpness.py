@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffmem.detectors.base import PerGeneration, eps_difference, register, repeat_cond
-from diffmem.detectors.probes import guided_states, jvp_eps, upcast, vp_sigma
+from diffmem.detectors.base import PerGeneration, eps_difference, register
+from diffmem.detectors.probes import guided_states, jvp_eps, over_batches, upcast, vp_sigma
 from diffmem.subject import Prompt, Subject
 from diffmem.types import Cond
 
@@ -71,16 +71,13 @@ class HessianSharpness(PerGeneration):
         return hessian_score_product(subject, x_t, t, cond, alpha_bar).flatten(1).norm(dim=1)
 
     def score_generations(self, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int]) -> Tensor:
-        out = torch.empty(len(prompts) * len(seeds), dtype=torch.float64)
-        n = 0
-        for index, batch_seeds in self.batches(prompts, seeds):
-            cond = repeat_cond(subject, prompts, index)
+        def mean_over_states(cond: Cond, batch_seeds: list[int]) -> Tensor:
             states, ts, abars = guided_states(subject, cond, batch_seeds, self.k, guidance=self.guidance,
                                               steps=self.steps)
-            per_state = [self.statistic(subject, x, t, cond, ab) for x, t, ab in zip(states, ts, abars, strict=True)]
-            out[n:n + len(index)] = torch.stack(per_state).double().mean(0).cpu()
-            n += len(index)
-        return out.view(len(prompts), len(seeds))
+            return torch.stack([self.statistic(subject, x, t, cond, ab)
+                                for x, t, ab in zip(states, ts, abars, strict=True)]).double().mean(0)
+
+        return over_batches(self, subject, prompts, seeds, mean_over_states)
 
 
 @register
