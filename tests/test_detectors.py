@@ -10,6 +10,16 @@ from diffmem.evaluation.detection import roc_auc
 
 # detectors that need a network (attention maps, text embeddings) are tested on tiny worlds elsewhere
 CLOSED_FORM = sorted(n for n, cls in REGISTRY.items() if not cls.needs & {"attention"})
+# measured failures on this oracle, explained and pinned in each detector's own tests (strict: a pass is news)
+ORACLE_FAILURES = {
+    "jeon-sharpness": "AUC 0.30: at x_T, H_c - H_u is (Cov_c - Cov_u) scaled and Cov_c = 0 for a one-image class, "
+                      "so the statistic follows Cov_u, not the planting (test_detectors_sharpness)",
+    "jeon-sharpness-vjp": "AUC 0.30, as jeon-sharpness (equal on exact scores)",
+    "webster-onestep": "AUC 0.73 at n = 2: the cross term 2w<eps_u, d> is seed noise; 0.99 at n = 16 "
+                       "(test_detectors_onestep)",
+}
+ORACLE_CASES = [pytest.param(n, marks=pytest.mark.xfail(reason=ORACLE_FAILURES[n], strict=True))
+                if n in ORACLE_FAILURES else n for n in CLOSED_FORM]
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +27,7 @@ def oracle():
     return oracle_subjects()
 
 
-@pytest.mark.parametrize("name", CLOSED_FORM)
+@pytest.mark.parametrize("name", ORACLE_CASES)
 def test_detector_fires_on_the_exact_memorizer_and_not_on_the_population(oracle, name):
     empirical, population, planted = oracle
     det = make_detector(name)
