@@ -3,7 +3,15 @@
 Importing this package registers every detector; see :mod:`diffmem.detectors.base` for the protocol.
 """
 
-from diffmem.detectors import noise_diff  # noqa: F401  (registers)
+from diffmem.detectors import (  # noqa: F401  (registers)
+    complexity,
+    cross_seed,
+    kim_decomposition,
+    noise_diff,
+    onestep_blackbox,
+    stability_band,
+    tiled_l2,
+)
 from diffmem.detectors.base import REGISTRY, Detector, PerGeneration, make_detector, register
 
 __all__ = ["REGISTRY", "Detector", "PerGeneration", "make_detector", "register"]
