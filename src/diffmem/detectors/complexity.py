@@ -53,7 +53,8 @@ def _grey_entropy(x: Tensor) -> Tensor:
     grey = _uint8(x.mean(1, keepdim=True)).reshape(len(x), -1)
     counts = np.stack([np.bincount(g, minlength=256) for g in grey]).astype(np.float64)
     p = counts / counts.sum(1, keepdims=True)
-    return torch.from_numpy(-(np.where(p > 0, p * np.log2(np.where(p > 0, p, 1.0)), 0.0)).sum(1))
+    bits = np.log2(1.0 / np.where(p > 0, p, 1.0))  # log2(1/p), 0 on empty bins
+    return torch.from_numpy((p * bits).sum(1))
 
 
 def image_complexity(x: Tensor, measure: str = "jpeg", *, quality: int = 75) -> Tensor:
