@@ -19,7 +19,8 @@ SHAPE = (1, 8, 8)
 
 def oracle_subjects(k: int = 80, per_class: int = 32, s: float = 0.5, steps: int = 20, seed: int = 0):
     """(empirical subject, population subject, labels [K] with 1 = planted), prompts in the same order."""
-    g = torch.Generator().manual_seed(seed)
+    # the data's stream must not be the noise stream of a generation seed (SeededNoise seeds 0, 1, … draw x_T)
+    g = torch.Generator().manual_seed(10_000 + seed)
     d = 64
     mu = torch.randn(k, d, generator=g, dtype=torch.float64) * 0.6
     planted = torch.arange(k) % 2 == 0

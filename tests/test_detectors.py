@@ -10,16 +10,19 @@ from diffmem.evaluation.detection import roc_auc
 
 # detectors that need a network (attention maps, text embeddings) are tested on tiny worlds elsewhere
 CLOSED_FORM = sorted(n for n, cls in REGISTRY.items() if not cls.needs & {"attention"})
-# measured failures on this oracle, explained and pinned in each detector's own tests (strict: a pass is news)
-ORACLE_FAILURES = {
-    "jeon-sharpness": "AUC 0.30: at x_T, H_c - H_u is (Cov_c - Cov_u) scaled and Cov_c = 0 for a one-image class, "
-                      "so the statistic follows Cov_u, not the planting (test_detectors_sharpness)",
-    "jeon-sharpness-vjp": "AUC 0.30, as jeon-sharpness (equal on exact scores)",
-    "webster-onestep": "AUC 0.73 at n = 2: the cross term 2w<eps_u, d> is seed noise; 0.99 at n = 16 "
-                       "(test_detectors_onestep)",
+# the oracle scores n = 4 generations per prompt, the harness's standard n for several-generation statistics
+N_GEN = 4
+# measured misses on this oracle (AUC on the exact memorizer at n = 4), explained and pinned in each detector's own
+# tests; strict, so a fix turns them red and must remove the entry
+ORACLE_MISSES = {
+    "jeon-sharpness": "0.44: at x_T, H_c - H_u is (Cov_c - Cov_u) scaled and Cov_c = 0 for a one-image class, so the "
+                      "statistic follows Cov_u along s_c - s_u, not the planting (test_detectors_sharpness)",
+    "jeon-sharpness-vjp": "0.44, as jeon-sharpness (the two forms agree on exact, symmetric Jacobians)",
+    "nemo-ssim": "0.82: a 32-image class's first-step estimate is its seed-independent posterior mean",
+    "webster-edges": "0.50: the oracle's states are white-noise patterns, so every generation is mostly edges",
+    "webster-onestep": "0.78: the cross term 2w<eps_u, d> of |eps_cfg|^2 is seed noise; more generations average it "
+                       "out (test_detectors_onestep)",
 }
-ORACLE_CASES = [pytest.param(n, marks=pytest.mark.xfail(reason=ORACLE_FAILURES[n], strict=True))
-                if n in ORACLE_FAILURES else n for n in CLOSED_FORM]
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +30,28 @@ def oracle():
     return oracle_subjects()
 
 
-@pytest.mark.parametrize("name", ORACLE_CASES)
+def _fitted(det, subject):
+    """A calibrated detector fitted on the subject's non-planted prompts, with seeds disjoint from the scored ones."""
+    if "calibration" not in det.needs:
+        return det
+    return det.fit(subject, [p for p in subject.prompts if p.kind == "nonplanted"], generation_seeds(8, 1000))
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=ORACLE_MISSES[n]))
+                                  if n in ORACLE_MISSES else n for n in CLOSED_FORM])
 def test_detector_fires_on_the_exact_memorizer_and_not_on_the_population(oracle, name):
     empirical, population, planted = oracle
     det = make_detector(name)
-    seeds = generation_seeds(max(2, det.min_generations))
+    seeds = generation_seeds(max(N_GEN, det.min_generations))
     oriented = 1.0 if det.higher_is_memorized else -1.0
-    auc_emp = roc_auc(oriented * det.score(empirical, empirical.prompts, seeds), planted)
-    auc_pop = roc_auc(oriented * det.score(population, population.prompts, seeds), planted)
+    auc_emp = roc_auc(oriented * _fitted(det, empirical).score(empirical, empirical.prompts, seeds), planted)
+    auc_pop = roc_auc(oriented * _fitted(det, population).score(population, population.prompts, seeds), planted)
+    assert abs(auc_pop - 0.5) < 0.2, f"{name}: AUC {auc_pop:.3f} on the population (should not separate)"
+    if getattr(det, "control", False):
+        return  # a control (complexity only) is expected to fail on the memorizer; its own test reports the AUC
     # ≈ 1 rather than 1: late-step statistics separate less, since the 32-image classes of the exact memorizer also
     # converge to one of their images at the end (wen-all: 0.96); 80 prompts put the population AUC within ±0.2
     assert auc_emp > 0.9, f"{name}: AUC {auc_emp:.3f} on the exact memorizer"
-    assert abs(auc_pop - 0.5) < 0.2, f"{name}: AUC {auc_pop:.3f} on the population (should not separate)"
 
 
 def test_scores_do_not_depend_on_batching_and_n1_is_a_prefix_of_n4(oracle):

@@ -3,7 +3,19 @@
 Importing this package registers every detector; see :mod:`diffmem.detectors.base` for the protocol.
 """
 
-from diffmem.detectors import anisotropy, early_derivative, noise_diff, onestep, sharpness  # noqa: F401  (register)
+from diffmem.detectors import (  # noqa: F401  (registers)
+    anisotropy,
+    complexity,
+    cross_seed,
+    early_derivative,
+    kim_decomposition,
+    noise_diff,
+    onestep,
+    onestep_blackbox,
+    sharpness,
+    stability_band,
+    tiled_l2,
+)
 from diffmem.detectors.base import REGISTRY, Detector, PerGeneration, make_detector, register
 
 __all__ = ["REGISTRY", "Detector", "PerGeneration", "make_detector", "register"]
