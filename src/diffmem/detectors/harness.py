@@ -272,9 +272,12 @@ def _row(subject, name, n, label, oriented, y, split, costs, n_boot) -> Detectio
         return DetectionRow(auc=None, auc_ci=None, tpr_at_1fpr=None, tpr_at_01fpr=None, **base,
                             status=f"undefined: the evaluation split has {n_pos} positives and {n_neg} negatives")
     s, t = oriented[ev], y[ev]
-    return DetectionRow(auc=roc_auc(s, t), auc_ci=auc_ci(s, t, n_resamples=n_boot), tpr_at_1fpr=tpr_at_fpr(s, t, 0.01),
+    ci = auc_ci(s, t, n_resamples=n_boot) if min(n_pos, n_neg) >= 2 else None
+    notes = ([] if thresholds else ["no calibration negatives: no thresholds"]) + (
+        [] if ci else ["one prompt in a class: no bootstrap interval"])
+    return DetectionRow(auc=roc_auc(s, t), auc_ci=ci, tpr_at_1fpr=tpr_at_fpr(s, t, 0.01),
                         tpr_at_01fpr=tpr_at_fpr(s, t, 0.001), tpr_at_1fpr_closest=tpr_at_fpr_closest(s, t, 0.01),
-                        **base, status="ok" if thresholds else "ok; no calibration negatives: no thresholds")
+                        **base, status="; ".join(["ok", *notes]))
 
 
 def _delong(rows, oriented: dict, labels: dict, split: np.ndarray) -> list[dict]:
@@ -284,6 +287,8 @@ def _delong(rows, oriented: dict, labels: dict, split: np.ndarray) -> list[dict]
             ok = [r.detector for r in rows if (r.label, r.n_gen, r.status[:2]) == (label, n, "ok")]
             ev = np.array([v is not None for v in y]) & (split == "evaluation")
             t = np.array([v for v, e in zip(y, ev, strict=True) if e])
+            if min((t == 1).sum(), (t == 0).sum()) < 2:  # DeLong's variance needs two of each class
+                continue
             for a, b in combinations(ok, 2):
                 d = delong_test(oriented[a, n][ev], oriented[b, n][ev], t)
                 out.append({"label": label, "n_gen": n, "a": a, "b": b, "auc_a": d.auc_a, "auc_b": d.auc_b,
