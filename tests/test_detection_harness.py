@@ -146,3 +146,12 @@ def test_split_from_meta_and_bad_split_refused(oracle):
     assert assign_splits(prompts) == (["evaluation"] * len(prompts), "meta")
     with pytest.raises(ValueError, match="has split 'test'"):
         assign_splits([replace(prompts[0], meta={"split": "test"})])
+
+
+def test_detection_rate_by_rung_at_the_calibrated_threshold(oracle, tmp_path):
+    subject, planted = oracle
+    run = _run(subject, tmp_path, detectors=["wen-step1"], n_gen=(1,), labels=("planted",))
+    by_m = run.summary.row("wen-step1", 1).detection_by_m
+    split, _ = assign_splits(subject.prompts)
+    n_eval = sum(s == "evaluation" and y == 1 for s, y in zip(split, planted, strict=True))
+    assert list(by_m) == ["planted:1"] and by_m["planted:1"][1] == n_eval and by_m["planted:1"][0] > 0.9

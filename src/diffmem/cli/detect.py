@@ -22,7 +22,8 @@ from diffmem.worlds.world import load_world
 
 __all__ = ["add_parser", "add_subject_args", "subject_from_args", "print_table", "wide_console", "QUICK"]
 
-# --quick: at most this many prompts per kind, one generation, two label generations, a short bootstrap
+# --quick: at most per_kind prompts per kind (and rung m, caption regime), one generation, two label
+# generations, a short bootstrap
 QUICK = {"per_kind": 20, "n_gen": (1,), "n_label": 2, "n_boot": 200}
 
 
@@ -75,9 +76,12 @@ def subject_from_args(args) -> Subject:
     if args.prompts is not None:
         raise ValueError("--prompts goes with --model; a --world brings its own prompts")
     subject = world_subject(load_world(args.world, progress=not args.no_progress), steps=args.steps)
-    if args.quick:
-        kinds = list(dict.fromkeys(p.kind for p in subject.prompts))
-        subject = subject.select(kinds=kinds, per_kind=QUICK["per_kind"])
+    if args.quick:  # at most per_kind prompts of each kind, rung and caption regime, in manifest order
+        strata: dict[tuple, list[str]] = {}
+        for p in subject.prompts:
+            strata.setdefault((p.kind, p.meta.get("m"), p.meta.get("regime")), []).append(p.id)
+        keep = {i for ids in strata.values() for i in ids[:QUICK["per_kind"]]}
+        subject = subject.select(ids=[p.id for p in subject.prompts if p.id in keep])
     return subject
 
 

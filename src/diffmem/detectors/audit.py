@@ -149,7 +149,7 @@ def _recall(kept: set, full_scores: np.ndarray, ids: list[str], threshold: float
 def audit(subject: Subject, *, out: str | Path, screen: str | Detector = "wen-step1",
           expensive: str | Detector = "wen-all", fraction: float = 0.1, n_gen: int = 1, base_seed: int = 0,
           threshold: float | None = None, refs: str | Path | None = None, samples: bool = True,
-          compare_full: bool = False, chunk_size: int = 16,
+          compare_full: bool = False, chunk_size: int = 64,
           progress: Callable[[str], None] | None = None) -> AuditResult:
     """Screen every prompt, escalate the top ``fraction``, rank, judge; write ``audit.csv`` and ``audit.json``."""
     start, out, say = time.perf_counter(), Path(out), progress or (lambda msg: None)

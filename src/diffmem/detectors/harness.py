@@ -87,7 +87,7 @@ class DetectionRow:
     n_pos: int = 0
     n_neg: int = 0
     thresholds: dict = field(default_factory=dict)  # "1%" / "0.1%": calibrated threshold, realised eval TPR/FPR
-    detection_by_m: dict = field(default_factory=dict)  # m -> [rate, n] at the calibrated 1 % threshold
+    detection_by_m: dict = field(default_factory=dict)  # "kind:m[:regime]" -> [rate, n] at the calibrated 1 %
     status: str = "ok"
 
 
@@ -247,13 +247,23 @@ def _thresholds(oriented: np.ndarray, y: np.ndarray, cal: np.ndarray, ev: np.nda
     return out
 
 
+def _rung(p: Prompt) -> str | None:
+    """``kind:m`` (``kind:m:regime`` where the world has caption regimes) of a planted prompt with a known m."""
+    m = p.meta.get("m")
+    if p.kind not in POSITIVE_KINDS or m is None:
+        return None
+    return ":".join(str(v) for v in (p.kind, m, p.meta.get("regime")) if v is not None)
+
+
 def _by_m(subject: Subject, oriented: np.ndarray, ev: np.ndarray, thresholds: dict) -> dict:
-    ms = np.array([p.meta.get("m") if p.kind in POSITIVE_KINDS else None for p in subject.prompts], dtype=object)
-    sel = ev & np.array([m is not None for m in ms])
+    rungs = np.array([_rung(p) for p in subject.prompts], dtype=object)
+    sel = ev & np.array([r is not None for r in rungs])
     if not sel.any() or "1%" not in thresholds:
         return {}
     thr = Threshold(**{k: thresholds["1%"][k] for k in Threshold.__dataclass_fields__})
-    return {str(k): list(v) for k, v in detection_rate(oriented[sel], thr, [int(m) for m in ms[sel]]).items()}
+    rates = detection_rate(oriented[sel], thr, rungs[sel].tolist())
+    order = sorted(rates, key=lambda k: (k.split(":")[0], int(k.split(":")[1]), k))
+    return {k: list(rates[k]) for k in order}
 
 
 def _row(subject, name, n, label, oriented, y, split, costs, n_boot) -> DetectionRow:
@@ -392,7 +402,7 @@ def run_detection(subject: Subject, detectors: Sequence[str | Detector] | None =
                           "above), applied to the evaluation split; scores oriented higher = memorized",
             "scores_csv": "each detector's own score; see detectors[name].higher_is_memorized"}
     summary = DetectionSummary(tuple(rows), tuple(_delong(rows, oriented, values, split)), tuple(skipped),
-                               label_info, {"how": how, **{k: int((split == k).sum()) for k in np.unique(split)}},
+                               label_info, {"how": how, **{str(k): int((split == k).sum()) for k in np.unique(split)}},
                                dict(tally), prov, time.perf_counter() - start)
     records = _records(subject, split.tolist(), values, scores)
     write_scores_csv(out / "scores.csv", records)
