@@ -16,8 +16,6 @@ checkpointed in units under ``out/screen``, ``out/escalate`` and ``out/full`` an
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import re
@@ -31,8 +29,8 @@ import torch
 
 from diffmem.detectors.base import Detector, generation_seeds, make_detector
 from diffmem.detectors.counting import measure_call
-from diffmem.detectors.harness import score_units
-from diffmem.io import atomic_write_text, read_arrays, read_json, write_arrays, write_json
+from diffmem.detectors.harness import score_units, write_csv
+from diffmem.io import read_arrays, read_json, write_arrays, write_json
 from diffmem.results import package_version
 from diffmem.sampling.trajectory import Recorder
 from diffmem.similarity.criteria import nn_ratio
@@ -212,10 +210,5 @@ def _rank(prompts, s_or: np.ndarray, e_or: dict, threshold, out: Path, images: d
 
 
 def _write(out: Path, result: AuditResult) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=AUDIT_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    for r in result.rows:
-        w.writerow({k: "" if v is None else v for k, v in asdict(r).items()})
-    atomic_write_text(out / "audit.csv", buf.getvalue())
+    write_csv(out / "audit.csv", [asdict(r) for r in result.rows], AUDIT_COLUMNS)
     write_json(out / "audit.json", result.to_dict())

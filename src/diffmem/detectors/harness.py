@@ -56,7 +56,7 @@ from diffmem.results import package_version
 from diffmem.subject import Prompt, Subject
 
 __all__ = ["run_detection", "DetectionRun", "DetectionSummary", "DetectionRow", "CSV_COLUMNS", "LABELS",
-           "resolve_detectors", "score_units", "unit_settings"]
+           "resolve_detectors", "score_units", "unit_settings", "write_csv"]
 
 CSV_COLUMNS = ("prompt_id", "prompt", "split", "label_planted", "label_measured", "kind", "m", "detector", "n_gen",
                "score")
@@ -320,14 +320,14 @@ def _records(subject, split, labels: dict, scores: dict) -> list[dict]:
     return out
 
 
-def write_scores_csv(path: Path, records: Sequence[dict]) -> Path:
-    """``scores.csv``: :data:`CSV_COLUMNS`, one row per record, empty cells for missing values."""
+def write_csv(path: Path, records: Sequence[dict], columns: Sequence[str] = CSV_COLUMNS) -> Path:
+    """A CSV of ``records`` with exactly ``columns`` (default ``scores.csv``'s), empty cells for missing values and
+    floats written exactly (pandas and the csv module load it as is)."""
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
     w.writeheader()
     for r in records:
-        w.writerow({k: ("" if r[k] is None else (repr(r[k]) if isinstance(r[k], float) else r[k]))
-                    for k in CSV_COLUMNS})
+        w.writerow({k: ("" if r[k] is None else (repr(r[k]) if isinstance(r[k], float) else r[k])) for k in columns})
     return atomic_write_text(path, buf.getvalue())
 
 
@@ -405,6 +405,6 @@ def run_detection(subject: Subject, detectors: Sequence[str | Detector] | None =
                                label_info, {"how": how, **{str(k): int((split == k).sum()) for k in np.unique(split)}},
                                dict(tally), prov, time.perf_counter() - start)
     records = _records(subject, split.tolist(), values, scores)
-    write_scores_csv(out / "scores.csv", records)
+    write_csv(out / "scores.csv", records)
     write_json(out / "summary.json", summary.to_dict())
     return DetectionRun(summary, tuple(records))
