@@ -58,3 +58,11 @@ def test_audit_cli_ranks_escalates_and_compares(world, tmp_path, capsys):
 def test_model_flag_is_not_wired_yet(tmp_path, capsys):
     assert main(["detect", "--model", str(tmp_path), "--prompts", "p.jsonl", "--out", str(tmp_path / "o")]) == 2
     assert "not yet available" in capsys.readouterr().err
+
+
+def test_detect_dry_run_prints_the_settings(world, tmp_path, capsys):
+    assert main(["detect", "--world", str(world.directory), "--out", str(tmp_path), "--quick", "--dry-run",
+                 "--detectors", "wen-step1", "--no-progress"]) == 0
+    printed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert printed["detectors"] == ["wen-step1"] and printed["n_gen"] == [1]
+    assert not (tmp_path / "summary.json").exists()

@@ -15,7 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from diffmem.detectors.harness import DetectionSummary, run_detection
+from diffmem.detectors.harness import DetectionSummary, resolve_detectors, run_detection
 from diffmem.subject import Subject
 from diffmem.worlds.subject import world_subject
 from diffmem.worlds.world import load_world
@@ -64,6 +64,7 @@ def add_parser(sub) -> None:
     p.add_argument("--labels", type=names, default=("planted", "measured"), help="planted,measured")
     p.add_argument("--n-label", type=int, help="generations that decide the measured label (default 4; quick: 2)")
     p.add_argument("--chunk", type=int, default=16, help="prompts per checkpointed unit (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved settings and stop")
     p.set_defaults(run=_cli)
 
 
@@ -119,10 +120,15 @@ def print_table(summary: DetectionSummary, console: Console | None = None) -> No
 def _cli(args) -> int:
     subject = subject_from_args(args)
     quick = QUICK if args.quick else {}
-    run = run_detection(subject, args.detectors, n_gen=args.n_gen or quick.get("n_gen", (1, 4)),
-                        base_seed=args.seed, out=args.out, labels=args.labels,
-                        n_label=args.n_label or quick.get("n_label", 4), chunk_size=args.chunk,
-                        n_boot=quick.get("n_boot", 2000),
+    kw = dict(n_gen=args.n_gen or quick.get("n_gen", (1, 4)), base_seed=args.seed, out=args.out, labels=args.labels,
+              n_label=args.n_label or quick.get("n_label", 4), chunk_size=args.chunk,
+              n_boot=quick.get("n_boot", 2000))
+    if args.dry_run:
+        dets = [d.name for d in resolve_detectors(args.detectors)]
+        print(json.dumps({"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
+                          "detectors": dets, **kw}, default=str))
+        return 0
+    run = run_detection(subject, args.detectors, **kw,
                         progress=None if args.no_progress else lambda msg: print(f"scoring {msg}", flush=True))
     print_table(run.summary)
     for s in run.summary.skipped:

@@ -11,7 +11,8 @@ summary, ``escalated`` without one, ``screened out`` for the rest.
 With ``compare_full`` the expensive detector also scores *every* prompt (the full-cost ranking) and the result
 states the recall of its flagged set — scores above the threshold, or without one its top ``fraction`` — that the
 audit keeps, next to both NFE counts (screen + escalation vs full; samples are counted apart). Scoring is
-checkpointed in units under ``out/screen``, ``out/escalate`` and ``out/full`` and resumes after a kill.
+checkpointed in units under ``out/screen``, ``out/escalate`` and ``out/full`` and resumes after a kill (a reused
+unit keeps the cost measured when it was made; samples already on disk are not redrawn and count no NFE).
 """
 
 from __future__ import annotations
