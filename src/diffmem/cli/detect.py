@@ -1,0 +1,137 @@
+"""``diffmem detect --world W | --model DIR --prompts FILE --out DIR``: every detector on one ground truth.
+
+Scores each prompt with each detector at each number of generations, labels it (planted and measured), calibrates
+thresholds on the calibration split and writes DIR/summary.json (rows: AUC with CI, TPR at 1 % and 0.1 % FPR,
+NFE per generation, seconds per prompt, peak memory) and DIR/scores.csv. Resumes a killed run in the same DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from diffmem.detectors.harness import DetectionSummary, resolve_detectors, run_detection
+from diffmem.subject import Subject
+from diffmem.worlds.subject import world_subject
+from diffmem.worlds.world import load_world
+
+__all__ = ["add_parser", "add_subject_args", "subject_from_args", "print_table", "wide_console", "QUICK"]
+
+# --quick: at most per_kind prompts per kind (and rung m, caption regime), one generation, two label
+# generations, a short bootstrap
+QUICK = {"per_kind": 20, "n_gen": (1,), "n_label": 2, "n_boot": 200}
+
+
+def ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"generation counts must be >= 1, got {text!r}")
+    return values
+
+
+def names(text: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def add_subject_args(p) -> None:
+    """--world | --model/--prompts, --steps, --threads, --quick (shared by detect and audit)."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--world", metavar="W", help="embedded world (digits-t2i, digits-bench, …) or checkpoint dir")
+    src.add_argument("--model", metavar="DIR", help="local diffusers model directory (needs --prompts)")
+    p.add_argument("--prompts", metavar="FILE", help="JSONL prompt manifest for --model")
+    p.add_argument("--out", required=True, type=Path, help="output directory (reused to resume)")
+    p.add_argument("--steps", type=int, default=50, help="sampling steps (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
+    p.add_argument("--seed", type=int, default=0, help="generation j uses seed SEED + j (default: %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("detect", help="compare memorization detectors on one ground truth, with measured cost",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_subject_args(p)
+    p.add_argument("--detectors", type=names, help="comma-separated registry names (default: all)")
+    p.add_argument("--n-gen", type=ints, help="generations per prompt (default 1,4; quick: 1)")
+    p.add_argument("--labels", type=names, default=("planted", "measured"), help="planted,measured")
+    p.add_argument("--n-label", type=int, help="generations that decide the measured label (default 4; quick: 2)")
+    p.add_argument("--chunk", type=int, default=16, help="prompts per checkpointed unit (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved settings and stop")
+    p.set_defaults(run=_cli)
+
+
+def subject_from_args(args) -> Subject:
+    """The subject of ``--world`` (all prompts; at most ``QUICK["per_kind"]`` per kind with ``--quick``)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model is not None:
+        return model_subject(args.model, args.prompts, steps=args.steps)
+    if args.prompts is not None:
+        raise ValueError("--prompts goes with --model; a --world brings its own prompts")
+    subject = world_subject(load_world(args.world, progress=not args.no_progress), steps=args.steps)
+    if args.quick:  # at most per_kind prompts of each kind, rung and caption regime, in manifest order
+        strata: dict[tuple, list[str]] = {}
+        for p in subject.prompts:
+            strata.setdefault((p.kind, p.meta.get("m"), p.meta.get("regime")), []).append(p.id)
+        keep = {i for ids in strata.values() for i in ids[:QUICK["per_kind"]]}
+        subject = subject.select(ids=[p.id for p in subject.prompts if p.id in keep])
+    return subject
+
+
+def model_subject(model: str, prompts: str | None, *, steps: int) -> Subject:
+    """A local diffusers model with a prompt manifest as a subject (the one place ``--model`` is wired)."""
+    if prompts is None:
+        raise ValueError("--model needs --prompts FILE (a JSONL manifest)")
+    raise ValueError("--model is not yet available: the diffusers subject builder (diffmem.adapters.subject) has "
+                     "not landed; use --world")
+
+
+def wide_console() -> Console:
+    """A console at least 132 columns wide (pipes and logs default to 80, which wraps the tables)."""
+    console = Console()
+    return console if console.is_terminal and console.width >= 132 else Console(width=max(console.width, 132))
+
+
+def _cell(v, fmt="{:.3f}") -> str:
+    return "—" if v is None else fmt.format(v)
+
+
+def print_table(summary: DetectionSummary, console: Console | None = None) -> None:
+    """The rows as a compact table (evaluation split)."""
+    t = Table(title=f"detection on {summary.provenance['subject']['subject']} (evaluation split)")
+    for col in ("detector", "n", "label", "AUC [95% CI]", "TPR@1%", "TPR@0.1%", "NFE/gen", "s/prompt", "MB"):
+        t.add_column(col, justify="left" if col in ("detector", "label") else "right", no_wrap=True)
+    for r in summary.rows:
+        ci = "" if r.auc_ci is None else f" [{r.auc_ci[0]:.3f}, {r.auc_ci[1]:.3f}]"
+        t.add_row(r.detector, str(r.n_gen), r.label, _cell(r.auc) + ci, _cell(r.tpr_at_1fpr),
+                  _cell(r.tpr_at_01fpr), f"{r.nfe_per_generation:g}", f"{r.seconds_per_prompt:.4f}",
+                  f"{r.peak_mem_mb:.1f}")
+    (console or wide_console()).print(t)
+
+
+def _cli(args) -> int:
+    subject = subject_from_args(args)
+    quick = QUICK if args.quick else {}
+    kw = dict(n_gen=args.n_gen or quick.get("n_gen", (1, 4)), base_seed=args.seed, out=args.out, labels=args.labels,
+              n_label=args.n_label or quick.get("n_label", 4), chunk_size=args.chunk,
+              n_boot=quick.get("n_boot", 2000))
+    if args.dry_run:
+        dets = [d.name for d in resolve_detectors(args.detectors)]
+        print(json.dumps({"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
+                          "detectors": dets, **kw}, default=str))
+        return 0
+    run = run_detection(subject, args.detectors, **kw,
+                        progress=None if args.no_progress else lambda msg: print(f"scoring {msg}", flush=True))
+    print_table(run.summary)
+    for s in run.summary.skipped:
+        print(f"skipped {s['detector']} n={s['n_gen']}: {s['reason']}")
+    print(json.dumps({"out": str(args.out), "seconds": round(run.summary.seconds, 1), **run.summary.units}))
+    return 0

@@ -1,0 +1,410 @@
+"""One detection harness: every detector on the same prompts, seeds, labels, split and TPR rule, with measured cost.
+
+Work is cut into *units* — (detector, n generations, chunk of prompts), plus the measured labels per chunk — each
+written atomically to ``out/units/<detector>/n<n>/<chunk>.json`` with the settings that made it (subject, detector
+parameters, seeds, prompt ids and texts, package version). A rerun reuses a unit only when its stored settings are
+the ones asked for and recomputes it otherwise, so a killed run resumes where it stopped and never mixes settings.
+Generation j of every prompt uses seed ``base_seed + j`` (:func:`~diffmem.detectors.base.generation_seeds`), so a
+unit's scores do not depend on the order, the chunking or the worker that ran it.
+
+Metrics, per detector, n and label (``planted`` and ``measured``, :mod:`diffmem.detectors.labels`): on the
+*evaluation* split, ROC AUC with a stratified bootstrap CI, TPR at 1 % and 0.1 % FPR by the conservative rule (the
+closest-point rule as the side column ``tpr_at_1fpr_closest``); thresholds calibrated on the *calibration* split's
+negatives at FPR 1 % and 0.1 % and applied to the evaluation split (realised TPR/FPR, detection rate per duplication
+rung m of the planted kinds); DeLong p-values between detectors at equal n. Scores are oriented by each detector's
+declared direction before any metric; ``scores.csv`` keeps each detector's own score.
+
+Writes ``summary.json`` (:class:`DetectionSummary`, with ``rows``) and ``scores.csv`` (:data:`CSV_COLUMNS`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+
+from diffmem.detectors.base import REGISTRY, Detector, generation_seeds, make_detector
+from diffmem.detectors.counting import Cost, measure, measure_call
+from diffmem.detectors.labels import (
+    MEASURED_RATE,
+    NEGATIVE_KINDS,
+    POSITIVE_KINDS,
+    assign_splits,
+    copy_judgement,
+    planted_label,
+)
+from diffmem.evaluation.detection import (
+    Threshold,
+    auc_ci,
+    calibrate_threshold,
+    delong_test,
+    detection_rate,
+    roc_auc,
+    tpr_at_fpr,
+    tpr_at_fpr_closest,
+)
+from diffmem.io import atomic_write_text, read_json, write_json
+from diffmem.results import package_version
+from diffmem.subject import Prompt, Subject
+
+__all__ = ["run_detection", "DetectionRun", "DetectionSummary", "DetectionRow", "CSV_COLUMNS", "LABELS",
+           "resolve_detectors", "score_units", "unit_settings", "write_csv"]
+
+CSV_COLUMNS = ("prompt_id", "prompt", "split", "label_planted", "label_measured", "kind", "m", "detector", "n_gen",
+               "score")
+LABELS = ("planted", "measured")
+FPRS = (0.01, 0.001)
+
+
+@dataclass(frozen=True)
+class DetectionRow:
+    """One detector at n generations against one label, on the evaluation split.
+
+    ``auc``… are None when the evaluation split lacks a class (``status`` says why). Cost fields are per generation
+    (rows of the denoiser per prompt and generation) and per prompt, summed over the detector's units."""
+
+    detector: str
+    n_gen: int
+    label: str
+    auc: float | None
+    auc_ci: tuple[float, float] | None
+    tpr_at_1fpr: float | None
+    tpr_at_01fpr: float | None
+    nfe_per_generation: float
+    seconds_per_prompt: float
+    peak_mem_mb: float
+    jvp_per_generation: float = 0.0
+    vjp_per_generation: float = 0.0
+    tpr_at_1fpr_closest: float | None = None
+    n_pos: int = 0
+    n_neg: int = 0
+    thresholds: dict = field(default_factory=dict)  # "1%" / "0.1%": calibrated threshold, realised eval TPR/FPR
+    detection_by_m: dict = field(default_factory=dict)  # "kind:m[:regime]" -> [rate, n] at the calibrated 1 %
+    status: str = "ok"
+
+
+@dataclass(frozen=True)
+class DetectionSummary:
+    """Everything ``summary.json`` holds: the rows, paired tests, skipped runs, labels, split and provenance."""
+
+    rows: tuple[DetectionRow, ...]
+    delong: tuple[dict, ...]
+    skipped: tuple[dict, ...]
+    labels: dict
+    split: dict
+    units: dict
+    provenance: dict
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DetectionSummary:
+        def row(r):
+            r = {k: r[k] for k in DetectionRow.__dataclass_fields__ if k in r}
+            return DetectionRow(**{**r, "auc_ci": tuple(r["auc_ci"]) if r.get("auc_ci") else None})
+
+        kw = {f.name: d[f.name] for f in fields(cls)}
+        return cls(**{**kw, "rows": tuple(row(r) for r in d["rows"]), "delong": tuple(d["delong"]),
+                      "skipped": tuple(d["skipped"])})
+
+    def row(self, detector: str, n_gen: int, label: str = "planted") -> DetectionRow:
+        hit = [r for r in self.rows if (r.detector, r.n_gen, r.label) == (detector, n_gen, label)]
+        if not hit:
+            raise ValueError(f"no row for detector {detector!r} at n = {n_gen} with label {label!r}")
+        return hit[0]
+
+
+@dataclass(frozen=True)
+class DetectionRun:
+    """The summary plus one record per prompt, detector and n (the rows of ``scores.csv``)."""
+
+    summary: DetectionSummary
+    records: tuple[dict, ...]
+
+
+def resolve_detectors(detectors: Sequence[str | Detector] | None) -> list[Detector]:
+    """Detectors by registry name or instance (None: every registered one, sorted by name)."""
+    names = sorted(REGISTRY) if detectors is None else detectors
+    dets = [make_detector(d) if isinstance(d, str) else d for d in names]
+    seen = [d.name for d in dets]
+    if len(set(seen)) != len(seen) or not seen:
+        raise ValueError(f"give at least one detector, each once; got {seen}")
+    return dets
+
+
+# --- units ---------------------------------------------------------------------------------------------------------
+
+def _plain(obj):
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def unit_settings(subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int], what: dict) -> dict:
+    """What makes a unit: the subject (not its prompt count), ``what`` (detector or labels), seeds and prompts."""
+    model = {k: v for k, v in subject.describe().items() if k != "n_prompts"}
+    return _plain({"subject": model, "what": what, "seeds": list(seeds), "prompt_ids": [p.id for p in prompts],
+                   "prompt_texts": [p.text for p in prompts], "package": package_version()})
+
+
+def _unit(path: Path, settings: dict, compute: Callable[[], dict], tally: dict) -> dict:
+    """The unit at ``path`` if it was made under ``settings``, else ``compute()`` written there atomically."""
+    if path.exists():
+        stored = read_json(path)
+        if stored.get("settings") == settings:
+            tally["reused"] += 1
+            return stored
+        tally["recomputed"] += 1
+    unit = {"settings": settings, **compute()}
+    write_json(path, unit)
+    tally["computed"] += 1
+    return unit
+
+
+def _chunks(prompts: Sequence[Prompt], size: int) -> list[tuple[int, Sequence[Prompt]]]:
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"chunk_size must be an int >= 1, got {size!r}")
+    return [(k // size, prompts[k:k + size]) for k in range(0, len(prompts), size)]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
+
+
+def score_units(subject: Subject, detector: Detector, prompts: Sequence[Prompt], seeds: Sequence[int], out: Path,
+                *, chunk_size: int = 16, tally: dict | None = None) -> tuple[np.ndarray, list[Cost]]:
+    """Scores [P] of ``detector`` on ``prompts`` (own direction) and the cost of each unit, resumable under ``out``."""
+    tally = {"computed": 0, "reused": 0, "recomputed": 0} if tally is None else tally
+    scores, costs = [], []
+    for k, chunk in _chunks(prompts, chunk_size):
+        settings = unit_settings(subject, chunk, seeds, {"detector": detector.describe()})
+
+        def compute(chunk=chunk):
+            s, cost = measure(detector, subject, chunk, seeds)
+            return {"scores": s.tolist(), "cost": cost.to_dict()}
+
+        unit = _unit(out / "units" / _safe(detector.name) / f"n{len(seeds)}" / f"{k:05d}.json", settings, compute,
+                     tally)
+        scores += unit["scores"]
+        costs.append(Cost.from_dict(unit["cost"]))
+    return np.asarray(scores, dtype=np.float64), costs
+
+
+def _measured(subject: Subject, out: Path, seeds: Sequence[int], guidance: float, chunk_size: int,
+              tally: dict) -> tuple[list[float], list[Cost]]:
+    rates, costs = [], []
+    for k, chunk in _chunks(subject.prompts, chunk_size):
+        what = {"labels": "paired 1/3 rule", "guidance": guidance, "steps": subject.steps}
+        settings = unit_settings(subject, chunk, seeds, what)
+
+        def compute(chunk=chunk):
+            judged, cost = measure_call(subject, lambda s: copy_judgement(s, chunk, seeds, guidance=guidance))
+            return {**judged, "cost": cost.to_dict()}
+
+        unit = _unit(out / "units" / "_labels" / f"n{len(seeds)}" / f"{k:05d}.json", settings, compute, tally)
+        rates += unit["copy_rate"]
+        costs.append(Cost.from_dict(unit["cost"]))
+    return rates, costs
+
+
+def _label_guidance(dets: Sequence[Detector], given: float | None) -> float:
+    if given is not None:
+        return float(given)
+    ws = sorted({float(d.guidance) for d in dets if hasattr(d, "guidance")})
+    if len(ws) > 1:
+        raise ValueError(f"the detectors sample at different CFG weights {ws}; pass label_guidance for the "
+                         "measured labels")
+    return ws[0] if ws else 7.5
+
+
+# --- metrics -------------------------------------------------------------------------------------------------------
+
+def _per(costs: Sequence[Cost], key: str, per: int) -> float:
+    return float(sum(getattr(c, key) for c in costs)) / per if per else 0.0
+
+
+def _thresholds(oriented: np.ndarray, y: np.ndarray, cal: np.ndarray, ev: np.ndarray) -> dict:
+    """Thresholds from the calibration negatives, with the TPR/FPR they give on the evaluation split."""
+    negatives = oriented[cal & (y == 0)]
+    if negatives.size == 0:
+        return {}
+    out = {}
+    for fpr in FPRS:
+        thr = calibrate_threshold(negatives, fpr)
+        flag = thr.flag(oriented)
+        pos, neg = ev & (y == 1), ev & (y == 0)
+        out[f"{100 * fpr:g}%"] = {**asdict(thr), "rule": "flag when oriented score > value",
+                                   "eval_tpr": float(flag[pos].mean()) if pos.any() else None,
+                                   "eval_fpr": float(flag[neg].mean()) if neg.any() else None}
+    return out
+
+
+def _rung(p: Prompt) -> str | None:
+    """``kind:m`` (``kind:m:regime`` where the world has caption regimes) of a planted prompt with a known m."""
+    m = p.meta.get("m")
+    if p.kind not in POSITIVE_KINDS or m is None:
+        return None
+    return ":".join(str(v) for v in (p.kind, m, p.meta.get("regime")) if v is not None)
+
+
+def _by_m(subject: Subject, oriented: np.ndarray, ev: np.ndarray, thresholds: dict) -> dict:
+    rungs = np.array([_rung(p) for p in subject.prompts], dtype=object)
+    sel = ev & np.array([r is not None for r in rungs])
+    if not sel.any() or "1%" not in thresholds:
+        return {}
+    thr = Threshold(**{k: thresholds["1%"][k] for k in Threshold.__dataclass_fields__})
+    rates = detection_rate(oriented[sel], thr, rungs[sel].tolist())
+    order = sorted(rates, key=lambda k: (k.split(":")[0], int(k.split(":")[1]), k))
+    return {k: list(rates[k]) for k in order}
+
+
+def _row(subject, name, n, label, oriented, y, split, costs, n_boot) -> DetectionRow:
+    P = len(y)
+    known = np.array([v is not None for v in y])
+    y = np.array([-1 if v is None else v for v in y])
+    ev, cal = known & (split == "evaluation"), known & (split == "calibration")
+    cost = {"nfe_per_generation": _per(costs, "nfe", P * n), "jvp_per_generation": _per(costs, "jvp", P * n),
+            "vjp_per_generation": _per(costs, "vjp", P * n), "seconds_per_prompt": _per(costs, "seconds", P),
+            "peak_mem_mb": max(c.peak_mem_mb for c in costs)}
+    thresholds = _thresholds(oriented, y, cal, ev)
+    n_pos, n_neg = int((y[ev] == 1).sum()), int((y[ev] == 0).sum())
+    base = dict(detector=name, n_gen=n, label=label, n_pos=n_pos, n_neg=n_neg, thresholds=thresholds,
+                detection_by_m=_by_m(subject, oriented, ev, thresholds), **cost)
+    if n_pos == 0 or n_neg == 0:
+        return DetectionRow(auc=None, auc_ci=None, tpr_at_1fpr=None, tpr_at_01fpr=None, **base,
+                            status=f"undefined: the evaluation split has {n_pos} positives and {n_neg} negatives")
+    s, t = oriented[ev], y[ev]
+    ci = auc_ci(s, t, n_resamples=n_boot) if min(n_pos, n_neg) >= 2 else None
+    notes = ([] if thresholds else ["no calibration negatives: no thresholds"]) + (
+        [] if ci else ["one prompt in a class: no bootstrap interval"])
+    return DetectionRow(auc=roc_auc(s, t), auc_ci=ci, tpr_at_1fpr=tpr_at_fpr(s, t, 0.01),
+                        tpr_at_01fpr=tpr_at_fpr(s, t, 0.001), tpr_at_1fpr_closest=tpr_at_fpr_closest(s, t, 0.01),
+                        **base, status="; ".join(["ok", *notes]))
+
+
+def _delong(rows, oriented: dict, labels: dict, split: np.ndarray) -> list[dict]:
+    out = []
+    for label, y in labels.items():
+        for n in sorted({r.n_gen for r in rows}):
+            ok = [r.detector for r in rows if (r.label, r.n_gen, r.status[:2]) == (label, n, "ok")]
+            ev = np.array([v is not None for v in y]) & (split == "evaluation")
+            t = np.array([v for v, e in zip(y, ev, strict=True) if e])
+            if min((t == 1).sum(), (t == 0).sum()) < 2:  # DeLong's variance needs two of each class
+                continue
+            for a, b in combinations(ok, 2):
+                d = delong_test(oriented[a, n][ev], oriented[b, n][ev], t)
+                out.append({"label": label, "n_gen": n, "a": a, "b": b, "auc_a": d.auc_a, "auc_b": d.auc_b,
+                            "diff": d.diff, "p_value": d.p_value})
+    return out
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+
+def _records(subject, split, labels: dict, scores: dict) -> list[dict]:
+    planted, measured = labels.get("planted"), labels.get("measured")
+    out = []
+    for (name, n), s in scores.items():
+        for j, p in enumerate(subject.prompts):
+            out.append({"prompt_id": p.id, "prompt": p.text, "split": split[j],
+                        "label_planted": None if planted is None else planted[j],
+                        "label_measured": None if measured is None else measured[j], "kind": p.kind,
+                        "m": p.meta.get("m"), "detector": name, "n_gen": n, "score": float(s[j])})
+    return out
+
+
+def write_csv(path: Path, records: Sequence[dict], columns: Sequence[str] = CSV_COLUMNS) -> Path:
+    """A CSV of ``records`` with exactly ``columns`` (default ``scores.csv``'s), empty cells for missing values and
+    floats written exactly (pandas and the csv module load it as is)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: ("" if r[k] is None else (repr(r[k]) if isinstance(r[k], float) else r[k])) for k in columns})
+    return atomic_write_text(path, buf.getvalue())
+
+
+def _label_info(subject, dets, labels, n_label, label_guidance, base_seed, out, chunk_size, tally) -> tuple:
+    values = {}
+    info = {"planted": {"positive_kinds": list(POSITIVE_KINDS), "negative_kinds": list(NEGATIVE_KINDS),
+                        "other_kinds": "left out"}}
+    if "planted" in labels:
+        values["planted"] = [planted_label(p) for p in subject.prompts]
+    if "measured" in labels:
+        w, seeds = _label_guidance(dets, label_guidance), generation_seeds(n_label, base_seed)
+        rates, costs = _measured(subject, out, seeds, w, chunk_size, tally)
+        values["measured"] = [int(r >= MEASURED_RATE) for r in rates]
+        info["measured"] = {"rule": f"copy rate >= {MEASURED_RATE} over the generations; a copy: NN ratio <= 1/3 "
+                                    "over the distinct references, a1 the paired image when there is one",
+                            "guidance": w, "steps": subject.steps, "seeds": seeds,
+                            "nfe": sum(c.nfe for c in costs), "seconds": sum(c.seconds for c in costs)}
+    for k, v in values.items():
+        info[k] = {**info.get(k, {}), "positives": sum(x == 1 for x in v), "negatives": sum(x == 0 for x in v)}
+    return values, info
+
+
+def run_detection(subject: Subject, detectors: Sequence[str | Detector] | None = None, *,
+                  n_gen: Sequence[int] = (1, 4), base_seed: int = 0, out: str | Path,
+                  labels: Sequence[str] = LABELS, n_label: int = 4, label_guidance: float | None = None,
+                  chunk_size: int = 16, n_boot: int = 2000,
+                  progress: Callable[[str], None] | None = None) -> DetectionRun:
+    """Score every prompt of ``subject`` with every detector at each n, label, calibrate, evaluate; write ``out``.
+
+    Args:
+        subject: the model and its prompts (kinds, ``meta["m"]``, ``meta["split"]`` are the ground truth).
+        detectors: registry names or instances (None: every registered detector).
+        n_gen: generations per prompt; generation j uses seed ``base_seed + j``.
+        labels: any of ``planted`` and ``measured``; ``n_label`` generations at ``label_guidance`` (default:
+            the detectors' common CFG weight) decide the measured label.
+        chunk_size: prompts per unit (the checkpoint granularity).
+        n_boot: bootstrap resamples of the AUC interval.
+    Returns:
+        A :class:`DetectionRun`; ``out`` gets ``summary.json``, ``scores.csv`` and ``units/``.
+    """
+    start, out, say = time.perf_counter(), Path(out), progress or (lambda msg: None)
+    if not subject.prompts:
+        raise ValueError(f"subject {subject.name!r} has no prompts to score")
+    if not set(labels) <= set(LABELS) or not labels:
+        raise ValueError(f"labels must be a non-empty subset of {LABELS}, got {list(labels)}")
+    dets, tally = resolve_detectors(detectors), {"computed": 0, "reused": 0, "recomputed": 0}
+    seeds = {n: generation_seeds(n, base_seed) for n in sorted(set(n_gen))}
+    split, how = assign_splits(subject.prompts)
+    split = np.array(split)
+    values, label_info = _label_info(subject, dets, labels, n_label, label_guidance, base_seed, out, chunk_size,
+                                     tally)
+    scores, oriented, rows, skipped = {}, {}, [], []
+    for det in dets:
+        for n, s in seeds.items():
+            try:
+                det.check(subject, subject.prompts, s)
+            except ValueError as err:
+                skipped.append({"detector": det.name, "n_gen": n, "reason": str(err)})
+                continue
+            say(f"{det.name} n={n}")
+            scores[det.name, n], costs = score_units(subject, det, subject.prompts, s, out, chunk_size=chunk_size,
+                                                     tally=tally)
+            oriented[det.name, n] = scores[det.name, n] * (1.0 if det.higher_is_memorized else -1.0)
+            rows += [_row(subject, det.name, n, lab, oriented[det.name, n], values[lab], split, costs, n_boot)
+                     for lab in labels]
+    prov = {"subject": subject.describe(), "detectors": {d.name: d.describe() for d in dets},
+            "seeds": {str(n): s for n, s in seeds.items()}, "base_seed": base_seed, "chunk_size": chunk_size,
+            "n_boot": n_boot, "package": package_version(),
+            "tpr_rule": "conservative: max TPR over thresholds with FPR <= alpha on the evaluation split; "
+                        "tpr_at_1fpr_closest: the ROC point closest to 1 % (side column)",
+            "thresholds": "calibrated per label on the calibration split's negatives (at most floor(alpha N) "
+                          "above), applied to the evaluation split; scores oriented higher = memorized",
+            "scores_csv": "each detector's own score; see detectors[name].higher_is_memorized"}
+    summary = DetectionSummary(tuple(rows), tuple(_delong(rows, oriented, values, split)), tuple(skipped),
+                               label_info, {"how": how, **{str(k): int((split == k).sum()) for k in np.unique(split)}},
+                               dict(tally), prov, time.perf_counter() - start)
+    records = _records(subject, split.tolist(), values, scores)
+    write_csv(out / "scores.csv", records)
+    write_json(out / "summary.json", summary.to_dict())
+    return DetectionRun(summary, tuple(records))
