@@ -1,6 +1,7 @@
-"""Mitigations of memorization that change the model: one-shot attention-head pruning (Ye et al., 2025, Alg. 1-2).
+"""Mitigations of memorization: inference-time remedies, permanent model edits and training-time changes.
 
-Import submodules directly (``diffmem.mitigations.pruning``: score, select, remove, fine-tune, generate on a
-:class:`~diffmem.subject.Subject`; ``prune_table``: the table and its variants; ``prune_backends``: world and
-diffusers inputs); nothing heavy is imported here.
+The protocol and registry are in :mod:`diffmem.mitigations.base`; one method per file. Head pruning (Ye et al.,
+2025, Alg. 1-2): ``pruning`` (score, select, remove, fine-tune, generate on a :class:`~diffmem.subject.Subject`),
+``prune_table`` (the table and its variants), ``prune_backends`` (world and diffusers inputs). Import submodules
+directly; nothing heavy is imported here.
 """
