@@ -34,13 +34,9 @@ LAYER = {pkg: i for i, names in enumerate(LAYERS) for pkg in names}
 
 # (importing module, imported module) pairs allowed until the branch that owns them lands
 PENDING = {
-    ("diffmem.sampling.module_hooks", "diffmem.adapters.attention"),  # moves into diffmem.attention (branch attn)
     ("diffmem.worlds.report", "diffmem"),  # package face inside a function (branch bench)
-    ("diffmem.mitigations.prune_eval", "diffmem"),  # package face inside a function (branch attn)
-    ("diffmem.mitigations.diffusers_table", "diffmem"),  # package face inside a function (branch attn)
 }
-PENDING_LOCAL = ("diffmem.mitigations", "diffmem.cli.prune", "diffmem.cli.train", "diffmem.cli.world_report",
-                 "diffmem.worlds", "diffmem.sampling.module_hooks", "diffmem.adapters.attention")
+PENDING_LOCAL = ("diffmem.cli.train", "diffmem.cli.world_report", "diffmem.worlds")
 # function-local imports of diffmem modules that guard optional heavy dependencies (diffusers)
 LOCAL_ALLOWED = set()
 

@@ -11,7 +11,7 @@ dropout in train mode draws from torch's global RNG).
 
 from __future__ import annotations
 
-import copy
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from diffmem.adapters.dit import DiTAdapter
 from diffmem.adapters.local import check_pipeline_dir
 from diffmem.adapters.pixart import PixArtAdapter
+from diffmem.adapters.subject import rebind_adapter
 from diffmem.similarity.features import file_sha256
 from diffmem.subject import Prompt, Subject, TrainingSet
 from diffmem.types import Cond
@@ -128,15 +129,6 @@ class TrainableTransformer(nn.Module):
         return d.to_eps(d.model_output(x, t.to(x.device), c), x, ab).to(x_t.device)
 
 
-def _rebinder(adapter):
-    def rebind(net: nn.Module):
-        new = copy.copy(adapter)
-        new.pipeline = type(adapter.pipeline)(**{**adapter.pipeline.components, "transformer": net})
-        return new
-
-    return rebind
-
-
 def _prompts(adapter, classes_or_captions: list, table: dict[str, Tensor] | None) -> list[Prompt]:
     if table is None:
         return [Prompt(f"class:{k}", str(k), adapter.labels([k]), "class") for k in classes_or_captions]
@@ -168,7 +160,7 @@ def data_subject(adapter, images: np.ndarray, *, labels: np.ndarray | None = Non
         keys = sorted(set(text))
         cond, null = torch.tensor([keys.index(s) for s in text]), torch.tensor(len(keys))
         table = adapter.encode([*keys, ""])
-    rebind = _rebinder(adapter)
+    rebind = functools.partial(rebind_adapter, adapter)
     subject = Subject(adapter.name, adapter, adapter.model, adapter.latent_shape(), adapter.sampler,
                       _prompts(adapter, keys, table), references=x0,
                       training=TrainingSet(x0, torch.arange(len(x0)), cond, null),
