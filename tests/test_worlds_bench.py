@@ -209,3 +209,37 @@ def test_judge_and_summary_on_known_samples(bench):
     assert trend["own"]["monotone"] and trend["own"]["levels_in_open_unit"] == 0
     assert trend["own"]["spearman"] == pytest.approx(np.corrcoef([0, 1, 2, 3], [0.5, 0.5, 2.5, 2.5])[0, 1])
     assert json.loads(json.dumps(s)) == s  # JSON-ready
+
+
+def test_world_report_of_a_tiny_bench_world(tmp_path, monkeypatch, capsys):
+    from PIL import Image
+
+    from diffmem.cli.main import main
+    from diffmem.worlds.report import world_report
+    from diffmem.worlds.world import load_world
+    from test_training import TINY_MODEL
+
+    monkeypatch.setenv("DIFFMEM_HOME", str(tmp_path / "home"))
+    fields = {k: getattr(SPEC, k) for k in ("planted", "duplicates", "templates", "template_duplicates", "subset",
+                                            "prompts_per_kind")}
+    cfg = default_config("digits-bench", **fields).with_overrides(
+        model=TINY_MODEL, train={"steps": 2, "batch_size": 8, "checkpoint_every": 2, "warmup": 1})
+    world = load_world(cfg, progress=False)
+    s = world_report(world, tmp_path / "r", quick=True, samples=2, steps=2)
+    assert s["weights"] == [1.0, 3.0, 7.5] and s["n_positive"] == 8 * 2 + 3 * 2 and s["n_negative"] == 3 * 2
+    assert len(s["by_duplication"]) == 3 * 2 * 4
+    for row in s["by_duplication"]:
+        assert {"m", "regime", "w", "copy_rate", "n_prompts"} <= set(row) and row["n_prompts"] == 2
+        assert 0 <= row["copy_rate"] <= 1
+    assert set(s["negative_copy_rate"]["7.5"]) >= set(NEGATIVE_KINDS) and set(s["template_copy_rate"]) == {"1", "3",
+                                                                                                            "7.5"}
+    rows = read_manifest(tmp_path / "r/manifest.jsonl")
+    assert len(rows) == 28 and {r["split"] for r in rows} == {"calibration", "evaluation"}
+    masks = json.loads((tmp_path / "r/templates.json").read_text())
+    assert torch.equal(mask_from_hex(masks["masks"]["2"], masks["shape"]), template_mask(world.data, 2))
+    grid = Image.open(tmp_path / "r/grid_w7.5.png")
+    assert grid.size[1] == 14 + 4 + (8 + 3 + 6) * (16 * 4 + 4)  # header + one row per (regime, m), template, negative
+    assert main(["world-report", str(world.directory), "--out", str(tmp_path / "c"), "--quick", "--samples", "1",
+                 "--steps", "1", "--weights", "7.5"]) == 0
+    out = capsys.readouterr().out
+    assert "w= 7.5 shared: m1=" in out and "template masked=" in out
