@@ -1,8 +1,8 @@
 """``diffmem train WORLD``: train an embedded world (or your own images) into the diffmem home cache.
 
-WORLD is a registry name (digits-t2i, digits-dit, custom) or a path to a folder of PNG/JPEG files or an .npz file
-(= the custom world on that data). Training resumes from the last checkpoint after a kill; a finished checkpoint
-is reused. The cache is $DIFFMEM_HOME (default ~/.cache/diffmem).
+WORLD is a registry name (digits-t2i, digits-dit, digits-bench, custom) or a path to a folder of PNG/JPEG files or
+an .npz file (= the custom world on that data). Training resumes from the last checkpoint after a kill; a finished
+checkpoint is reused. The cache is $DIFFMEM_HOME (default ~/.cache/diffmem).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ __all__ = ["add_parser"]
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train an embedded world (or a folder/.npz of images) on CPU",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("world", metavar="WORLD", help="digits-t2i | digits-dit | custom | PATH")
+    p.add_argument("world", metavar="WORLD", help="digits-t2i | digits-dit | digits-bench | custom | PATH")
     p.add_argument("--data", help="custom world: folder of PNG/JPEG files or .npz")
     p.add_argument("--steps", type=int, help="optimizer steps (default: the world's recipe)")
     p.add_argument("--seed", type=int, help="training seed (default 0)")

@@ -1,7 +1,9 @@
 """Embedded worlds with planted memorization: data, trained models and ground truth, built offline on CPU.
 
 Worlds (``diffmem.worlds.registry.WORLDS``): ``digits-t2i`` (text-to-image digits; K images duplicated m times with
-unique captions), ``digits-dit`` (class-conditional DiT on a small subset), ``custom`` (your folder or ``.npz``).
+unique captions), ``digits-dit`` (class-conditional DiT on a small subset), ``digits-bench`` (graded memorization:
+16×16 digit mosaics on a duplication ladder, template groups, hundreds of negatives), ``custom`` (your folder or
+``.npz``).
 ``gmm`` (Gaussian mixtures, Ye et al.) lives in :mod:`diffmem.worlds.gmm`.
 
 Typical use (heavy modules import on first use, so ``import diffmem`` stays light)::

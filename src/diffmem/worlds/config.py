@@ -23,7 +23,7 @@ class WorldSpec:
     """The data of a world and what is planted in it.
 
     Attributes:
-        name: registry key (``digits-t2i``, ``digits-dit``, ``custom``).
+        name: registry key (``digits-t2i``, ``digits-dit``, ``digits-bench``, ``custom``).
         data: ``custom`` only: a folder of PNG/JPEG files or an ``.npz`` file.
         image_size: ``custom`` only: side of the square the images are cropped and resized to (None: keep 8, 16,
             24 or 32 px images as they are, otherwise 16).
@@ -35,6 +35,10 @@ class WorldSpec:
         subset: ``digits-dit`` only: the number n of training images.
         prompts_per_kind: non-planted and novel prompts in the manifest.
         seed: every random choice of the world (which images are planted, held out, …).
+
+    ``digits-bench`` reads the fields as its benchmark design (:mod:`diffmem.worlds.bench`): ``planted`` mosaics
+    per ladder rung and caption regime, ``duplicates`` the top rung m_max, ``subset`` the number of plain mosaics,
+    ``prompts_per_kind`` prompts per negative subtype, ``heldout`` the fraction of digits never trained on.
     """
 
     name: str = "digits-t2i"

@@ -27,7 +27,7 @@ from diffmem.io import atomic_write_text
 
 __all__ = ["WorldData", "PROMPT_KINDS", "check_manifest_row", "write_manifest", "read_manifest", "fingerprint"]
 
-PROMPT_KINDS = ("planted", "template", "nonplanted", "novel", "class", "null")
+PROMPT_KINDS = ("planted", "template", "nonplanted", "novel", "class", "null", "ladder", "nonduplicated", "heldout")
 _FIELDS = {"prompt": str, "kind": str, "paired_ids": list, "label": (int, type(None))}
 
 

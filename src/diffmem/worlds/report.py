@@ -31,7 +31,7 @@ from diffmem.worlds.data import write_manifest
 from diffmem.worlds.grids import save_grid
 from diffmem.worlds.world import World, load_world
 
-__all__ = ["world_report", "WorldReport", "WEIGHTS", "report_rows"]
+__all__ = ["world_report", "WorldReport", "WEIGHTS", "report_rows", "generate_samples"]
 
 WEIGHTS = (0.0, 1.0, 4.0, 7.5)
 _KINDS = ("planted", "template", "nonplanted", "novel", "class", "null")
@@ -53,7 +53,7 @@ def report_rows(prompts, quick: bool, per_kind: int = 8) -> list[dict]:
     return [r for k in _KINDS for r in [p for p in prompts if p["kind"] == k][:per_kind]]
 
 
-def _generate(world: World, rows, n: int, steps: int, w: float, seed: int, batch: int) -> Tensor:
+def generate_samples(world: World, rows, n: int, steps: int, w: float, seed: int, batch: int) -> Tensor:
     from diffmem import Constant, Recorder, SeededNoise, sample
 
     grid = world.grid(steps)
@@ -142,16 +142,24 @@ def _grid(world: World, rows, x0: Tensor, path: Path, per_kind: int = 8, cols: i
 
 
 def world_report(world: str | World = "digits-t2i", out: str | Path = "world-report", *, quick: bool = False,
-                 samples: int | None = None, weights=WEIGHTS, steps: int | None = None, seed: int = 0,
+                 samples: int | None = None, weights=None, steps: int | None = None, seed: int = 0,
                  batch_size: int = 1000, progress: bool = True) -> dict:
     """Sample every manifest prompt at each weight, measure copying and alignment, write the report to ``out``.
 
     ``quick``: 8 prompts per kind and 4 samples (defaults: all prompts, 10 samples), 50 DDIM steps either way:
     with fewer steps strong guidance overshoots (digits-t2i planted copies at w = 7.5: 0.125 with 20 steps, 0.69
     with 30, 1.0 with 50).
+    ``weights`` default to :data:`WEIGHTS`. A world with a duplication ladder (``digits-bench``) gets the graded
+    report of :func:`diffmem.worlds.bench_report.bench_report` instead (default w = 1, 3, 7.5).
     Trains the world first when no finished checkpoint exists. Returns the summary dict (``summary.json``)."""
     t0 = time.perf_counter()
     world = world if isinstance(world, World) else load_world(world, progress=progress)
+    if "ladder" in world.data.meta:
+        from diffmem.worlds.bench_report import bench_report
+
+        return bench_report(world, out, quick=quick, samples=samples, weights=weights, steps=steps, seed=seed,
+                            batch_size=batch_size)
+    weights = WEIGHTS if weights is None else weights
     n, steps = samples or (4 if quick else 10), steps or 50
     if n < 1 or steps < 1 or not weights:
         raise ValueError(f"need samples >= 1, steps >= 1 and some weights, got {n}, {steps}, {weights!r}")
@@ -159,7 +167,7 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     clf, clf_info = _classifier(world)
     per_w, arrays = {}, {}
     for w in weights:
-        x0 = _generate(world, rows, n, steps, float(w), seed, batch_size)
+        x0 = generate_samples(world, rows, n, steps, float(w), seed, batch_size)
         per_w[f"{w:g}"] = {**_metrics(world, rows, x0, clf), "samples": x0.shape[0] * x0.shape[1]}
         arrays[f"w{w:g}"] = x0
         _grid(world, rows, x0, out / f"grid_w{w:g}.png")
