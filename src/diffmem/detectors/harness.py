@@ -219,10 +219,9 @@ def _label_guidance(dets: Sequence[Detector], given: float | None) -> float:
     if given is not None:
         return float(given)
     ws = sorted({float(d.guidance) for d in dets if hasattr(d, "guidance")})
-    if len(ws) > 1:
-        raise ValueError(f"the detectors sample at different CFG weights {ws}; pass label_guidance for the "
-                         "measured labels")
-    return ws[0] if ws else 7.5
+    # detectors that probe at another weight (NeMo's screen runs unguided) do not redefine what a copy is: the
+    # measured label is judged at the common benchmark weight w = 7.5 (Jeon et al., 2025's protocol) unless given
+    return ws[0] if len(ws) == 1 else 7.5
 
 
 # --- metrics -------------------------------------------------------------------------------------------------------
