@@ -26,6 +26,12 @@ Fields of :class:`~diffmem.worlds.config.WorldSpec` as this world reads them: ``
 regime, ``duplicates`` the top rung m_max (a power of two), ``templates`` G groups of ``template_duplicates``
 composites, ``subset`` the number of plain mosaics, ``prompts_per_kind`` prompts per negative subtype,
 ``heldout`` the fraction of the 1,797 digits never trained on, ``seed`` every random choice.
+
+Measured on the shipped checkpoint (8,000 steps, one thread: 1,188 CPU-s; ``diffmem world-report digits-bench``,
+10 seeds, 50 DDIM steps): at w = 7.5 the ladder's copy rate is 0 up to m = 8, then 0.28 / 0.90 / 0.99 / 1.00 at
+m = 16 / 32 / 64 / 128 with own captions and 0.94 / 0.98 / 1.00 / 1.00 with a shared caption (mean SSIM to the
+paired image rises smoothly, 0.42 → 0.98); template prompts copy the template region in 70 % of samples and the
+whole image in none; non-duplicated training captions copy 0.5 %, held-out captions never copy their image.
 """
 
 from __future__ import annotations
