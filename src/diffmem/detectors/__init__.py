@@ -5,6 +5,8 @@ Importing this package registers every detector; see :mod:`diffmem.detectors.bas
 
 from diffmem.detectors import (  # noqa: F401  (registers)
     anisotropy,
+    attention_entropy,
+    bright_ending,
     complexity,
     cross_seed,
     early_derivative,
