@@ -1,7 +1,8 @@
 """Every registered detector runs unchanged on a tiny random Stable Diffusion and PixArt (no meaning claimed).
 
 The subjects are built as ``diffmem detect --model`` builds them (:func:`diffmem.adapters.subject.adapter_subject`):
-a few prompts paired with images, 5 steps (wen-steps5 reads five), 2 generations; the calibrated detectors are fitted on other seeds.
+a few prompts paired with images, 5 steps (wen-steps5 reads five), 2 generations; the calibrated detectors are
+fitted on other seeds.
 """
 
 import numpy as np
