@@ -139,3 +139,23 @@ def test_end_token_map_reads_each_rows_own_end_token():
     probs[0, 1, :, 2] = torch.tensor([5.0, 6.0, 7.0, 8.0])
     m = end_token_map({"a": probs, "b": 3 * probs}, torch.tensor([1, 2]), (1, 2, 2))
     assert m.tolist() == [[[2.0, 4.0], [6.0, 8.0]], [[10.0, 12.0], [14.0, 16.0]]]
+
+
+def test_ren_le_on_digits_t2i_ranks_caption_length_before_memorization(tmp_path_factory):
+    """The declared direction (higher = memorized, the reference code's) is not confirmed on digits-t2i: planted
+    captions have 6 tokens and the negatives 7 or 8, and the entropy over L tokens is at most log L, so LE puts every
+    planted prompt below every negative (AUC 0.0 measured at n = 4, 20 steps; 0.43 on the two 6-token negatives)."""
+    from diffmem.evaluation.detection import roc_auc
+    from diffmem.worlds.subject import world_subject
+    from diffmem.worlds.world import load_world
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIFFMEM_HOME", str(tmp_path_factory.mktemp("home")))
+        world = load_world("digits-t2i", progress=False)
+    subject = world_subject(world, steps=20)
+    pos = [p for p in subject.prompts if p.kind == "planted"]
+    neg = [p for p in subject.prompts if p.kind == "nonplanted"]
+    length = lambda p: int(p.cond.c["mask"].sum())  # noqa: E731
+    assert max(map(length, pos)) < min(map(length, neg))
+    scores = make_detector("ren-le").score(subject, pos + neg, [0, 1])
+    assert roc_auc(scores, np.array([1] * len(pos) + [0] * len(neg))) < 0.1

@@ -10,7 +10,10 @@ reference code (``renjie3/MemAttn`` ``detect.py``) computes them:
   E^sum = −Σ_{i ≥ end} ā_i log ā_i over the summary tokens (end token and padding) of the *same* ā (not
   renormalised, no absolute value: the reference code, where Jeon et al. write |·|); every layer; 2T NFE.
 
-Direction: higher = memorized for both (the reference scores its memorized set with the raw statistic).
+Direction: higher = memorized for both, as the reference code scores its memorized set with the raw statistic. Not
+confirmed on digits-t2i: there the planted captions are shorter (6 tokens against 7–8) and E ≤ log L, so LE and AE
+rank every planted prompt *below* every negative (AUC 0.0, 20 planted vs 20 non-planted, n = 4, 20 steps); on the two
+negatives of planted length LE gives 0.43 and AE 0.65 — no sign is established there.
 """
 
 from __future__ import annotations
