@@ -159,3 +159,13 @@ def test_ren_le_on_digits_t2i_ranks_caption_length_before_memorization(tmp_path_
     assert max(map(length, pos)) < min(map(length, neg))
     scores = make_detector("ren-le").score(subject, pos + neg, [0, 1])
     assert roc_auc(scores, np.array([1] * len(pos) + [0] * len(neg))) < 0.1
+
+
+@pytest.mark.parametrize("name, nfe", [("ren-le", lambda T: 2), ("ren-ae", lambda T: 2 * T),
+                                       ("chen-be", lambda T: 2 * T)])
+def test_cost_per_generation(text_world, name, nfe):
+    from diffmem.detectors.counting import measure
+
+    _, subject = text_world
+    _, cost = measure(make_detector(name), subject, subject.prompts[:2], [0, 1])
+    assert cost.nfe == 2 * 2 * nfe(subject.steps) and cost.jvp == cost.vjp == 0  # 2 prompts × 2 generations
