@@ -14,6 +14,10 @@ negatives at FPR 1 % and 0.1 % and applied to the evaluation split (realised TPR
 rung m of the planted kinds); DeLong p-values between detectors at equal n. Scores are oriented by each detector's
 declared direction before any metric; ``scores.csv`` keeps each detector's own score.
 
+A detector that needs calibration (a fitted band, say) is fitted first on the calibration split's planted negatives,
+over ``n_fit`` generations whose seeds follow every scoring and label seed (none is shared); the fit is a unit too,
+and ``provenance["calibration_fits"]`` records its prompts and seeds.
+
 Writes ``summary.json`` (:class:`DetectionSummary`, with ``rows``) and ``scores.csv`` (:data:`CSV_COLUMNS`).
 """
 
