@@ -55,9 +55,9 @@ def test_audit_cli_ranks_escalates_and_compares(world, tmp_path, capsys):
     assert all((tmp_path / "a/samples" / r["sample"].split("/")[-1]).exists() for r in top)
 
 
-def test_model_flag_is_not_wired_yet(tmp_path, capsys):
+def test_a_model_directory_without_a_pipeline_is_refused_in_one_line(tmp_path, capsys):
     assert main(["detect", "--model", str(tmp_path), "--prompts", "p.jsonl", "--out", str(tmp_path / "o")]) == 2
-    assert "not yet available" in capsys.readouterr().err
+    assert "has no model_index.json" in capsys.readouterr().err
 
 
 def test_detect_dry_run_prints_the_settings(world, tmp_path, capsys):
@@ -66,3 +66,49 @@ def test_detect_dry_run_prints_the_settings(world, tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert printed["detectors"] == ["wen-step1"] and printed["n_gen"] == [1]
     assert not (tmp_path / "summary.json").exists()
+
+
+@pytest.fixture(scope="module")
+def sd_model(tmp_path_factory):
+    """A tiny random Stable Diffusion directory and a four-prompt manifest with images (two planted)."""
+    pytest.importorskip("diffusers")
+    pytest.importorskip("transformers")
+    from PIL import Image
+
+    from diffusers_tiny import tiny_sd_pipeline
+
+    root = tmp_path_factory.mktemp("sd")
+    tiny_sd_pipeline().save_pretrained(root / "model")
+    g = np.random.default_rng(0)
+    lines = []
+    for i, text in enumerate(["a cat", "the dog sat", "a cat on the mat", "the mat"]):
+        Image.fromarray(g.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"{i}.png")
+        lines.append(json.dumps({"id": f"p{i}", "prompt": text, "image": f"{i}.png",
+                                 "kind": "planted" if i < 2 else "nonplanted"}))
+    (root / "prompts.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_detect_and_audit_take_a_local_diffusers_model(sd_model, tmp_path, capsys):
+    base = ["--model", str(sd_model / "model"), "--prompts", str(sd_model / "prompts.jsonl"), "--steps", "2",
+            "--threads", "1", "--no-progress"]
+    args = ["detect", *base, "--out", str(tmp_path / "d"), "--detectors", "wen-step1,ren-le", "--n-gen", "1",
+            "--labels", "planted"]
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "d/summary.json").read_text())
+    assert summary["provenance"]["subject"]["n_prompts"] == 4
+    assert {r["detector"] for r in summary["rows"]} == {"wen-step1", "ren-le"}
+    assert main(["audit", *base, "--out", str(tmp_path / "a"), "--fraction", "0.5", "--threshold", "0.0"]) == 0
+    assert len(json.loads((tmp_path / "a/audit.json").read_text())["rows"]) == 4
+    capsys.readouterr()
+
+
+def test_model_kind_comes_from_the_pipeline_class(sd_model, tmp_path):
+    from diffmem.cli.detect import model_kind, model_subject
+
+    assert model_kind(sd_model / "model") == "sd"
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "DiTPipeline"}))
+    with pytest.raises(ValueError, match="text-to-image pipeline"):
+        model_kind(tmp_path)
+    with pytest.raises(ValueError, match="needs --prompts"):
+        model_subject(str(sd_model / "model"), None, steps=2)

@@ -155,3 +155,43 @@ def test_detection_rate_by_rung_at_the_calibrated_threshold(oracle, tmp_path):
     split, _ = assign_splits(subject.prompts)
     n_eval = sum(s == "evaluation" and y == 1 for s, y in zip(split, planted, strict=True))
     assert list(by_m) == ["planted:1"] and by_m["planted:1"][1] == n_eval and by_m["planted:1"][0] > 0.9
+
+
+def test_calibrated_detectors_are_fitted_on_calibration_negatives_with_their_own_seeds(oracle, tmp_path):
+    subject, _ = oracle
+    run = _run(subject, tmp_path, detectors=["chen-stability-band", "wen-step1"], n_fit=3)
+    fit = run.summary.provenance["calibration_fits"]
+    assert list(fit) == ["chen-stability-band"]
+    split = dict(zip([p.id for p in subject.prompts], assign_splits(subject.prompts)[0], strict=True))
+    ids = {p.id for p in subject.prompts if split[p.id] == "calibration" and planted_label(p) == 0}
+    assert set(fit["chen-stability-band"]["prompts"]) == ids
+    # after every scoring (n = 1, 2) and label (2) seed: base_seed + 2, + 3, + 4
+    assert fit["chen-stability-band"]["seeds"] == [2, 3, 4]
+    params = run.summary.provenance["detectors"]["chen-stability-band"]["params"]
+    assert params["n_calibration_"] == 3 * len(ids) and run.summary.row("chen-stability-band", 1).auc is not None
+    again = _run(subject, tmp_path, detectors=["chen-stability-band", "wen-step1"], n_fit=3)  # the fit is a unit
+    assert again.summary.units["computed"] == 0 and again.summary.rows == run.summary.rows
+
+
+def test_template_prompts_are_judged_on_their_region_by_the_given_rule(oracle):
+    from diffmem.detectors.labels import copy_judgement, template_mask
+    from diffmem.similarity.criteria import nn_ratio
+
+    subject, _ = oracle
+    shape = subject.state_shape
+    mask = torch.zeros(shape, dtype=torch.bool)
+    mask[..., :4, :] = True
+    hexed = np.packbits(mask.flatten().numpy().astype(np.uint8)).tobytes().hex()
+    p = subject.prompts[0]
+    tp = replace(p, meta={**p.meta, "template_mask": hexed})
+    assert torch.equal(template_mask(tp, shape), mask) and template_mask(p, shape) is None
+    calls = []
+
+    def region(x, refs, m):  # the whole-image ratio on the region's pixels only
+        calls.append(m)
+        return nn_ratio(x[:, m], refs[:, m])
+
+    got = copy_judgement(subject, [tp, p], [0, 1], guidance=7.5, region_rule=region)
+    assert got["judged"] == ["region", "whole"] and len(calls) == 1 and torch.equal(calls[0], mask)
+    plain = copy_judgement(subject, [tp, p], [0, 1], guidance=7.5, region_rule=None)
+    assert plain["judged"] == ["whole: no region rule", "whole"] and plain["ratio"][1] == got["ratio"][1]

@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from diffmem.adapters.subject import ADAPTER_KINDS, diffusers_subject
 from diffmem.detectors.harness import DetectionSummary, resolve_detectors, run_detection
 from diffmem.subject import Subject
 from diffmem.worlds.subject import world_subject
@@ -69,14 +70,16 @@ def add_parser(sub) -> None:
 
 
 def subject_from_args(args) -> Subject:
-    """The subject of ``--world`` (all prompts; at most ``QUICK["per_kind"]`` per kind with ``--quick``)."""
+    """The subject of ``--world`` or ``--model``/``--prompts`` (all prompts; at most ``QUICK["per_kind"]`` per kind
+    with ``--quick``)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model is not None:
-        return model_subject(args.model, args.prompts, steps=args.steps)
-    if args.prompts is not None:
+        subject = model_subject(args.model, args.prompts, steps=args.steps)
+    elif args.prompts is not None:
         raise ValueError("--prompts goes with --model; a --world brings its own prompts")
-    subject = world_subject(load_world(args.world, progress=not args.no_progress), steps=args.steps)
+    else:
+        subject = world_subject(load_world(args.world, progress=not args.no_progress), steps=args.steps)
     if args.quick:  # at most per_kind prompts of each kind, rung and caption regime, in manifest order
         strata: dict[tuple, list[str]] = {}
         for p in subject.prompts:
@@ -86,12 +89,24 @@ def subject_from_args(args) -> Subject:
     return subject
 
 
+def model_kind(model: str | Path) -> str:
+    """The adapter kind (``sd``, ``pixart``) of a local diffusers directory, from its ``model_index.json``."""
+    index = Path(model) / "model_index.json"
+    if not index.is_file():
+        raise ValueError(f"--model {str(model)!r} has no model_index.json; give a local diffusers pipeline directory")
+    name = json.loads(index.read_text(encoding="utf-8")).get("_class_name")
+    for kind, adapter in ADAPTER_KINDS.items():
+        if name in adapter.pipeline_classes:
+            return kind
+    known = sorted(c for a in ADAPTER_KINDS.values() for c in a.pipeline_classes)
+    raise ValueError(f"--model {str(model)!r} is a {name!r}; detect and audit take a text-to-image pipeline: {known}")
+
+
 def model_subject(model: str, prompts: str | None, *, steps: int) -> Subject:
     """A local diffusers model with a prompt manifest as a subject (the one place ``--model`` is wired)."""
     if prompts is None:
-        raise ValueError("--model needs --prompts FILE (a JSONL manifest)")
-    raise ValueError("--model is not yet available: the diffusers subject builder (diffmem.adapters.subject) has "
-                     "not landed; use --world")
+        raise ValueError("--model needs --prompts FILE (a JSONL manifest: prompt, image, optional id, kind, split, m)")
+    return diffusers_subject(model, prompts, steps=steps, kind=model_kind(model))
 
 
 def wide_console() -> Console:

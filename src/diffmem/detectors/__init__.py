@@ -5,6 +5,8 @@ Importing this package registers every detector; see :mod:`diffmem.detectors.bas
 
 from diffmem.detectors import (  # noqa: F401  (registers)
     anisotropy,
+    attention_entropy,
+    bright_ending,
     complexity,
     cross_seed,
     early_derivative,
@@ -16,6 +18,6 @@ from diffmem.detectors import (  # noqa: F401  (registers)
     stability_band,
     tiled_l2,
 )
-from diffmem.detectors.base import REGISTRY, Detector, PerGeneration, make_detector, register
+from diffmem.detectors.base import REGISTRY, CrossGeneration, Detector, PerGeneration, make_detector, register
 
-__all__ = ["REGISTRY", "Detector", "PerGeneration", "make_detector", "register"]
+__all__ = ["REGISTRY", "Detector", "PerGeneration", "CrossGeneration", "make_detector", "register"]

@@ -1,45 +1,21 @@
 """Shared plumbing of the cross-generation and image-based detectors (NeMo, Carlini, Webster, Kim, complexity).
 
-A cross-generation statistic needs every generation of a prompt at once, so :class:`CrossGeneration` batches whole
-prompts (``batch_size // n`` prompts of n generations per run of the one loop); :func:`run_generations` builds the
-prompt-major batch (row i·n + j = prompt i, seed j) and :func:`images` turns states into pixels in [−1, 1].
+A cross-generation statistic (:class:`~diffmem.detectors.base.CrossGeneration`) needs every generation of a prompt at
+once; :func:`run_generations` builds the prompt-major batch (row i·n + j = prompt i, seed j) and :func:`images`
+turns states into pixels in [−1, 1].
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from diffmem.detectors.base import Detector, repeat_cond
+from diffmem.detectors.base import repeat_cond
 from diffmem.subject import Prompt, Subject
 
-__all__ = ["CrossGeneration", "run_generations", "as_images", "images", "pair_mean"]
-
-
-@dataclass(frozen=True)
-class CrossGeneration(Detector):
-    """A detector whose statistic compares the generations of one prompt (defined for n ≥ 2).
-
-    Attributes:
-        batch_size: (prompt, generation) rows per run of the loop; whole prompts are kept together.
-    """
-
-    min_generations = 2
-    batch_size: int = 64
-
-    def score_prompts(self, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int]) -> Tensor:
-        """Scores [p] of a chunk of prompts, each from all its generations ``seeds``."""
-        raise NotImplementedError  # pragma: no cover - interface
-
-    def score(self, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int]) -> np.ndarray:
-        self.check(subject, prompts, seeds)
-        per = max(1, self.batch_size // len(seeds))
-        chunks = [self.score_prompts(subject, prompts[k:k + per], seeds) for k in range(0, len(prompts), per)]
-        return torch.cat(chunks).double().cpu().numpy()
+__all__ = ["run_generations", "as_images", "images", "pair_mean"]
 
 
 def run_generations(subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int], **sample_kw):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffmem.detectors.base import PerGeneration, eps_difference, register
-from diffmem.detectors.probes import initial_states, over_batches, upcast
+from diffmem.detectors.probes import initial_states, upcast
 from diffmem.subject import Prompt, Subject
 from diffmem.types import Cond, concat_cond
 
@@ -127,4 +127,4 @@ class Anisotropy(PerGeneration):
             norm, cos = self.terms(subject, cond, batch_seeds)
             return self.gamma_norm * norm.double() + self.gamma_cos * cos.double()
 
-        return over_batches(self, subject, prompts, seeds, combined)
+        return self.over_batches(subject, prompts, seeds, combined)

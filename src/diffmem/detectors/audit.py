@@ -17,12 +17,11 @@ unit keeps the cost measured when it was made; samples already on disk are not r
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ from diffmem.detectors.base import Detector, generation_seeds, make_detector
 from diffmem.detectors.counting import measure_call
 from diffmem.detectors.harness import score_units, write_csv
 from diffmem.io import read_arrays, read_json, write_arrays, write_json
-from diffmem.results import package_version
+from diffmem.results import Record, package_version
 from diffmem.sampling.trajectory import Recorder
 from diffmem.similarity.criteria import nn_ratio
 from diffmem.subject import Prompt, Subject
@@ -46,7 +45,7 @@ AUDIT_COLUMNS = ("rank", "prompt_id", "prompt", "verdict", "score", "screen_scor
 
 
 @dataclass(frozen=True)
-class AuditRow:
+class AuditRow(Record):
     """One prompt of the ranked table. Scores are oriented (higher = memorized); ``score`` is the expensive
     detector's (None when not escalated); ``nearest_ref`` is the row of the nearest reference (files in sorted
     order) and ``nearest_ratio`` its nearest-neighbour ratio (a copy at ≤ 1/3)."""
@@ -64,7 +63,7 @@ class AuditRow:
 
 
 @dataclass(frozen=True)
-class AuditResult:
+class AuditResult(Record):
     """The ranked rows, the NFE spent (and the full-cost comparison when asked for) and provenance."""
 
     rows: tuple[AuditRow, ...]
@@ -77,14 +76,6 @@ class AuditResult:
     full: dict | None
     seconds: float
     provenance: dict
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AuditResult:
-        kw = {f.name: d[f.name] for f in fields(cls)}
-        return cls(**{**kw, "rows": tuple(AuditRow(**r) for r in d["rows"])})
 
 
 def threshold_from_summary(path: str | Path, detector: str, n_gen: int, *, label: str = "planted",

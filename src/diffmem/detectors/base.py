@@ -19,7 +19,7 @@ Register a new detector with :func:`register` in its own file and import that fi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import ClassVar
 
@@ -30,8 +30,8 @@ from torch import Tensor
 from diffmem.subject import Prompt, Subject
 from diffmem.types import Cond
 
-__all__ = ["Detector", "PerGeneration", "REGISTRY", "register", "make_detector", "NEEDS", "repeat_cond",
-           "generation_seeds"]
+__all__ = ["Detector", "PerGeneration", "CrossGeneration", "REGISTRY", "register", "make_detector", "NEEDS",
+           "repeat_cond", "generation_seeds", "eps_difference"]
 
 # what a detector may need beyond a prompt and the model's forward pass
 NEEDS = frozenset({"trajectory", "attention", "jvp", "vjp", "decode", "references", "paired_image",
@@ -50,6 +50,9 @@ class Detector:
         higher_is_memorized: the declared direction.
         needs: subset of :data:`NEEDS`.
         min_generations: the fewest generations its statistic is defined for (cross-seed statistics need 2).
+        control: a control that should *fail* (complexity only): reported, never expected to separate.
+
+    A detector that needs ``"calibration"`` is fitted first: :meth:`fit` returns a copy with its fitted fields set.
     """
 
     name: ClassVar[str] = ""
@@ -57,6 +60,14 @@ class Detector:
     higher_is_memorized: ClassVar[bool] = True
     needs: ClassVar[frozenset] = frozenset()
     min_generations: ClassVar[int] = 1
+    control: ClassVar[bool] = False
+
+    def fit(self, subject: Subject, negative_prompts: Sequence[Prompt], seeds: Sequence[int]) -> Detector:
+        """This detector calibrated on the generations ``seeds`` of non-memorized prompts (a detector that needs
+        no calibration returns itself)."""
+        if "calibration" in self.needs:  # pragma: no cover - interface
+            raise NotImplementedError(f"detector {self.name!r} needs calibration but implements no fit")
+        return self
 
     def score(self, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int]) -> np.ndarray:
         """One score per prompt [P] (float64, in the declared direction) from the generations ``seeds``."""
@@ -101,6 +112,38 @@ class PerGeneration(Detector):
         for k in range(0, len(pairs), self.batch_size):
             chunk = pairs[k:k + self.batch_size]
             yield [i for i, _ in chunk], [s for _, s in chunk]
+
+    def over_batches(self, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int],
+                     statistic: Callable[..., Tensor], *, with_index: bool = False) -> Tensor:
+        """Scores [P, G] (float64): ``statistic(cond, seeds)`` → [b] on each batch of (prompt, generation) pairs
+        (``statistic(cond, seeds, prompt_indices)`` with ``with_index``)."""
+        parts = []
+        for index, batch_seeds in self.batches(prompts, seeds):
+            args = (repeat_cond(subject, prompts, index), batch_seeds) + ((index,) if with_index else ())
+            parts.append(statistic(*args).double().cpu())
+        return torch.cat(parts).view(len(prompts), len(seeds))
+
+
+@dataclass(frozen=True)
+class CrossGeneration(Detector):
+    """A detector whose statistic compares the generations of one prompt (defined for n ≥ 2).
+
+    Attributes:
+        batch_size: (prompt, generation) rows per run of the loop; whole prompts are kept together.
+    """
+
+    min_generations = 2
+    batch_size: int = 64
+
+    def score_prompts(self, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int]) -> Tensor:
+        """Scores [p] of a chunk of prompts, each from all its generations ``seeds``."""
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def score(self, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int]) -> np.ndarray:
+        self.check(subject, prompts, seeds)
+        per = max(1, self.batch_size // len(seeds))
+        chunks = [self.score_prompts(subject, prompts[k:k + per], seeds) for k in range(0, len(prompts), per)]
+        return torch.cat(chunks).double().cpu().numpy()
 
 
 def repeat_cond(subject: Subject, prompts: Sequence[Prompt], index: Sequence[int]) -> Cond:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffmem.detectors._generations import CrossGeneration, as_images, pair_mean, run_generations
-from diffmem.detectors.base import register
+from diffmem.detectors._generations import as_images, pair_mean, run_generations
+from diffmem.detectors.base import CrossGeneration, register
 from diffmem.sampling.trajectory import Recorder
 from diffmem.similarity.ssim import pairwise_ms_ssim, pairwise_ssim
 from diffmem.subject import Prompt, Subject

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from diffmem.detectors.base import PerGeneration, register
-from diffmem.detectors.probes import guided_states, over_batches, upcast
+from diffmem.detectors.probes import guided_states, upcast
 from diffmem.sampling.guidance import Window
 from diffmem.sampling.trajectory import Recorder
 from diffmem.subject import Prompt, Subject
@@ -71,7 +71,7 @@ class Metric2(PerGeneration):
             states, ts, _ = guided_states(subject, cond, batch_seeds, 1, steps=self.steps)
             return metric2_gradient(subject, states[0], ts[0], cond).flatten(1).square().sum(1)
 
-        return over_batches(self, subject, prompts, seeds, m2)
+        return self.over_batches(subject, prompts, seeds, m2)
 
 
 @register
@@ -101,7 +101,7 @@ class DSM01(PerGeneration):
                                   recorder=Recorder(keep=("eps_c",)))
             return dsm(traj.eps_c, self.frm)
 
-        return over_batches(self, subject, prompts, seeds, jump)
+        return self.over_batches(subject, prompts, seeds, jump)
 
 
 @register

@@ -14,6 +14,10 @@ negatives at FPR 1 % and 0.1 % and applied to the evaluation split (realised TPR
 rung m of the planted kinds); DeLong p-values between detectors at equal n. Scores are oriented by each detector's
 declared direction before any metric; ``scores.csv`` keeps each detector's own score.
 
+A detector that needs calibration (a fitted band, say) is fitted first on the calibration split's planted negatives,
+over ``n_fit`` generations whose seeds follow every scoring and label seed (none is shared); the fit is a unit too,
+and ``provenance["calibration_fits"]`` records its prompts and seeds.
+
 Writes ``summary.json`` (:class:`DetectionSummary`, with ``rows``) and ``scores.csv`` (:data:`CSV_COLUMNS`).
 """
 
@@ -25,7 +29,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from pathlib import Path
 
@@ -37,6 +41,7 @@ from diffmem.detectors.labels import (
     MEASURED_RATE,
     NEGATIVE_KINDS,
     POSITIVE_KINDS,
+    REGION_RULE,
     assign_splits,
     copy_judgement,
     planted_label,
@@ -52,7 +57,7 @@ from diffmem.evaluation.detection import (
     tpr_at_fpr_closest,
 )
 from diffmem.io import atomic_write_text, read_json, write_json
-from diffmem.results import package_version
+from diffmem.results import Record, package_version
 from diffmem.subject import Prompt, Subject
 
 __all__ = ["run_detection", "DetectionRun", "DetectionSummary", "DetectionRow", "CSV_COLUMNS", "LABELS",
@@ -65,7 +70,7 @@ FPRS = (0.01, 0.001)
 
 
 @dataclass(frozen=True)
-class DetectionRow:
+class DetectionRow(Record):
     """One detector at n generations against one label, on the evaluation split.
 
     ``auc``… are None when the evaluation split lacks a class (``status`` says why). Cost fields are per generation
@@ -90,9 +95,13 @@ class DetectionRow:
     detection_by_m: dict = field(default_factory=dict)  # "kind:m[:regime]" -> [rate, n] at the calibrated 1 %
     status: str = "ok"
 
+    def __post_init__(self):
+        if self.auc_ci is not None:  # JSON gives a list back
+            object.__setattr__(self, "auc_ci", tuple(self.auc_ci))
+
 
 @dataclass(frozen=True)
-class DetectionSummary:
+class DetectionSummary(Record):
     """Everything ``summary.json`` holds: the rows, paired tests, skipped runs, labels, split and provenance."""
 
     rows: tuple[DetectionRow, ...]
@@ -103,19 +112,6 @@ class DetectionSummary:
     units: dict
     provenance: dict
     seconds: float
-
-    def to_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> DetectionSummary:
-        def row(r):
-            r = {k: r[k] for k in DetectionRow.__dataclass_fields__ if k in r}
-            return DetectionRow(**{**r, "auc_ci": tuple(r["auc_ci"]) if r.get("auc_ci") else None})
-
-        kw = {f.name: d[f.name] for f in fields(cls)}
-        return cls(**{**kw, "rows": tuple(row(r) for r in d["rows"]), "delong": tuple(d["delong"]),
-                      "skipped": tuple(d["skipped"])})
 
     def row(self, detector: str, n_gen: int, label: str = "planted") -> DetectionRow:
         hit = [r for r in self.rows if (r.detector, r.n_gen, r.label) == (detector, n_gen, label)]
@@ -199,10 +195,11 @@ def score_units(subject: Subject, detector: Detector, prompts: Sequence[Prompt],
 
 
 def _measured(subject: Subject, out: Path, seeds: Sequence[int], guidance: float, chunk_size: int,
-              tally: dict) -> tuple[list[float], list[Cost]]:
-    rates, costs = [], []
+              tally: dict) -> tuple[list[float], list[Cost], list[str]]:
+    rates, costs, judged = [], [], []
     for k, chunk in _chunks(subject.prompts, chunk_size):
-        what = {"labels": "paired 1/3 rule", "guidance": guidance, "steps": subject.steps}
+        what = {"labels": "paired 1/3 rule", "region_rule": None if REGION_RULE is None else REGION_RULE.__name__,
+                "guidance": guidance, "steps": subject.steps}
         settings = unit_settings(subject, chunk, seeds, what)
 
         def compute(chunk=chunk):
@@ -211,8 +208,9 @@ def _measured(subject: Subject, out: Path, seeds: Sequence[int], guidance: float
 
         unit = _unit(out / "units" / "_labels" / f"n{len(seeds)}" / f"{k:05d}.json", settings, compute, tally)
         rates += unit["copy_rate"]
+        judged += unit["judged"]
         costs.append(Cost.from_dict(unit["cost"]))
-    return rates, costs
+    return rates, costs, judged
 
 
 def _label_guidance(dets: Sequence[Detector], given: float | None) -> float:
@@ -222,6 +220,27 @@ def _label_guidance(dets: Sequence[Detector], given: float | None) -> float:
     # detectors that probe at another weight (NeMo's screen runs unguided) do not redefine what a copy is: the
     # measured label is judged at the common benchmark weight w = 7.5 (Jeon et al., 2025's protocol) unless given
     return ws[0] if len(ws) == 1 else 7.5
+
+
+def fit_calibrated(subject: Subject, det: Detector, split: np.ndarray, seeds: Sequence[int], out: Path,
+                   tally: dict) -> tuple[Detector, dict]:
+    """``det`` fitted (when it needs calibration) on the calibration split's planted negatives over ``seeds``, which
+    no scoring or label generation uses; the fit is a resumable unit. Returns (detector, how it was fitted)."""
+    if "calibration" not in det.needs:
+        return det, {}
+    negatives = [p for p, s in zip(subject.prompts, split, strict=True) if s == "calibration" and planted_label(p) == 0]
+    if not negatives:
+        raise ValueError(f"detector {det.name!r} needs calibration, but the calibration split has no negatives")
+    settings = unit_settings(subject, negatives, seeds, {"fit": det.describe()})
+
+    def compute():
+        return {"params": det.fit(subject, negatives, seeds).describe()["params"]}
+
+    unit = _unit(out / "units" / _safe(det.name) / "fit.json", settings, compute, tally)
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in unit["params"].items()}
+    how = {"prompts": [p.id for p in negatives], "split": "calibration", "label": "planted negatives",
+           "seeds": list(seeds)}
+    return type(det)(**params), how
 
 
 # --- metrics -------------------------------------------------------------------------------------------------------
@@ -338,10 +357,14 @@ def _label_info(subject, dets, labels, n_label, label_guidance, base_seed, out, 
         values["planted"] = [planted_label(p) for p in subject.prompts]
     if "measured" in labels:
         w, seeds = _label_guidance(dets, label_guidance), generation_seeds(n_label, base_seed)
-        rates, costs = _measured(subject, out, seeds, w, chunk_size, tally)
+        rates, costs, judged = _measured(subject, out, seeds, w, chunk_size, tally)
         values["measured"] = [int(r >= MEASURED_RATE) for r in rates]
         info["measured"] = {"rule": f"copy rate >= {MEASURED_RATE} over the generations; a copy: NN ratio <= 1/3 "
-                                    "over the distinct references, a1 the paired image when there is one",
+                                    "over the distinct references, a1 the paired image when there is one; on the "
+                                    "template region for a prompt with a template mask",
+                            "region_rule": None if REGION_RULE is None else
+                            f"{REGION_RULE.__module__}.{REGION_RULE.__name__}",
+                            "judged": {k: judged.count(k) for k in sorted(set(judged))},
                             "guidance": w, "steps": subject.steps, "seeds": seeds,
                             "nfe": sum(c.nfe for c in costs), "seconds": sum(c.seconds for c in costs)}
     for k, v in values.items():
@@ -352,7 +375,7 @@ def _label_info(subject, dets, labels, n_label, label_guidance, base_seed, out, 
 def run_detection(subject: Subject, detectors: Sequence[str | Detector] | None = None, *,
                   n_gen: Sequence[int] = (1, 4), base_seed: int = 0, out: str | Path,
                   labels: Sequence[str] = LABELS, n_label: int = 4, label_guidance: float | None = None,
-                  chunk_size: int = 16, n_boot: int = 2000,
+                  chunk_size: int = 16, n_boot: int = 2000, n_fit: int = 8,
                   progress: Callable[[str], None] | None = None) -> DetectionRun:
     """Score every prompt of ``subject`` with every detector at each n, label, calibrate, evaluate; write ``out``.
 
@@ -364,6 +387,8 @@ def run_detection(subject: Subject, detectors: Sequence[str | Detector] | None =
             the detectors' common CFG weight) decide the measured label.
         chunk_size: prompts per unit (the checkpoint granularity).
         n_boot: bootstrap resamples of the AUC interval.
+        n_fit: generations per calibration negative that fit a detector that needs calibration (seeds after every
+            scoring and label seed, so none is shared).
     Returns:
         A :class:`DetectionRun`; ``out`` gets ``summary.json``, ``scores.csv`` and ``units/``.
     """
@@ -378,8 +403,15 @@ def run_detection(subject: Subject, detectors: Sequence[str | Detector] | None =
     split = np.array(split)
     values, label_info = _label_info(subject, dets, labels, n_label, label_guidance, base_seed, out, chunk_size,
                                      tally)
-    scores, oriented, rows, skipped = {}, {}, [], []
-    for det in dets:
+    scores, oriented, rows, skipped, fits, used = {}, {}, [], [], {}, {}
+    fit_seeds = generation_seeds(n_fit, base_seed + max(max(seeds), n_label))
+    for det in list(dets):
+        try:
+            det, fits[det.name] = fit_calibrated(subject, det, split, fit_seeds, out, tally)
+            used[det.name] = det
+        except ValueError as err:
+            skipped.append({"detector": det.name, "n_gen": None, "reason": str(err)})
+            continue
         for n, s in seeds.items():
             try:
                 det.check(subject, subject.prompts, s)
@@ -392,7 +424,9 @@ def run_detection(subject: Subject, detectors: Sequence[str | Detector] | None =
             oriented[det.name, n] = scores[det.name, n] * (1.0 if det.higher_is_memorized else -1.0)
             rows += [_row(subject, det.name, n, lab, oriented[det.name, n], values[lab], split, costs, n_boot)
                      for lab in labels]
-    prov = {"subject": subject.describe(), "detectors": {d.name: d.describe() for d in dets},
+    fitted = {name: how for name, how in fits.items() if how}
+    prov = {"subject": subject.describe(), "detectors": {d.name: used.get(d.name, d).describe() for d in dets},
+            "calibration_fits": fitted,
             "seeds": {str(n): s for n, s in seeds.items()}, "base_seed": base_seed, "chunk_size": chunk_size,
             "n_boot": n_boot, "package": package_version(),
             "tpr_rule": "conservative: max TPR over thresholds with FPR <= alpha on the evaluation split; "

@@ -30,8 +30,8 @@ from torch import Tensor
 
 from diffmem.analyses.convergence import mean_pairwise_distance
 from diffmem.analyses.decomposition import decompose, schedule_deviation, trajectory_latents
-from diffmem.detectors._generations import CrossGeneration, images, pair_mean, run_generations
-from diffmem.detectors.base import PerGeneration, register, repeat_cond
+from diffmem.detectors._generations import images, pair_mean, run_generations
+from diffmem.detectors.base import CrossGeneration, PerGeneration, register, repeat_cond
 from diffmem.sampling.trajectory import Recorder
 from diffmem.similarity.ssim import pairwise_ssim
 from diffmem.subject import Prompt, Subject

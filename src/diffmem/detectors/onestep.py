@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from diffmem.detectors.base import PerGeneration, register
-from diffmem.detectors.probes import initial_states, over_batches, upcast
+from diffmem.detectors.probes import initial_states, upcast
 from diffmem.sampling.guidance import cfg
 from diffmem.schedules import sigma_from_alpha_bar
 from diffmem.subject import Prompt, Subject
@@ -64,4 +64,4 @@ class OneStepConfidence(PerGeneration):
             eps_hat = cfg(eps_u, upcast(pred.eps_c), self.guidance)
             return sigma2 * eps_hat.flatten(1).square().mean(1)
 
-        return over_batches(self, subject, prompts, seeds, confidence)
+        return self.over_batches(subject, prompts, seeds, confidence)

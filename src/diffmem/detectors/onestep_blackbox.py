@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffmem.detectors._generations import CrossGeneration, images, run_generations
-from diffmem.detectors.base import register
+from diffmem.detectors._generations import images, run_generations
+from diffmem.detectors.base import CrossGeneration, register
 from diffmem.sampling.trajectory import Recorder
 from diffmem.subject import Prompt, Subject
 

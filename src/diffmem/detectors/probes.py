@@ -14,20 +14,19 @@ float32.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from diffmem.detectors.base import PerGeneration, repeat_cond
 from diffmem.sampling.trajectory import Recorder
 from diffmem.seeding import SeededNoise
-from diffmem.subject import Prompt, Subject
+from diffmem.subject import Subject
 from diffmem.types import Cond
 
-__all__ = ["initial_states", "guided_states", "vp_sigma", "jvp_eps", "upcast", "over_batches"]
+__all__ = ["initial_states", "guided_states", "vp_sigma", "jvp_eps", "upcast"]
 
 
 def upcast(x: Tensor) -> Tensor:
@@ -81,11 +80,3 @@ def jvp_eps(subject: Subject, x_t: Tensor, t, cond: Cond, v: Tensor) -> tuple[Te
     zero = torch.zeros_like(x_t)  # a branch that does not depend on x has no tangent
     return (upcast(eps_c), upcast(eps_u), upcast(zero if jv_c is None else jv_c),
             upcast(zero if jv_u is None else jv_u))
-
-
-def over_batches(detector: PerGeneration, subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int],
-                 statistic: Callable[[Cond, list[int]], Tensor]) -> Tensor:
-    """Scores [P, G] (float64): ``statistic(cond, seeds)`` → [b] on each batch of (prompt, generation) pairs."""
-    parts = [statistic(repeat_cond(subject, prompts, index), batch_seeds).double().cpu()
-             for index, batch_seeds in detector.batches(prompts, seeds)]
-    return torch.cat(parts).view(len(prompts), len(seeds))

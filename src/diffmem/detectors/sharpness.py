@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from diffmem.detectors.base import PerGeneration, eps_difference, register
-from diffmem.detectors.probes import guided_states, jvp_eps, over_batches, upcast, vp_sigma
+from diffmem.detectors.probes import guided_states, jvp_eps, upcast, vp_sigma
 from diffmem.subject import Prompt, Subject
 from diffmem.types import Cond
 
@@ -77,7 +77,7 @@ class HessianSharpness(PerGeneration):
             return torch.stack([self.statistic(subject, x, t, cond, ab)
                                 for x, t, ab in zip(states, ts, abars, strict=True)]).double().mean(0)
 
-        return over_batches(self, subject, prompts, seeds, mean_over_states)
+        return self.over_batches(subject, prompts, seeds, mean_over_states)
 
 
 @register

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from diffmem.detectors._generations import CrossGeneration, images, pair_mean, run_generations
-from diffmem.detectors.base import register
+from diffmem.detectors._generations import images, pair_mean, run_generations
+from diffmem.detectors.base import CrossGeneration, register
 from diffmem.sampling.trajectory import Recorder
 from diffmem.similarity.pixel import pairwise_tiled_l2
 from diffmem.subject import Prompt, Subject
