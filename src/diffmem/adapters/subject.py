@@ -83,8 +83,11 @@ def adapter_subject(adapter: DiffusersAdapter, rows: list[dict], *, steps: int =
     images = torch.stack([load_image(r["image"], (h * down, w * down)) for r in rows])
     latents = adapter.codec.encode(images).to(dtype)
     conds = adapter.prompts([r["prompt"] for r in rows])
-    prompts = [Prompt(r["id"], r["prompt"], conds.select(torch.tensor([i])), r["kind"], latents[i],
-                      {"image": str(r["image"])}) for i, r in enumerate(rows)]
+    # every other manifest field (split, m, regime, template …) is ground truth the harnesses read from meta
+    meta = [{**{k: v for k, v in r.items() if k not in ("id", "prompt", "kind", "image")}, "image": str(r["image"])}
+            for r in rows]
+    prompts = [Prompt(r["id"], r["prompt"], conds.select(torch.tensor([i])), r["kind"], latents[i], meta[i])
+               for i, r in enumerate(rows)]
 
     def sampler(n: int):
         return adapter.sampler(n, solver="ddim")

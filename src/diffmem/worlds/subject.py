@@ -27,10 +27,12 @@ def world_subject(world: World, *, steps: int = 50, kinds: Sequence[str] | None 
     if kinds is not None:
         rows = [(i, r) for k in kinds for (i, r) in [q for q in rows if q[1]["kind"] == k][:per_kind]]
     cond = world.cond_for([r for _, r in rows]) if rows else None
-    prompts = []
+    prompts, masks = [], world.data.meta.get("template_masks", {}) if world.data.meta else {}
     for j, (i, r) in enumerate(rows):
         x = world.data.images[r["paired_ids"][0]] if r["paired_ids"] else None
         meta = {k: v for k, v in r.items() if k not in ("prompt", "kind")}
+        if r.get("template") is not None and str(r["template"]) in masks:  # the region a template prompt copies
+            meta["template_mask"] = masks[str(r["template"])]
         prompts.append(Prompt(f"{r['kind']}:{i}", r["prompt"], cond.select(torch.tensor([j])), r["kind"], x, meta))
     schedule, solver = world.denoiser.schedule, world.solver
 
