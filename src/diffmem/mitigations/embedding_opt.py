@@ -16,14 +16,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from diffmem.mitigations.base import InferenceMitigation, register
 from diffmem.mitigations.first_step import (
     FirstStep,
     Replace,
-    RowAdamW,
+    descend,
     embedding,
     first_step,
     guidance_gap,
@@ -48,24 +47,16 @@ def optimize_embedding(subject: Subject, cond: Cond, start: FirstStep, *, lr: fl
     if cond.null is None:
         raise ValueError("prompt-embedding optimization needs the null branch (ε_u) of the conditioning")
     e0 = embedding(cond.c)
-    e = e0.detach().to(torch.promote_types(e0.dtype, torch.float32)).clone()
-    opt = RowAdamW(e, lr=lr, weight_decay=weight_decay)
-    running = torch.arange(cond.batch_size)
-    losses = torch.full((max_steps, cond.batch_size), float("nan"), dtype=torch.float64)
-    for k in range(max_steps):
-        if len(running) == 0:
-            break
-        leaf = e[running].clone().requires_grad_()
-        rows = Cond(with_embedding(index_cond(cond.c, running), leaf.to(e0.dtype)), index_cond(cond.null, running))
-        with torch.enable_grad():
-            loss = guidance_gap(subject.denoiser(start.x_T[running].detach(), start.t, rows))
-            (grad,) = torch.autograd.grad(loss.sum(), leaf)
-        losses[k, running] = loss.detach().double().cpu()
-        go = loss.detach().cpu() > target_loss
+
+    def loss(leaf: Tensor, rows: Tensor) -> Tensor:
+        c = Cond(with_embedding(index_cond(cond.c, rows), leaf.to(e0.dtype)), index_cond(cond.null, rows))
+        return guidance_gap(subject.denoiser(start.x_T[rows].detach(), start.t, c))
+
+    def freeze_bos(grad: Tensor) -> None:
         grad[:, 0] = 0  # BOS carries no prompt information (Wen et al. zero its gradient)
-        if bool(go.any()):
-            opt.step(running[go], grad[go.to(grad.device)])
-        running = running[go]
+
+    e, losses = descend(e0, loss, lr=lr, max_steps=max_steps, target=target_loss, weight_decay=weight_decay,
+                        edit_grad=freeze_bos)
     return Cond(with_embedding(cond.c, e.to(e0.dtype)), cond.null), losses
 
 

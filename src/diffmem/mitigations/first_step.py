@@ -10,7 +10,7 @@ requires grad, so the harness's counting wrapper sees every evaluation as a VJP 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -18,14 +18,14 @@ from torch import Tensor
 
 from diffmem.detectors.base import eps_difference
 from diffmem.detectors.probes import initial_states
-from diffmem.detectors.token_attribution import EMBEDDING_KEYS
+from diffmem.detectors.token_attribution import _embedding_key as _key
 from diffmem.sampling.hooks import Intervention
 from diffmem.sampling.trajectory import Trajectory
 from diffmem.subject import Subject
 from diffmem.types import Cond, Prediction
 
-__all__ = ["FirstStep", "first_step", "embedding", "with_embedding", "guidance_gap", "RowAdamW", "Replace",
-           "sample_with", "row_generator", "prompt_texts"]
+__all__ = ["FirstStep", "first_step", "embedding", "with_embedding", "guidance_gap", "RowAdamW", "descend",
+           "Replace", "sample_with", "row_generator", "prompt_texts"]
 
 
 @dataclass(frozen=True)
@@ -41,17 +41,6 @@ def first_step(subject: Subject, seeds: Sequence[int], steps: int | None = None)
     """The first state and timestep of a ``steps``-step run of ``subject`` with ``seeds``."""
     grid = subject.sampler(steps or subject.steps).grid
     return FirstStep(initial_states(subject, seeds, steps), grid.timesteps[0], float(grid.alpha_bar[0]))
-
-
-def _key(c) -> str | None:
-    if isinstance(c, Tensor):
-        return None
-    if isinstance(c, Mapping):
-        for key in EMBEDDING_KEYS:
-            if key in c:
-                return key
-    raise ValueError(f"this mitigation needs text-encoder outputs [B, L, D] (a tensor or a mapping with one of "
-                     f"{EMBEDDING_KEYS}); got {type(c).__name__} {list(c) if isinstance(c, Mapping) else ''}")
 
 
 def embedding(c) -> Tensor:
@@ -93,6 +82,34 @@ class RowAdamW:
         denom = (v.sqrt() / (1 - b2 ** self.k) ** 0.5).add_(self.eps)
         p.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** self.k))
         self.p[rows], self.m[rows], self.v[rows] = p, m, v
+
+
+def descend(p: Tensor, loss: Callable[[Tensor, Tensor], Tensor], *, lr: float, max_steps: int, target: float,
+            weight_decay: float = 0.0, edit_grad: Callable[[Tensor], None] | None = None) -> tuple[Tensor, Tensor]:
+    """AdamW on the rows of ``p`` until each row's loss is at or below ``target`` or ``max_steps`` iterations ran.
+
+    Every iteration evaluates ``loss(leaf, rows)`` → [len(rows)] on the rows still running (``leaf`` = their values,
+    requiring grad), stops the rows at or below ``target`` and steps the others; ``edit_grad`` may change the
+    gradient in place first (e.g. freeze a position). Returns (the optimized copy of ``p`` in at least float32, the
+    loss of each iteration [max_steps, B], NaN after a row stopped)."""
+    x = p.detach().to(torch.promote_types(p.dtype, torch.float32)).clone()
+    opt, running = RowAdamW(x, lr=lr, weight_decay=weight_decay), torch.arange(len(p))
+    losses = torch.full((max_steps, len(p)), float("nan"), dtype=torch.float64)
+    for k in range(max_steps):
+        if len(running) == 0:
+            break
+        leaf = x[running].clone().requires_grad_()
+        with torch.enable_grad():
+            value = loss(leaf, running)
+            (grad,) = torch.autograd.grad(value.sum(), leaf)
+        losses[k, running] = value.detach().double().cpu()
+        go = value.detach().cpu() > target
+        if edit_grad is not None:
+            edit_grad(grad)
+        if bool(go.any()):
+            opt.step(running[go], grad[go.to(grad.device)])
+        running = running[go]
+    return x, losses
 
 
 class Replace(Intervention):

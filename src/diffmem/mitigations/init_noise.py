@@ -23,7 +23,7 @@ from torch import Tensor
 
 from diffmem.detectors.base import eps_difference
 from diffmem.mitigations.base import InferenceMitigation, register
-from diffmem.mitigations.first_step import FirstStep, Replace, RowAdamW, first_step, guidance_gap, sample_with
+from diffmem.mitigations.first_step import FirstStep, Replace, descend, first_step, guidance_gap, sample_with
 from diffmem.sampling.guidance import StaticTransition
 from diffmem.sampling.trajectory import Trajectory
 from diffmem.subject import Subject
@@ -56,21 +56,10 @@ def batchwise_x_T(subject: Subject, cond: Cond, start: FirstStep, *, gamma: floa
 def optimize_x_T(subject: Subject, cond: Cond, start: FirstStep, *, lr: float, target_loss: float, max_steps: int,
                  weight_decay: float = 0.01) -> tuple[Tensor, Tensor]:
     """(adjusted x_T, ‖ε̃‖ at each iteration [max_steps, B], NaN after a row stopped) (Han et al., per-sample)."""
-    x = start.x_T.detach().to(torch.promote_types(start.x_T.dtype, torch.float32)).clone()
-    opt, running = RowAdamW(x, lr=lr, weight_decay=weight_decay), torch.arange(cond.batch_size)
-    losses = torch.full((max_steps, cond.batch_size), float("nan"), dtype=torch.float64)
-    for k in range(max_steps):
-        if len(running) == 0:
-            break
-        leaf = x[running].clone().requires_grad_()
-        with torch.enable_grad():
-            loss = guidance_gap(subject.denoiser(leaf.to(start.x_T.dtype), start.t, cond.select(running)))
-            (grad,) = torch.autograd.grad(loss.sum(), leaf)
-        losses[k, running] = loss.detach().double().cpu()
-        go = loss.detach().cpu() > target_loss
-        if bool(go.any()):
-            opt.step(running[go], grad[go.to(grad.device)])
-        running = running[go]
+    def loss(leaf: Tensor, rows: Tensor) -> Tensor:
+        return guidance_gap(subject.denoiser(leaf.to(start.x_T.dtype), start.t, cond.select(rows)))
+
+    x, losses = descend(start.x_T, loss, lr=lr, max_steps=max_steps, target=target_loss, weight_decay=weight_decay)
     return x.to(start.x_T.dtype), losses
 
 

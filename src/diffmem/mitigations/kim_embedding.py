@@ -28,7 +28,7 @@ from diffmem.mitigations.base import InferenceMitigation, register
 from diffmem.mitigations.first_step import (
     FirstStep,
     Replace,
-    RowAdamW,
+    descend,
     embedding,
     first_step,
     sample_with,
@@ -82,19 +82,18 @@ def one_step_embedding(subject: Subject, cond: Cond, start: FirstStep, *, lr: fl
         raise ValueError(f"unknown center {center!r}; expected one of {CENTERS}")
     ref = _center(subject, cond, start, center, mu_seeds)
     e0 = embedding(cond.c)
-    e = e0.detach().to(torch.promote_types(e0.dtype, torch.float32)).clone()
-    opt, rows = RowAdamW(e, lr=lr, weight_decay=weight_decay), torch.arange(cond.batch_size)
-    losses = torch.empty(n_steps, cond.batch_size, dtype=torch.float64)
-    for k in range(n_steps):
-        leaf = e.clone().requires_grad_()
-        c = Cond(with_embedding(cond.c, leaf.to(e0.dtype)))  # ε_c only: e_∅ is fixed and not needed here
-        with torch.enable_grad():
-            eps_c = subject.denoiser(start.x_T.detach(), start.t, c).eps_c
-            value = kim_loss(start.x_T, eps_c.to(e.dtype), start.alpha_bar, ref, loss=loss)
-            (grad,) = torch.autograd.grad(value.sum(), leaf)
-        losses[k] = value.detach().double().cpu()
+
+    def value(leaf: Tensor, rows: Tensor) -> Tensor:  # ε_c only: e_∅ is fixed and not needed here
+        eps_c = subject.denoiser(start.x_T[rows].detach(), start.t, Cond(with_embedding(index_cond(cond.c, rows),
+                                                                                      leaf.to(e0.dtype)))).eps_c
+        centre = ref if isinstance(ref, float) or len(ref) == 1 else ref[rows]
+        return kim_loss(start.x_T[rows], eps_c.to(leaf.dtype), start.alpha_bar, centre, loss=loss)
+
+    def freeze_bos(grad: Tensor) -> None:
         grad[:, 0] = 0  # BOS frozen, as in the reference (decoupled decay still shrinks it by lr·λ)
-        opt.step(rows, grad)
+
+    e, losses = descend(e0, value, lr=lr, max_steps=n_steps, target=-math.inf, weight_decay=weight_decay,
+                        edit_grad=freeze_bos)
     return Cond(with_embedding(cond.c, e.to(e0.dtype)), cond.null), losses
 
 

@@ -24,7 +24,7 @@ from diffmem.detectors.base import eps_difference
 from diffmem.detectors.probes import vp_sigma
 from diffmem.detectors.sharpness import JEON, hessian_score_product
 from diffmem.mitigations.base import InferenceMitigation, register
-from diffmem.mitigations.first_step import FirstStep, Replace, RowAdamW, first_step, sample_with
+from diffmem.mitigations.first_step import FirstStep, Replace, descend, first_step, sample_with
 from diffmem.sampling.trajectory import Trajectory
 from diffmem.subject import Subject
 from diffmem.types import Cond, concat_cond
@@ -63,21 +63,10 @@ def _unit(subject: Subject, x: Tensor, start: FirstStep, cond: Cond) -> Tensor:
 def sail_x_T(subject: Subject, cond: Cond, start: FirstStep, *, lr: float, alpha: float, delta: float,
              threshold: float, max_steps: int) -> tuple[Tensor, Tensor]:
     """(optimized x_T, the loss at each iteration [max_steps, B], NaN after a row stopped)."""
-    x = start.x_T.detach().to(torch.promote_types(start.x_T.dtype, torch.float32)).clone()
-    opt, running = RowAdamW(x, lr=lr), torch.arange(cond.batch_size)
-    losses = torch.full((max_steps, cond.batch_size), float("nan"), dtype=torch.float64)
-    for k in range(max_steps):
-        if len(running) == 0:
-            break
-        leaf = x[running].clone().requires_grad_()
-        with torch.enable_grad():
-            loss = sail_loss(subject, leaf, start, cond.select(running), delta=delta, alpha=alpha)
-            (grad,) = torch.autograd.grad(loss.sum(), leaf)
-        losses[k, running] = loss.detach().double().cpu()
-        go = loss.detach().cpu() > threshold
-        if bool(go.any()):
-            opt.step(running[go], grad[go.to(grad.device)])
-        running = running[go]
+    def loss(leaf: Tensor, rows: Tensor) -> Tensor:
+        return sail_loss(subject, leaf, start, cond.select(rows), delta=delta, alpha=alpha)
+
+    x, losses = descend(start.x_T, loss, lr=lr, max_steps=max_steps, target=threshold)
     return x.to(start.x_T.dtype), losses
 
 
