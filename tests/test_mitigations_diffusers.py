@@ -54,3 +54,20 @@ def test_sharpness_statistic_runs_on_the_unet(sd):
 
     start = first_step(sd, [0, 1])
     assert bool((first_step_sharpness(sd, start.x_T, start, sd.cond()) > 0).all())
+
+
+@torch.no_grad()
+def test_ren_at_scale_one_without_mask_is_the_stock_unet_within_round_off(sd):
+    from diffmem.mitigations.attention_edit import RenAttention
+    from diffmem.mitigations.first_step import first_step
+    from roundoff import order_atol
+
+    cond, start = sd.cond(), first_step(sd, [0, 1])
+    plain = sd.denoiser(start.x_T, start.t, cond)
+    with RenAttention(bos_logit_scale=1.0, mask=False).hooks(sd, cond):  # explicit softmax instead of the fused one
+        edited = sd.denoiser(start.x_T, start.t, cond)
+    for a, b in ((edited.eps_c, plain.eps_c), (edited.eps_u, plain.eps_u)):
+        assert float((a - b).abs().max()) <= order_atol(b)
+    with RenAttention(bos_logit_scale=1.25).hooks(sd, cond):
+        scaled = sd.denoiser(start.x_T, start.t, cond)
+    assert float((scaled.eps_c - plain.eps_c).abs().max()) > 1e3 * order_atol(plain.eps_c)
