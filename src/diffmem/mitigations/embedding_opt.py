@@ -25,6 +25,7 @@ from diffmem.mitigations.first_step import (
     descend,
     embedding,
     first_step,
+    freeze_bos,
     guidance_gap,
     sample_with,
     with_embedding,
@@ -51,9 +52,6 @@ def optimize_embedding(subject: Subject, cond: Cond, start: FirstStep, *, lr: fl
     def loss(leaf: Tensor, rows: Tensor) -> Tensor:
         c = Cond(with_embedding(index_cond(cond.c, rows), leaf.to(e0.dtype)), index_cond(cond.null, rows))
         return guidance_gap(subject.denoiser(start.x_T[rows].detach(), start.t, c))
-
-    def freeze_bos(grad: Tensor) -> None:
-        grad[:, 0] = 0  # BOS carries no prompt information (Wen et al. zero its gradient)
 
     e, losses = descend(e0, loss, lr=lr, max_steps=max_steps, target=target_loss, weight_decay=weight_decay,
                         edit_grad=freeze_bos)

@@ -25,7 +25,7 @@ from diffmem.subject import Subject
 from diffmem.types import Cond, Prediction
 
 __all__ = ["FirstStep", "first_step", "embedding", "with_embedding", "guidance_gap", "RowAdamW", "descend",
-           "Replace", "sample_with", "row_generator", "prompt_texts"]
+           "freeze_bos", "Replace", "sample_with", "row_generator", "prompt_texts"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,11 @@ def descend(p: Tensor, loss: Callable[[Tensor, Tensor], Tensor], *, lr: float, m
             opt.step(running[go], grad[go.to(grad.device)])
         running = running[go]
     return x, losses
+
+
+def freeze_bos(grad: Tensor) -> None:
+    """Zero the gradient of position 0 of e_p [B, L, D] in place: BOS carries no prompt information (Wen et al.)."""
+    grad[:, 0] = 0
 
 
 class Replace(Intervention):

@@ -31,6 +31,7 @@ from diffmem.mitigations.first_step import (
     descend,
     embedding,
     first_step,
+    freeze_bos,
     sample_with,
     with_embedding,
 )
@@ -88,9 +89,6 @@ def one_step_embedding(subject: Subject, cond: Cond, start: FirstStep, *, lr: fl
                                                                                       leaf.to(e0.dtype)))).eps_c
         centre = ref if isinstance(ref, float) or len(ref) == 1 else ref[rows]
         return kim_loss(start.x_T[rows], eps_c.to(leaf.dtype), start.alpha_bar, centre, loss=loss)
-
-    def freeze_bos(grad: Tensor) -> None:
-        grad[:, 0] = 0  # BOS frozen, as in the reference (decoupled decay still shrinks it by lr·λ)
 
     e, losses = descend(e0, value, lr=lr, max_steps=n_steps, target=-math.inf, weight_decay=weight_decay,
                         edit_grad=freeze_bos)
