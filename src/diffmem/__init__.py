@@ -12,37 +12,32 @@ import importlib
 
 from diffmem.version import __version__
 
-# public name -> module that defines it
-_EXPORTS = {
-    "Denoiser": "diffmem.denoiser", "Result": "diffmem.results", "Provenance": "diffmem.results",
-    "Constant": "diffmem.sampling.guidance", "DynamicTransition": "diffmem.sampling.guidance",
-    "Guidance": "diffmem.sampling.guidance", "StaticTransition": "diffmem.sampling.guidance",
-    "Window": "diffmem.sampling.guidance", "cfg": "diffmem.sampling.guidance",
-    "opposite_guidance": "diffmem.sampling.guidance", "Hook": "diffmem.sampling.hooks",
-    "Intervention": "diffmem.sampling.hooks", "sample": "diffmem.sampling.loop", "ddim_step": "diffmem.sampling.solvers",
-    "ddpm_step": "diffmem.sampling.solvers", "euler_step": "diffmem.sampling.solvers",
-    "Recorder": "diffmem.sampling.trajectory", "Trajectory": "diffmem.sampling.trajectory",
-    "DiscreteSchedule": "diffmem.schedules", "Grid": "diffmem.schedules", "VPSDESchedule": "diffmem.schedules",
-    "continuous_grid": "diffmem.schedules", "discrete_grid": "diffmem.schedules", "SeededNoise": "diffmem.seeding",
-    "Cond": "diffmem.types", "Prediction": "diffmem.types", "StepRecord": "diffmem.types",
-    # subjects, library bridges and loggers
-    "Subject": "diffmem.subject", "Prompt": "diffmem.subject", "world_subject": "diffmem.worlds.subject",
-    "load_world": "diffmem.worlds.world", "diffusers_subject": "diffmem.adapters.subject",
-    "DiffusersRecorder": "diffmem.sampling.diffusers_recorder", "TensorBoardHook": "diffmem.sampling.loggers",
-    "WandbHook": "diffmem.sampling.loggers", "load_result": "diffmem.runners.load",
+# module -> public names it defines
+_MODULES = {
+    "diffmem.denoiser": "Denoiser", "diffmem.results": "Result Provenance",
+    "diffmem.sampling.guidance": "Constant DynamicTransition Guidance StaticTransition Window cfg opposite_guidance",
+    "diffmem.sampling.hooks": "Hook Intervention", "diffmem.sampling.loop": "sample",
+    "diffmem.sampling.solvers": "ddim_step ddpm_step euler_step", "diffmem.sampling.trajectory": "Recorder Trajectory",
+    "diffmem.schedules": "DiscreteSchedule Grid VPSDESchedule continuous_grid discrete_grid",
+    "diffmem.seeding": "SeededNoise", "diffmem.types": "Cond Prediction StepRecord",
+    # subjects, library bridges, loggers, saved results
+    "diffmem.subject": "Subject Prompt", "diffmem.worlds.subject": "world_subject",
+    "diffmem.worlds.world": "load_world", "diffmem.adapters.subject": "diffusers_subject",
+    "diffmem.sampling.diffusers_recorder": "DiffusersRecorder", "diffmem.sampling.loggers": "TensorBoardHook WandbHook",
+    "diffmem.runners.load": "load_result",
     # analyses (Kim et al. 2025)
-    "run_kim": "diffmem.analyses.kim", "KimConfig": "diffmem.analyses.kim", "KimResult": "diffmem.analyses.kim",
-    "decompose_trajectory": "diffmem.analyses.decomposition", "convergence": "diffmem.analyses.convergence",
-    "noise_content": "diffmem.analyses.noise_content", "guided_loss": "diffmem.analyses.overestimation",
+    "diffmem.analyses.kim": "run_kim KimConfig KimResult", "diffmem.analyses.decomposition": "decompose_trajectory",
+    "diffmem.analyses.convergence": "convergence", "diffmem.analyses.noise_content": "noise_content",
+    "diffmem.analyses.overestimation": "guided_loss",
     # detectors and mitigations
-    "make_detector": "diffmem.detectors", "run_detection": "diffmem.detectors.harness",
-    "audit": "diffmem.detectors.audit", "MITIGATIONS": "diffmem.mitigations.base",
-    "make_mitigation": "diffmem.mitigations.base",
+    "diffmem.detectors": "make_detector", "diffmem.detectors.harness": "run_detection",
+    "diffmem.detectors.audit": "audit", "diffmem.mitigations.base": "MITIGATIONS make_mitigation",
     # metrics
-    "ssim": "diffmem.similarity.ssim", "ms_ssim": "diffmem.similarity.ssim", "nn_ratio": "diffmem.similarity.criteria",
-    "memorization_ratio": "diffmem.similarity.criteria", "relative_distance": "diffmem.similarity.criteria",
-    "fid": "diffmem.evaluation.fid", "precision_recall": "diffmem.evaluation.precision_recall",
+    "diffmem.similarity.ssim": "ssim ms_ssim",
+    "diffmem.similarity.criteria": "nn_ratio memorization_ratio relative_distance",
+    "diffmem.evaluation.fid": "fid", "diffmem.evaluation.precision_recall": "precision_recall",
 }
+_EXPORTS = {name: module for module, names in _MODULES.items() for name in names.split()}
 _ALIASES = {"DETECTORS": ("diffmem.detectors.base", "REGISTRY")}
 
 __all__ = ["__version__", *_EXPORTS, *_ALIASES]

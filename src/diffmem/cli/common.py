@@ -13,7 +13,7 @@ Shared options (each command takes those that apply; the same flag always means 
   ``train``'s, which says so).
 - ``-q``: no progress and no tables, only the summary; ``-v``: tracebacks of internal errors; ``--json``: the
   summary as one JSON object on stdout; ``--no-progress``: no progress bars (they go to stderr).
-- ``--dry-run``: print the resolved settings and stop; nothing is written or trained.
+- ``--dry-run``: print the resolved settings as one JSON object and stop; nothing is written or trained.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 __all__ = ["HELP", "add_command", "add_common", "default_threads", "idle_cpus", "physical_cores", "prepare",
-           "emit", "handle_error", "progress_enabled"]
+           "resolve_device", "emit", "handle_error", "progress_enabled"]
 
 # one-line help of every command, here so that ``diffmem --help`` lists them without importing their modules
 HELP = {
@@ -69,11 +69,12 @@ def _positive(text: str) -> int:
     return v
 
 
-def add_common(p, *, out: str | None = "required", threads: bool = True, model: bool = False,
+def add_common(p, *, out: str | None = "required", threads: bool = True, model: tuple[str, ...] = (),
                seed: int | None = 0, steps: int | str | None = None, dry_run: bool = True) -> None:
     """Add the shared options to ``p``: ``--out`` (``"required"``, a default folder, or None for none), ``--threads``,
-    ``--device``/``--dtype``/``--batch-size`` (``model``), ``--seed`` (its default; None: no flag), ``--steps``
-    (its default or a help suffix; None: no flag), ``--dry-run``, and always ``-q``/``-v``/``--json``/``--no-progress``."""
+    those of ``model`` among ``device``, ``dtype``, ``batch-size``, ``--seed`` (its default; None: no flag),
+    ``--steps`` (its default or a help suffix; None: no flag), ``--dry-run``, and always ``-q``/``-v``/``--json``/
+    ``--no-progress``."""
     if out == "required":
         p.add_argument("--out", required=True, type=Path, metavar="DIR", help="exact output folder (created if "
                        "missing; reused to resume)")
@@ -83,12 +84,17 @@ def add_common(p, *, out: str | None = "required", threads: bool = True, model: 
     if threads:
         p.add_argument("--threads", type=_positive, metavar="N",
                        help="torch CPU threads (default: idle physical cores, 1 on a busy machine)")
-    if model:
+    unknown = set(model) - {"device", "dtype", "batch-size"}
+    if unknown:
+        raise ValueError(f"unknown model options {sorted(unknown)}")
+    if "device" in model:
         p.add_argument("--device", default="auto", help="torch device of the model: auto (CUDA if present), cpu, "
                        "cuda, cuda:N (default: %(default)s)")
+    if "dtype" in model:
         p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
                        help="model weights dtype (default: %(default)s)")
-        p.add_argument("--batch-size", type=_positive, metavar="N", help="samples per model call (default: all)")
+    if "batch-size" in model:
+        p.add_argument("--batch-size", type=_positive, metavar="N", help="samples per model call")
     if seed is not None:
         p.add_argument("--seed", type=int, default=seed, metavar="N", help="first seed (default: %(default)s)")
     if steps is not None:
@@ -177,11 +183,20 @@ def _check_out(out: Path) -> None:
                          "choose another folder")
 
 
-def _check_device(device: str) -> str:
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; other names unchanged."""
+    if device != "auto":
+        return device
     import torch
 
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _check_device(device: str) -> None:
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return
+    import torch
+
     if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
         raise ValueError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N")
     if device.startswith("cuda"):
@@ -191,7 +206,6 @@ def _check_device(device: str) -> str:
         n = int(device.split(":")[1]) if ":" in device else 0
         if n >= torch.cuda.device_count():
             raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0")
-    return device
 
 
 def prepare(args) -> None:
@@ -199,7 +213,7 @@ def prepare(args) -> None:
     if getattr(args, "out", None) is not None:
         _check_out(Path(args.out))
     if getattr(args, "device", None) is not None:
-        args.device = _check_device(args.device)
+        _check_device(args.device)
     if hasattr(args, "threads") and not getattr(args, "dry_run", False):
         import torch
 
@@ -234,9 +248,10 @@ def _finite(obj):
 
 
 def emit(args, summary: dict, table=None) -> int:
-    """The one stdout summary: ``--json`` → one JSON object; else ``table`` (a callable printing a table, skipped
+    """The one stdout summary: ``--json`` or ``--dry-run`` → one JSON object (a dry run's resolved settings are
+    always JSON, for scripts to check); else ``table`` (a callable printing a table, skipped
     with ``-q``) then one ``key value`` line per summary entry. Returns 0."""
-    if getattr(args, "json", False):
+    if getattr(args, "json", False) or getattr(args, "dry_run", False):
         print(json.dumps(_finite({"command": args.command, **summary}), default=str, allow_nan=False))
         return 0
     if table is not None and not getattr(args, "quiet", False):

@@ -33,7 +33,7 @@ def _cli(args) -> int:
     settings = {"out": str(args.out), "world": args.world, "quick": args.quick, "sections": list(sections),
                 "n_samples": args.n_samples, "steps": args.steps, "seed": args.seed}
     if args.dry_run:
-        return emit(args, {"dry_run": True, **settings})
+        return emit(args, {**settings})
     from diffmem.runners.demo import run_demo
 
     run = run_demo(args.out, n_samples=args.n_samples, steps=args.steps, seed=args.seed,

@@ -11,8 +11,9 @@ __all__ = ["RESULT_TYPES", "load_result"]
 
 # type name written by Result.save -> module defining it
 RESULT_TYPES = {
-    "KimResult": "diffmem.analyses.kim", "DemoResult": "diffmem.runners.demo", "Trajectory": "diffmem.sampling.trajectory",
-    "WorldReport": "diffmem.worlds.report", "TheoryResult": "diffmem.theory.lab", "PruneResult": "diffmem.mitigations.pruning",
+    "KimResult": "diffmem.analyses.kim", "DemoResult": "diffmem.runners.demo",
+    "Trajectory": "diffmem.sampling.trajectory", "WorldReport": "diffmem.worlds.report",
+    "TheoryResult": "diffmem.theory.lab", "PruneResult": "diffmem.mitigations.pruning",
     "QualityResult": "diffmem.evaluation.quality", "AggregateResult": "diffmem.evaluation.aggregations",
     "DuplicateGroups": "diffmem.similarity.duplicates", "MetricProvenance": "diffmem.evaluation.provenance",
     "Provenance": "diffmem.results",
