@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 __all__ = ["HELP", "add_command", "add_common", "default_threads", "idle_cpus", "physical_cores", "prepare",
-           "resolve_device", "emit", "handle_error", "progress_enabled"]
+           "resolve_device", "emit", "handle_error", "progress_enabled", "USER_ERRORS"]
 
 # one-line help of every command, here so that ``diffmem --help`` lists them without importing their modules
 HELP = {
@@ -264,12 +264,8 @@ def emit(args, summary: dict, table=None) -> int:
 
 # --- errors -----------------------------------------------------------------------------------------------------
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [ValueError, FileNotFoundError, PermissionError, IsADirectoryError,
-                                         NotADirectoryError, FileExistsError]
-    if "diffmem.adapters.local" in sys.modules:  # a missing model file, only importable where diffusers is
-        errors.append(sys.modules["diffmem.adapters.local"].ModelFilesMissing)
-    return tuple(errors)
+# user-caused failures: bad values (a missing model file is a ValueError too), missing or unwritable paths
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
 
 
 def _one_line(err: BaseException) -> str:
@@ -289,7 +285,7 @@ def handle_error(args, err: BaseException) -> int:
     if isinstance(err, KeyboardInterrupt):
         print(f"diffmem {cmd}: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    if isinstance(err, _user_errors()):
+    if isinstance(err, USER_ERRORS):
         print(f"diffmem {cmd}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     if getattr(args, "verbose", False):

@@ -9,10 +9,9 @@ empirical denoiser copies, the population denoiser does not). ``--out`` is the e
 from __future__ import annotations
 
 from diffmem.cli.common import add_command, add_common, emit, progress_enabled
+from diffmem.runners.demo import SECTIONS, run_demo
 
 __all__ = ["add_parser"]
-
-SECTIONS = ("world", "kim", "theory")  # = diffmem.runners.demo.SECTIONS (kept here so --help imports no torch)
 
 
 def add_parser(sub) -> None:
@@ -34,8 +33,6 @@ def _cli(args) -> int:
                 "n_samples": args.n_samples, "steps": args.steps, "seed": args.seed}
     if args.dry_run:
         return emit(args, {**settings})
-    from diffmem.runners.demo import run_demo
-
     run = run_demo(args.out, n_samples=args.n_samples, steps=args.steps, seed=args.seed,
                    progress=progress_enabled(args), sections=sections, world=args.world, quick=args.quick)
     report = (run / "report.md").read_text(encoding="utf-8")
