@@ -36,7 +36,6 @@ __all__ = ["add_parser"]
 
 FLAGS = {"runs": ("runs", "runs (seeds 0..R-1)"), "samples": ("n_samples", "generated samples per run"),
          "finetune-steps": ("finetune_steps", "fine-tuning steps M"), "batches": ("num_batches", "scoring batches"),
-         "steps": ("sample_steps", "DDIM sampling steps"),
          "score-samples": ("score_samples", "scoring samples of ours")}  # flag -> TableSettings field
 
 
@@ -46,7 +45,8 @@ def add_parser(sub) -> None:
     source.add_argument("--world", default="digits-dit", help="world name or checkpoint dir (default: %(default)s)")
     source.add_argument("--model", help="local diffusers DiTPipeline or PixArt pipeline directory (instead of --world)")
     p.add_argument("--data", help="with --model: .npz with images in [0, 1] and labels or captions")
-    add_common(p, model=("device", "batch-size"), seed=None)
+    add_common(p, model=("device", "batch-size"), seed=None,
+               steps=f"DDIM; default {FULL.sample_steps}, quick: {QUICK.sample_steps}")
     p.add_argument("--features", help="with --model: local TorchScript feature model for FID and precision/recall "
                    "(default: decoded pixels pooled to <= 32x32)")
     p.add_argument("--preprocess", default="inception299", help="with --features: preprocessing preset "
@@ -62,7 +62,7 @@ def add_parser(sub) -> None:
     p.add_argument("--summarize-only", action="store_true", help="compute nothing: summarize the rows already in "
                    "--out (each method over the runs it has)")
     p.add_argument("--quick", action="store_true", help="smaller settings: " + ", ".join(
-        f"{flag}={getattr(QUICK, key)}" for flag, (key, _) in FLAGS.items()))
+        f"{flag}={getattr(QUICK, key)}" for flag, (key, _) in {**FLAGS, "steps": ("sample_steps", "")}.items()))
     p.set_defaults(run=_cli)
 
 
@@ -95,7 +95,8 @@ def _inputs(args, quick: bool):
 
 def _cli(args) -> int:
     settings = replace(QUICK if args.quick else FULL, ratio=args.ratio, law=args.law,
-                       **{k: getattr(args, k) for k, _ in FLAGS.values() if getattr(args, k) is not None})
+                       **{k: getattr(args, k) for k, _ in FLAGS.values() if getattr(args, k) is not None},
+                       **({"sample_steps": args.steps} if args.steps is not None else {}))
     methods = _methods(args.methods, bool(args.model))
     if args.dry_run:
         return emit(args, {"source": args.model or args.world, "out": str(args.out), "methods": list(methods),
