@@ -76,3 +76,52 @@ def test_a_stock_pipeline_call_records_the_trajectory_diffmem_sample_records(kin
     assert stock.provenance.seeds == seeds and stock.provenance.guidance["w"] == w
     with pytest.raises(ValueError, match="nothing recorded"):
         diffmem.DiffusersRecorder(pipe).trajectory  # noqa: B018
+
+
+class _Writer:  # the TensorBoard SummaryWriter / wandb run interfaces the hooks use
+    def __init__(self):
+        self.scalars, self.logs, self.closed = [], [], False
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def log(self, data, step=None):
+        self.logs.append((data, step))
+
+    def close(self):
+        self.closed = True
+
+
+def _run(hook):
+    from diffmem.theory.closed_form import GaussianMixtureDenoiser
+
+    sched = diffmem.DiscreteSchedule.named("scaled_linear")
+    train = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    den = GaussianMixtureDenoiser(train, sched, labels=torch.arange(4))
+    cond = diffmem.Cond(torch.tensor([0, 1]), torch.tensor([-1, -1]))
+    return diffmem.sample(den, diffmem.SeededNoise([0, 1], dtype=torch.float64).randn((6,)),
+                          diffmem.discrete_grid(sched, 5), cond, guidance=3.0, hooks=[hook])
+
+
+def test_logger_hooks_log_the_guidance_norm_per_step():
+    tb, wb = _Writer(), _Writer()
+    tr = _run(diffmem.TensorBoardHook(tb, tag="run"))
+    d = {step: v for tag, v, step in tb.scalars if tag == "run/d_t"}
+    assert d == pytest.approx({i: float(tr.d_t[i].mean()) for i in range(5)})
+    assert ("run/w", 3.0, 0) in tb.scalars and tb.scalars[-1][0] == "run/x_0_norm" and not tb.closed
+    _run(diffmem.WandbHook(wb))
+    assert [s for _, s in wb.logs] == [0, 1, 2, 3, 4, 5]
+    assert wb.logs[0][0]["diffmem/d_t"] == pytest.approx(d[0]) and wb.logs[0][0]["diffmem/w"] == 3.0
+
+
+def test_tensorboard_hook_writes_event_files(tmp_path):
+    pytest.importorskip("tensorboard")
+    _run(diffmem.TensorBoardHook(tmp_path / "tb"))
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb").iterdir())
+
+
+def test_wandb_hook_needs_an_active_run():
+    wandb = pytest.importorskip("wandb")
+    if wandb.run is None:
+        with pytest.raises(ValueError, match="wandb.init"):
+            diffmem.WandbHook()
