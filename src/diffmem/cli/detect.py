@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from diffmem.cli.common import add_common
+from diffmem.cli.common import add_common, progress_enabled
 from diffmem.detectors.harness import DetectionSummary, resolve_detectors, run_detection
 from diffmem.subject import Subject
 from diffmem.worlds.subject import world_subject
@@ -124,10 +125,11 @@ def _cli(args) -> int:
         print(json.dumps({"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
                           "detectors": dets, **kw}, default=str))
         return 0
-    run = run_detection(subject, args.detectors, **kw,
-                        progress=None if args.no_progress else lambda msg: print(f"scoring {msg}", flush=True))
-    print_table(run.summary)
-    for s in run.summary.skipped:
-        print(f"skipped {s['detector']} n={s['n_gen']}: {s['reason']}")
+    run = run_detection(subject, args.detectors, **kw, progress=None if not progress_enabled(args) else
+                        lambda msg: print(f"scoring {msg}", file=sys.stderr, flush=True))
+    if not (args.json or args.quiet):  # --json / -q: only the closing JSON line
+        print_table(run.summary)
+        for s in run.summary.skipped:
+            print(f"skipped {s['detector']} n={s['n_gen']}: {s['reason']}")
     print(json.dumps({"out": str(args.out), "seconds": round(run.summary.seconds, 1), **run.summary.units}))
     return 0
