@@ -261,8 +261,15 @@ def test_kim_on_an_embedded_world_subject(tmp_path, monkeypatch):
     res = run_kim(subject, KimConfig(n_seeds=2, draws=2, n_boot=10, sweep=(7.5,), primary="l2_sim"))
     assert [p.id for p in res.prompts] == [p.id for p in subject.prompts] and res.summary.n_prompts == 4
     assert res.provenance.extra["subject"] == subject.name and res.prompts[0].w0.shape == (4,)
-    with pytest.raises(ValueError, match="no paired training sample"):
-        run_kim(_unpaired(subject), KimConfig(n_seeds=2))
+    # a prompt without a training image gets the training-data-free analyses; its self-referenced D is the one
+    # of the same trajectory (same seeds) when it had an image
+    part = run_kim(_unpaired(subject), KimConfig(n_seeds=2, draws=2, n_boot=10, sweep=(7.5,), primary="l2_sim"))
+    assert [p.id for p in part.prompts] == [p.id for p in subject.prompts[:3]]
+    assert [s.id for s in part.selfref] == [subject.prompts[3].id] and part.summary.n_prompts == 3
+    assert part.selfref[0].D1_selfref == res.prompts[3].D1_selfref
+    assert part.selfref[0].D2_selfref == res.prompts[3].D2_selfref
+    assert list(part.skipped) == ["A1 guided loss, A2 noise content, D1/D2 against the training image, severity and "
+                                  "the A5 sweep"]
 
 
 def _unpaired(subject):

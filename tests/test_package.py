@@ -77,7 +77,10 @@ def test_run_dirs_are_numbered(tmp_path):
 
 def test_cli_version(capsys):
     assert main(["version"]) == 0
-    assert capsys.readouterr().out.strip() == __version__
+    assert capsys.readouterr().out.strip() == f"diffmem {__version__}"
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"diffmem {__version__}"  # the same line both ways
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "demo" in capsys.readouterr().out
@@ -85,8 +88,8 @@ def test_cli_version(capsys):
 
 def test_cli_demo_writes_a_complete_run(tmp_path, capsys):
     skip = ["--skip", "world", "--skip", "kim", "--skip", "theory"]
-    assert main(["demo", "--quick", "--out", str(tmp_path), "--no-progress", *skip]) == 0
-    (run,) = tmp_path.iterdir()
+    run = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(run), "--no-progress", *skip]) == 0  # --out: the exact folder
     assert sorted(p.name for p in run.iterdir()) == ["demo.json", "demo.safetensors", "report.md"]
     res = DemoResult.load(run, "demo")
     assert isinstance(res.provenance, Provenance) and res.provenance.seeds == list(range(8))

@@ -25,7 +25,7 @@ def files(tmp_path):
 def test_memorization_command_reports_the_library_value(files, capsys):
     path, samples, refs = files
     rc = main(["similarity", "memorization", "--samples", str(path / "gen.safetensors"), "--samples-key", "x",
-               "--refs", str(path / "refs.safetensors"), "--k", "5"])
+               "--refs", str(path / "refs.safetensors"), "--k", "5", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 0 and out["memorization_ratio"] == memorization_ratio(samples, refs)
     assert out["memorization_ratio"] >= 0.5 and out["n_refs"] == 50 and out["dedup"] is True
@@ -33,7 +33,7 @@ def test_memorization_command_reports_the_library_value(files, capsys):
 
 def test_duplicates_command(files, capsys):
     path, _, _ = files
-    assert main(["similarity", "duplicates", "--refs", str(path / "refs.safetensors")]) == 0
+    assert main(["similarity", "duplicates", "--refs", str(path / "refs.safetensors"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["largest_group"] == 6 and out["largest_groups"][0] == [3, 40, 41, 42, 43, 44]
 

@@ -19,8 +19,8 @@ pytest.importorskip("matplotlib")
 def test_sweep_cli_writes_summary_result_and_figure(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sweeps.PRESETS, "quick", TINY)
     assert main(["theory", "sweep", "--quick", "--out", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
-    assert "[1/" in out and "duplication" in out
+    out = capsys.readouterr()
+    assert "[1/" in out.err and "duplication" in out.out  # progress lines on stderr, the findings on stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["figures"] == ["sweep.png"] and summary["provenance"]["extra"]["preset"] == "quick"
     assert TheoryResult.load(tmp_path, "sweep").summary["findings"] == summary["findings"]

@@ -242,4 +242,5 @@ def test_world_report_of_a_tiny_bench_world(tmp_path, monkeypatch, capsys):
     assert main(["world-report", str(world.directory), "--out", str(tmp_path / "c"), "--quick", "--samples", "1",
                  "--steps", "1", "--weights", "7.5"]) == 0
     out = capsys.readouterr().out
-    assert "w= 7.5 shared: m1=" in out and "template masked=" in out
+    # one summary format for every command (key  value lines): the graded rows are keyed by w, regime and m
+    assert "w7.5_shared_m1_copy_rate" in out and "w7.5_template_masked_copy_rate" in out

@@ -27,8 +27,9 @@ __all__ = ["ADAPTER_KINDS", "read_manifest", "load_image", "adapter_subject", "d
 ADAPTER_KINDS = {"sd": StableDiffusionAdapter, "pixart": PixArtAdapter}  # text-to-image families by CLI key
 
 
-def read_manifest(path: str | Path) -> list[dict]:
-    """Rows of a JSONL manifest, each checked for ``prompt`` and ``image`` (paths made absolute)."""
+def read_manifest(path: str | Path, *, require_images: bool = True) -> list[dict]:
+    """Rows of a JSONL manifest, each checked for ``prompt`` and ``image`` (paths made absolute); with
+    ``require_images=False`` a row may omit ``image`` (its ``image`` is None: a prompt without training image)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"manifest {str(path)!r} does not exist")
@@ -40,11 +41,12 @@ def read_manifest(path: str | Path) -> list[dict]:
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
-        missing = [k for k in ("prompt", "image") if not isinstance(row.get(k), str)]
+        needed = ("prompt", "image") if require_images or "image" in row else ("prompt",)
+        missing = [k for k in needed if not isinstance(row.get(k), str)]
         if missing:
             raise ValueError(f"{path}:{n}: missing string field {missing[0]!r}")
-        image = (path.parent / row["image"]).resolve()
-        if not image.is_file():
+        image = (path.parent / row["image"]).resolve() if "image" in row else None
+        if image is not None and not image.is_file():
             raise ValueError(f"{path}:{n}: image {str(image)!r} does not exist")
         rows.append({"id": str(row.get("id", n - 1)), "kind": row.get("kind", "unknown"), **row, "image": image})
     if not rows:
@@ -80,13 +82,17 @@ def adapter_subject(adapter: DiffusersAdapter, rows: list[dict], *, steps: int =
     adapter; :meth:`~diffmem.subject.Subject.edited` wraps an edited copy of the UNet/transformer."""
     c, h, w = adapter.latent_shape()
     down = adapter.codec.downsample
-    images = torch.stack([load_image(r["image"], (h * down, w * down)) for r in rows])
-    latents = adapter.codec.encode(images).to(dtype)
+    paired = [i for i, r in enumerate(rows) if r["image"] is not None]  # rows without image: prompts only
+    latents = None
+    if paired:
+        images = torch.stack([load_image(rows[i]["image"], (h * down, w * down)) for i in paired])
+        latents = adapter.codec.encode(images).to(dtype)
+    x = dict(zip(paired, latents if latents is not None else (), strict=True))
     conds = adapter.prompts([r["prompt"] for r in rows])
     # every other manifest field (split, m, regime, template …) is ground truth the harnesses read from meta
-    meta = [{**{k: v for k, v in r.items() if k not in ("id", "prompt", "kind", "image")}, "image": str(r["image"])}
-            for r in rows]
-    prompts = [Prompt(r["id"], r["prompt"], conds.select(torch.tensor([i])), r["kind"], latents[i], meta[i])
+    meta = [{**{k: v for k, v in r.items() if k not in ("id", "prompt", "kind", "image")},
+             "image": None if r["image"] is None else str(r["image"])} for r in rows]
+    prompts = [Prompt(r["id"], r["prompt"], conds.select(torch.tensor([i])), r["kind"], x.get(i), meta[i])
                for i, r in enumerate(rows)]
 
     def sampler(n: int):

@@ -5,12 +5,19 @@ everything, then run A1 (guided loss, overshoot), A2 (noise content), A3 (seed c
 D1/D2 and the training-data-free self-referenced D), measure memorization severity with several metrics, and
 correlate D with severity across prompts (:mod:`diffmem.analyses.kim_summary`). Beyond the paper: several severity
 metrics, Spearman and bootstrap intervals, the self-referenced D, and any model or world.
+
+A prompt *without* a training image (a prompts-only manifest row) gets what needs no training data: the
+self-referenced D, seed convergence (A3) and, with references, the share of seeds copying one of them
+(:class:`SelfRefAnalysis`); the rest is skipped with the reason recorded in :attr:`KimResult.skipped`. With
+``units=DIR`` each prompt is saved as it finishes and a rerun with the same settings resumes from them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -24,9 +31,15 @@ from diffmem.analyses.severity import severity
 from diffmem.results import Provenance, Result
 from diffmem.sampling.guidance import Constant
 from diffmem.sampling.trajectory import Recorder
+from diffmem.similarity.criteria import COPY_RATIO, nn_ratio
 from diffmem.subject import Prompt, Subject
 
-__all__ = ["KimConfig", "PromptAnalysis", "KimResult", "KimSummary", "run_kim", "analyze_prompt", "summarize"]
+__all__ = ["KimConfig", "PromptAnalysis", "SelfRefAnalysis", "KimResult", "KimSummary", "run_kim", "analyze_prompt",
+           "analyze_unpaired", "summarize", "NEEDS_TRAINING_IMAGE"]
+
+# what a prompt without a paired training image cannot have, and why
+NEEDS_TRAINING_IMAGE = ("A1 guided loss, A2 noise content, D1/D2 against the training image, severity and the A5 "
+                        "sweep need the prompt's training image")
 
 
 @dataclass(frozen=True)
@@ -86,14 +99,46 @@ class PromptAnalysis:
 
 
 @dataclass(frozen=True)
+class SelfRefAnalysis:
+    """A prompt without a training image: the self-referenced D (each seed's own final sample as the image), seed
+    convergence (A3) and ``copy_rate_refs``, the share of seeds whose sample copies a reference (1/3 rule; None
+    without references)."""
+
+    id: str
+    kind: str
+    D1_selfref: float
+    D2_selfref: float
+    w0_selfref: Tensor  # [S] seed-averaged
+    V_ratio_x_t: Tensor
+    V_ratio_x0_hat: Tensor
+    collapse_x_t: int | None
+    copy_rate_refs: float | None
+
+
+@dataclass(frozen=True)
 class KimResult(Result):
+    """``prompts``: the paired prompts' full analyses; ``summary``: their correlations (None with fewer than 3
+    paired prompts); ``selfref``: the prompts without a training image; ``skipped``: analysis → reason."""
+
     prompts: list[PromptAnalysis]
     alpha_bar: Tensor  # [S] the ᾱ each decomposed latent lives at
     t: Tensor  # [T] grid timesteps (A1)
     sweep: Tensor  # [G]
-    summary: KimSummary
+    summary: KimSummary | None
     provenance: Provenance
     config: KimConfig
+    selfref: list[SelfRefAnalysis] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Unit(Result):
+    """One finished prompt, saved so that a killed run resumes; ``settings`` must match to be reused."""
+
+    settings: dict
+    provenance: Provenance
+    paired: PromptAnalysis | None = None
+    unpaired: SelfRefAnalysis | None = None
 
 
 def _trajectory(subject: Subject, p: Prompt, cfg: KimConfig, g: float, recorder: Recorder):
@@ -129,35 +174,96 @@ def analyze_prompt(subject: Subject, p: Prompt, cfg: KimConfig) -> tuple[PromptA
     return pa, tr.provenance
 
 
+def analyze_unpaired(subject: Subject, p: Prompt, cfg: KimConfig) -> tuple[SelfRefAnalysis, Provenance]:
+    """What needs no training image for one prompt: the self-referenced D, A3 and the copy share of references."""
+    tr = _trajectory(subject, p, cfg, cfg.guidance, Recorder())
+    own, conv = decompose_trajectory(tr, tr.x_0), convergence(tr, cfg.collapse_threshold)
+    copy = None
+    if subject.references is not None and len(subject.references) >= 2:
+        ratio, _ = nn_ratio(tr.x_0.flatten(1), subject.references.flatten(1).to(tr.x_0))
+        copy = float((ratio <= COPY_RATIO).double().mean())
+    return SelfRefAnalysis(p.id, p.kind, own.D1, own.D2, own.w0.mean(1), conv["V_ratio_x_t"], conv["V_ratio_x0_hat"],
+                           conv["collapse_x_t"], copy), tr.provenance
+
+
 def _check(subject: Subject) -> None:
-    if len(subject.prompts) < 3:
-        raise ValueError(f"need at least 3 prompts to correlate, got {len(subject.prompts)}")
-    unpaired = [p.id for p in subject.prompts if p.x is None]
-    if unpaired:
-        raise ValueError(f"prompt {unpaired[0]!r} of subject {subject.name!r} has no paired training sample; "
-                         "select paired prompts first (Subject.select)")
-    if subject.references is None:
+    if not subject.prompts:
+        raise ValueError(f"subject {subject.name!r} has no prompts")
+    if any(p.x is not None for p in subject.prompts) and subject.references is None:
         raise ValueError(f"subject {subject.name!r} has no references (training samples) for the copy rule")
 
 
-def run_kim(subject: Subject, cfg: KimConfig = KimConfig(), *, progress: Callable[[int], None] | None = None
-            ) -> KimResult:
-    """Run the study on every prompt of ``subject``, in order (``progress(i)`` is called after each prompt)."""
-    _check(subject)
-    rows, prov = [], None
-    for i, p in enumerate(subject.prompts):
+def _settings(subject: Subject, p: Prompt, cfg: KimConfig) -> dict:
+    """What a saved prompt was computed with, as JSON reads it back (so a resumed run compares equal)."""
+    refs = subject.references
+    return json.loads(json.dumps({"config": asdict(cfg), "subject": subject.name, "steps": subject.steps, "id": p.id,
+                                  "text": p.text, "paired": p.x is not None,
+                                  "references": None if refs is None else list(refs.shape)}))
+
+
+def _unit(subject: Subject, p: Prompt, cfg: KimConfig, units: Path | None, index: int) -> tuple[_Unit, bool]:
+    """The prompt's analysis: loaded from ``units`` when saved with the same settings, else computed (and saved)."""
+    settings, name = _settings(subject, p, cfg), f"prompt-{index:05d}"
+    if units is not None and (units / f"{name}.json").exists():
+        unit = _Unit.load(units, name)
+        if unit.settings != settings:
+            diff = {k: (unit.settings.get(k), v) for k, v in settings.items() if unit.settings.get(k) != v}
+            raise ValueError(f"{units} holds prompt {index} made with other settings (saved, requested): {diff}; "
+                             "use another --out or delete it")
+        return unit, True
+    if p.x is not None:
         pa, prov = analyze_prompt(subject, p, cfg)
-        rows.append(pa)
-        if progress:
-            progress(i)
+        unit = _Unit(settings, prov, paired=pa)
+    else:
+        sr, prov = analyze_unpaired(subject, p, cfg)
+        unit = _Unit(settings, prov, unpaired=sr)
+    if units is not None:
+        unit.save(units, name)  # arrays first, then the JSON: a unit exists once its JSON does
+    return unit, False
+
+
+def run_kim(subject: Subject, cfg: KimConfig = KimConfig(), *, progress: Callable[[int, int], None] | None = None,
+            units: str | Path | None = None) -> KimResult:
+    """Run the study on every prompt of ``subject``, in order. ``units``: a folder where each prompt is saved as it
+    finishes and found again by a rerun (resume after a kill). ``progress(k, todo)`` is called before the first
+    prompt (k = 0) and after each prompt computed in this call (not after those found in ``units``)."""
+    _check(subject)
+    units = None if units is None else Path(units)
+    found = [units is not None and (units / f"prompt-{i:05d}.json").exists() for i in range(len(subject.prompts))]
+    todo, k = len(found) - sum(found), 0
+    if progress:
+        progress(0, todo)
+    done = []
+    for i, p in enumerate(subject.prompts):
+        unit, cached = _unit(subject, p, cfg, units, i)
+        done.append(unit)
+        if not cached:
+            k += 1
+            if progress:
+                progress(k, todo)
+    rows = [u.paired for u in done if u.paired is not None]
+    selfref = [u.unpaired for u in done if u.unpaired is not None]
+    return _result(subject, cfg, rows, selfref, done[-1].provenance)
+
+
+def _result(subject: Subject, cfg: KimConfig, rows: list, selfref: list, prov: Provenance) -> KimResult:
     sweep = torch.tensor(cfg.sweep, dtype=torch.float64)
     grid = subject.grid
     ab = torch.cat([grid.alpha_bar[1:], grid.alpha_bar_next[-1:]])
     provenance = Provenance(model=prov.model, solver=prov.solver, grid=prov.grid, guidance=prov.guidance,
                             seeds=list(range(cfg.n_seeds)),
-                            extra={"subject": subject.name, "similarity": sorted(rows[0].severity),
+                            extra={"subject": subject.name, "similarity": sorted(rows[0].severity) if rows else [],
                                    "primary_severity": cfg.primary, "copy_rule": "l2 nn ratio <= 1/3, paired"})
-    summary = summarize(rows, sweep, guidance=cfg.guidance, primary=cfg.primary, n_seeds=cfg.n_seeds,
-                        n_boot=cfg.n_boot)
-    return KimResult(rows, ab, grid.timesteps, sweep, summary, provenance, config=cfg)
-
+    skipped = {}
+    if selfref:
+        skipped[NEEDS_TRAINING_IMAGE.split(" need")[0]] = (f"{len(selfref)} prompt(s) have no training image "
+                                                          f"(e.g. {selfref[0].id!r}); they need it")
+    summary = None
+    if len(rows) >= 3:
+        summary = summarize(rows, sweep, guidance=cfg.guidance, primary=cfg.primary, n_seeds=cfg.n_seeds,
+                            n_boot=cfg.n_boot)
+    else:
+        skipped["correlation of D with severity"] = (f"needs at least 3 prompts with a training image, got "
+                                                     f"{len(rows)}")
+    return KimResult(rows, ab, grid.timesteps, sweep, summary, provenance, config=cfg, selfref=selfref,
+                     skipped=skipped)

@@ -1,13 +1,19 @@
 """``diffmem analyze kim``: the three analyses of Kim et al. (2025) on an embedded world or a local diffusers model.
 
-Writes ``summary.json`` (headline numbers + provenance), ``kimresult.json``/``.safetensors`` (every per-prompt
-array) and the figures F1–F6 (PNG, rendered from the saved result) into ``--out``.
+Writes into --out: summary.json (headline numbers, prompts without a training image, what was skipped and why,
+provenance), kimresult.json/.safetensors (every per-prompt array) and the figures F1–F6 (PNG, rendered from the
+saved result). Each prompt is saved as it finishes (--out/units/, deleted at the end): after a kill or Ctrl-C, the
+same command resumes where it stopped.
+
+A --prompts manifest is JSONL, one {"prompt": ..., "image": PATH (optional), "kind": ..., "id": ...} per line.
+Prompts without an image get the training-data-free analyses (self-referenced D, seed convergence and, with --refs,
+the share of seeds copying a reference); the others are skipped with the reason in summary.json. --refs DIR|NPZ
+replaces the reference set of the copy rule (default: the manifest's or world's own training images).
 """
 
 from __future__ import annotations
 
-import argparse
-
+from diffmem.cli.common import add_command, add_common, emit, progress_enabled
 from diffmem.runners.kim import analyze_kim
 
 __all__ = ["add_parser"]
@@ -19,34 +25,43 @@ PRINTED = ("n_prompts", "n_seeds", "n_memorized", "n_nonmemorized", "primary_sev
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("analyze", help="run a paper's analyses (kim: how diffusion models memorize)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "analyze", __doc__)
     p.add_argument("analysis", choices=["kim"], help="which study")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--world", default=None, help="embedded world (default: digits-t2i)")
     src.add_argument("--model", default=None, help="local diffusers directory (Stable Diffusion or PixArt)")
     p.add_argument("--model-kind", default="sd", choices=["sd", "pixart"], help="pipeline family of --model")
-    p.add_argument("--prompts", default=None, help="JSONL manifest of prompts and paired images (with --model)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (default: %(default)s)")
+    p.add_argument("--prompts", default=None, help="JSONL manifest of prompts, each with its training image where "
+                   "there is one (with --model)")
+    p.add_argument("--refs", metavar="DIR|NPZ", help="reference images of the copy rule (default: the training "
+                   "images of the manifest or world)")
+    add_common(p, model=("device", "dtype"), seed=None, steps=50)
+    p.add_argument("--seeds", dest="n_seeds", type=int, metavar="N", help="seeds per prompt, 0..N-1 (default 10; "
+                   "--quick: 4)")
+    p.add_argument("--guidance", type=float, metavar="W", help="CFG weight of the main trajectories (default 7.5)")
     p.add_argument("--per-kind", type=int, default=None, help="prompts of each kind from a world (default: all; "
                    "--quick: 8)")
     p.add_argument("--primary", default=None,
                    help="primary severity metric: ssim (default), l2_sim, cosine or copy_rate")
     p.add_argument("--quick", action="store_true", help="4 seeds, 8 noise draws, 3 guidance weights, 8 prompts/kind")
-    p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=_cli)
 
 
 def _cli(args) -> int:
     if args.model and not args.prompts:
-        raise ValueError("--model needs --prompts MANIFEST.jsonl (prompt + paired image per line)")
-    run = analyze_kim(args.out, world=args.world, model=args.model, model_kind=args.model_kind,
-                      prompts=args.prompts, steps=args.steps, per_kind=args.per_kind, primary=args.primary,
-                      quick=args.quick, progress=not args.no_progress)
-    for k in PRINTED:
-        v = getattr(run.summary, k)
-        print(f"{k:36s} {v:.4f}" if isinstance(v, float) else f"{k:36s} {v}")
-    print(f"{'wall_seconds':36s} {run.wall_seconds:.4f}")
-    print(f"wrote {args.out}")
-    return 0
+        raise ValueError("--model needs --prompts MANIFEST.jsonl (one prompt per line, with its training image "
+                         "where there is one)")
+    overrides = {k: v for k, v in (("n_seeds", args.n_seeds), ("guidance", args.guidance)) if v is not None}
+    settings = {"world": args.world, "model": args.model, "model_kind": args.model_kind, "prompts": args.prompts,
+                "refs": args.refs, "steps": args.steps, "per_kind": args.per_kind, "primary": args.primary,
+                "quick": args.quick, "device": args.device, "dtype": args.dtype}
+    if args.dry_run:
+        return emit(args, {**settings, **overrides, "out": str(args.out)})
+    run = analyze_kim(args.out, **settings, progress=progress_enabled(args), **overrides)
+    summary = {k: getattr(run.summary, k) for k in PRINTED} if run.summary else {}
+    if run.selfref:
+        summary["n_prompts_without_image"] = len(run.selfref)
+        summary["median_D1_selfref_without_image"] = sorted(r["D1_selfref"] for r in run.selfref)[len(run.selfref) // 2]
+    for what, why in (run.skipped or {}).items():
+        summary[f"skipped: {what}"] = why
+    return emit(args, {**summary, "wall_seconds": run.wall_seconds, "threads": args.threads, "out": str(args.out)})

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from rich.table import Table
 
+from diffmem.cli.common import progress_enabled
 from diffmem.cli.detect import add_subject_args, subject_from_args, wide_console
 from diffmem.detectors.audit import AuditResult, audit, threshold_from_summary
 
@@ -56,8 +58,10 @@ def _cli(args) -> int:
     result = audit(subject, out=args.out, screen=args.screen, expensive=args.expensive, fraction=args.fraction,
                    n_gen=args.n_gen, base_seed=args.seed, threshold=threshold, refs=args.refs,
                    samples=not args.no_samples, compare_full=args.compare_full,
-                   progress=None if args.no_progress else lambda msg: print(msg, flush=True))
-    _print(result, args.top)
+                   progress=None if not progress_enabled(args) else lambda msg: print(msg, file=sys.stderr,
+                                                                                      flush=True))
+    if not (args.json or args.quiet):  # --json / -q: only the closing JSON line
+        _print(result, args.top)
     print(json.dumps({"out": str(args.out), "nfe": result.nfe, "full": result.full,
                       "seconds": round(result.seconds, 1)}))
     return 0

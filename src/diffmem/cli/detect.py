@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -16,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diffmem.adapters.subject import ADAPTER_KINDS, diffusers_subject
+from diffmem.cli.common import add_common, progress_enabled
 from diffmem.detectors.harness import DetectionSummary, resolve_detectors, run_detection
 from diffmem.subject import Subject
 from diffmem.worlds.subject import world_subject
@@ -43,17 +45,13 @@ def names(text: str) -> tuple[str, ...]:
 
 
 def add_subject_args(p) -> None:
-    """--world | --model/--prompts, --steps, --threads, --quick (shared by detect and audit)."""
+    """--world | --model/--prompts, --quick and the shared options (shared by detect and audit)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--world", metavar="W", help="embedded world (digits-t2i, digits-bench, …) or checkpoint dir")
     src.add_argument("--model", metavar="DIR", help="local diffusers model directory (needs --prompts)")
     p.add_argument("--prompts", metavar="FILE", help="JSONL prompt manifest for --model")
-    p.add_argument("--out", required=True, type=Path, help="output directory (reused to resume)")
-    p.add_argument("--steps", type=int, default=50, help="sampling steps (default: %(default)s)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    add_common(p, seed=0, steps=50, dry_run=False)  # generation j uses seed SEED + j
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
-    p.add_argument("--seed", type=int, default=0, help="generation j uses seed SEED + j (default: %(default)s)")
-    p.add_argument("--no-progress", action="store_true", help="no progress lines")
 
 
 def add_parser(sub) -> None:
@@ -143,10 +141,11 @@ def _cli(args) -> int:
         print(json.dumps({"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
                           "detectors": dets, **kw}, default=str))
         return 0
-    run = run_detection(subject, args.detectors, **kw,
-                        progress=None if args.no_progress else lambda msg: print(f"scoring {msg}", flush=True))
-    print_table(run.summary)
-    for s in run.summary.skipped:
-        print(f"skipped {s['detector']} n={s['n_gen']}: {s['reason']}")
+    run = run_detection(subject, args.detectors, **kw, progress=None if not progress_enabled(args) else
+                        lambda msg: print(f"scoring {msg}", file=sys.stderr, flush=True))
+    if not (args.json or args.quiet):  # --json / -q: only the closing JSON line
+        print_table(run.summary)
+        for s in run.summary.skipped:
+            print(f"skipped {s['detector']} n={s['n_gen']}: {s['reason']}")
     print(json.dumps({"out": str(args.out), "seconds": round(run.summary.seconds, 1), **run.summary.units}))
     return 0

@@ -7,9 +7,7 @@
 
 from __future__ import annotations
 
-import argparse
-import json
-
+from diffmem.cli.common import add_command, add_common, emit
 from diffmem.similarity.criteria import nn_ratio, relative_distance
 from diffmem.similarity.digits_classifier import load_digits_classifier
 from diffmem.similarity.duplicates import exact_duplicates, near_duplicates
@@ -33,32 +31,28 @@ def _memorization(args) -> int:
     ratio, nearest = nn_ratio(samples, refs, dedup=not args.no_dedup, backend=args.backend)
     rel, _ = relative_distance(samples, refs, k=min(args.k, len(refs)), dedup=not args.no_dedup,
                                backend=args.backend)
-    print(json.dumps({"n_samples": len(samples), "n_refs": len(refs), "dedup": not args.no_dedup,
+    return emit(args, {"n_samples": len(samples), "n_refs": len(refs), "dedup": not args.no_dedup,
                       "ratio_threshold": args.threshold,
                       "memorization_ratio": float((ratio <= args.threshold).double().mean()),
                       "nn_ratio_median": float(ratio.median()), "relative_distance_k": min(args.k, len(refs)),
                       "relative_distance_median": float(rel.median()),
-                      "distinct_nearest_refs": int(nearest[ratio <= args.threshold].unique().numel())}, indent=2))
-    return 0
+                      "distinct_nearest_refs": int(nearest[ratio <= args.threshold].unique().numel())})
 
 
 def _duplicates(args) -> int:
     refs = _tensor(args.refs, args.refs_key)
     res = exact_duplicates(refs) if args.threshold is None else near_duplicates(refs, args.threshold,
                                                                                 metric=args.metric)
-    print(json.dumps({**res.summary(), "largest_groups": sorted(res.groups, key=len, reverse=True)[:5]}, indent=2))
-    return 0
+    return emit(args, {**res.summary(), "largest_groups": sorted(res.groups, key=len, reverse=True)[:5]})
 
 
 def _classifier(args) -> int:
     clf = load_digits_classifier(retrain=args.retrain)
-    print(json.dumps({"path": str(clf.path), "test_accuracy": clf.test_accuracy, "sha256": clf.sha256}, indent=2))
-    return 0
+    return emit(args, {"path": str(clf.path), "test_accuracy": clf.test_accuracy, "sha256": clf.sha256})
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("similarity", help="copy criteria, duplicate counts and the digits feature classifier",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "similarity", __doc__)
     cmds = p.add_subparsers(dest="similarity_command", metavar="WHAT", required=True)
     m = cmds.add_parser("memorization", help="nearest-neighbour ratio (memorization ratio) and relative distance")
     m.add_argument("--samples", required=True, help="safetensors file with generated samples [N, ...]")
@@ -69,6 +63,7 @@ def add_parser(sub) -> None:
     m.add_argument("--k", type=int, default=50, help="neighbours in the relative distance (default: %(default)s)")
     m.add_argument("--no-dedup", action="store_true", help="keep exact duplicates in the reference set")
     m.add_argument("--backend", choices=("torch", "faiss"), default="torch", help="k-NN backend (default: torch)")
+    add_common(m, out=None, seed=None, dry_run=False)
     m.set_defaults(run=_memorization)
     d = cmds.add_parser("duplicates", help="exact or near-duplicate groups of a training set")
     d.add_argument("--refs", required=True, help="safetensors file with training images [M, ...]")
@@ -76,7 +71,9 @@ def add_parser(sub) -> None:
     d.add_argument("--threshold", type=float, help="near-duplicate threshold (default: exact duplicates only)")
     d.add_argument("--metric", choices=("l2", "normalized_l2", "cosine"), default="normalized_l2",
                    help="distance for --threshold (default: %(default)s)")
+    add_common(d, out=None, seed=None, dry_run=False)
     d.set_defaults(run=_duplicates)
     c = cmds.add_parser("classifier", help="train or load the embedded digits classifier; print its accuracy")
     c.add_argument("--retrain", action="store_true", help="train again even when cached")
+    add_common(c, out=None, seed=None, dry_run=False)
     c.set_defaults(run=_classifier)

@@ -10,9 +10,9 @@ Each writes OUT/summary.json, OUT/<kind>.json + .safetensors and PNG figures.
 
 from __future__ import annotations
 
-import argparse
-import json
+import sys
 
+from diffmem.cli.common import add_command, add_common, emit, progress_enabled
 from diffmem.theory import lab
 from diffmem.theory.sweeps import PRESETS, plan
 from diffmem.theory.teaser import TEASER_PRESETS
@@ -23,15 +23,13 @@ KINDS = ("loss-gap", "scores", "sweep", "teaser")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("theory", help="closed-form theory lab of Ye et al. 2025 (loss gap, scores, sweeps)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "theory", __doc__)
     p.add_argument("experiment", choices=KINDS, help="which experiment to run")
-    p.add_argument("--out", required=True, help="output directory (a sweep resumes from it)")
+    add_common(p, seed=None)
     p.add_argument("--quick", action="store_true", help="quick preset (each ≤ 3 min on 2 free cores)")
     p.add_argument("--preset", choices=("quick", "default"), default=None,
                    help="sweep grid (default: 'quick' with --quick, else 'default'); 'paper' needs a GPU")
     p.add_argument("--no-figures", action="store_true", help="write summary.json only")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved sweep/teaser config and exit")
     p.set_defaults(run=_cli)
 
 
@@ -39,34 +37,32 @@ def _cli(args) -> int:
     figures = not args.no_figures
     preset = args.preset or ("quick" if args.quick else "default")
     if args.dry_run:
-        return _dry_run(args.experiment, preset)
+        return emit(args, {"out": str(args.out), **_settings(args.experiment, preset)})
     if args.experiment == "loss-gap":
         s = lab.run_loss_gap(args.out, quick=args.quick, figures=figures)
-        print(json.dumps({"reference": s.reference, "prop41_all_agree": s.prop41_all_agree,
-                          "max_rel_err_small_t": s.max_rel_err_small_t}, indent=1))
+        summary = {"reference": s.reference, "prop41_all_agree": s.prop41_all_agree,
+                   "max_rel_err_small_t": s.max_rel_err_small_t}
     elif args.experiment == "scores":
         s = lab.run_scores(args.out, quick=args.quick, figures=figures)
-        print(json.dumps({"memorization": s.memorization, "heldout_loglik_mean": s.heldout_loglik_mean,
-                          "t_collapse": [(r["dim"], r["n"], r["t_collapse"]) for r in s.collapse["rows"]]},
-                         indent=1))
+        summary = {"memorization": s.memorization, "heldout_loglik_mean": s.heldout_loglik_mean,
+                   "t_collapse": [(r["dim"], r["n"], r["t_collapse"]) for r in s.collapse["rows"]]}
     elif args.experiment == "sweep":
+        show = progress_enabled(args)
         s = lab.run_sweep_preset(args.out, preset=preset, figures=figures,
-                                 progress=lambda k, n, key: print(f"[{k}/{n}] {key}", flush=True))
-        print("\n".join(s.findings))
+                                 progress=lambda k, n, key: show and print(f"[{k}/{n}] {key}", file=sys.stderr,
+                                                                           flush=True))
+        summary = {"findings": list(s.findings)}
     else:
         s = lab.run_teaser(args.out, quick=args.quick, figures=figures)
-        print(json.dumps(s.rows, indent=1))
-    print(f"wrote {args.out} ({s.wall_s} s)")
-    return 0
+        summary = {"rows": s.rows}
+    return emit(args, {**summary, "seconds": s.wall_s, "threads": args.threads, "out": str(args.out)})
 
 
-def _dry_run(experiment: str, preset: str) -> int:
+def _settings(experiment: str, preset: str) -> dict:
     if experiment == "sweep":
         cfg = PRESETS[preset]
         runs = {s.key for specs in plan(cfg).values() for s in specs}
-        print(json.dumps({**cfg.to_dict(), "unique_runs": len(runs)}, indent=1, default=str))
-    elif experiment == "teaser":
-        print(json.dumps(TEASER_PRESETS[preset].to_dict(), indent=1, default=str))
-    else:
-        print(json.dumps({"experiment": experiment, "quick": preset == "quick"}))
-    return 0
+        return {**cfg.to_dict(), "unique_runs": len(runs)}
+    if experiment == "teaser":
+        return TEASER_PRESETS[preset].to_dict()
+    return {"experiment": experiment, "quick": preset == "quick"}

@@ -7,9 +7,14 @@ Trains the world first if it is not in the cache (minutes on CPU).
 from __future__ import annotations
 
 import argparse
-import json
+
+from diffmem.cli.common import add_command, add_common, emit, progress_enabled
 
 __all__ = ["add_parser"]
+
+
+KEYS = ("planted_copy_rate", "nonplanted_copy_rate", "novel_copy_rate", "class_copy_rate", "unconditional_copy_rate",
+        "memorization_ratio", "alignment")  # headline rates printed per CFG weight
 
 
 def _weights(text: str) -> tuple[float, ...]:
@@ -20,49 +25,34 @@ def _weights(text: str) -> tuple[float, ...]:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("world-report", help="measure how much a trained world memorizes its planted pairs",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_command(sub, "world-report", __doc__)
     p.add_argument("world", metavar="WORLD",
                    help="digits-t2i | digits-dit | digits-bench | custom | PATH | checkpoint dir")
-    p.add_argument("--out", required=True, help="output directory")
+    add_common(p, seed=0, steps="DDIM; default 50, fewer steps make strong guidance overshoot")
     p.add_argument("--samples", type=int, help="samples per prompt (default 10; quick: 4)")
-    p.add_argument("--steps", type=int, help="DDIM steps (default 50; fewer steps make strong guidance overshoot)")
-    p.add_argument("--weights", type=_weights,
-                   help="CFG weights (default: 0,1,4,7.5; digits-bench: 1,3,7.5)")
-    p.add_argument("--seed", type=int, default=0, help="first seed (default: %(default)s)")
+    p.add_argument("--weights", type=_weights, help="CFG weights (default: 0,1,4,7.5; digits-bench: 1,3,7.5)")
     p.add_argument("--quick", action="store_true",
                    help="8 prompts per kind, 4 samples each (about 15 s with a trained world)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar while training")
     p.set_defaults(run=_cli)
 
 
 def _cli(args) -> int:
+    if args.dry_run:
+        return emit(args, {"world": args.world, "out": str(args.out), "quick": args.quick,
+                           "samples": args.samples, "steps": args.steps, "weights": list(args.weights) if args.weights else None,
+                           "seed": args.seed})
     from diffmem.worlds.report import world_report
 
     s = world_report(args.world, args.out, quick=args.quick, samples=args.samples, weights=args.weights,
-                     steps=args.steps, seed=args.seed, progress=not args.no_progress)
-    if "by_duplication" in s:
-        _print_graded(s)
-        print(json.dumps({"out": args.out}))
-        return 0
-    keys = ("planted_copy_rate", "nonplanted_copy_rate", "novel_copy_rate", "class_copy_rate",
-            "unconditional_copy_rate", "memorization_ratio", "alignment")
-    print(f"{s['world']}: {s['samples_per_prompt']} samples/prompt, {s['steps']} steps, {s['seconds']:.0f} s")
-    for w, m in s["per_w"].items():
-        print(f"w={w:>4}  " + "  ".join(f"{k}={m[k]:.3f}" for k in keys if m.get(k) is not None))
-    print(json.dumps({"out": args.out}))
-    return 0
-
-
-def _print_graded(s: dict) -> None:
-    """The duplication-ladder table (copy rate per m, regime and w), then template and negative copy rates."""
-    print(f"{s['world']}: {s['samples_per_prompt']} samples/prompt, {s['steps']} steps, {s['seconds']:.0f} s; "
-          f"{s['n_positive']} positive and {s['n_negative']} negative prompts")
-    for w in s["negative_copy_rate"]:
-        rows = [r for r in s["by_duplication"] if f"{r['w']:g}" == w]
-        for regime in dict.fromkeys(r["regime"] for r in rows):
-            print(f"w={w:>4} {regime:>6}: " + " ".join(f"m{r['m']}={r['copy_rate']:.2f}" for r in rows
-                                                          if r["regime"] == regime))
-        t, neg = s["template"][w], s["negative_copy_rate"][w]
-        print(f"w={w:>4} template masked={t['masked']:.3f} whole={t['whole']:.3f} rest={t['rest']:.3f}  "
-              + "  ".join(f"{k}={v:.3f}" for k, v in neg.items() if v is not None))
+                     steps=args.steps, seed=args.seed, progress=progress_enabled(args))
+    summary = {"world": s["world"], "samples_per_prompt": s["samples_per_prompt"], "steps": s["steps"],
+               "seconds": round(s["seconds"], 1), "threads": args.threads}
+    if "by_duplication" in s:  # the graded world: copy rate per rung, regime and w; templates; negatives
+        summary.update({f"w{r['w']:g}_{r['regime']}_m{r['m']}_copy_rate": r["copy_rate"] for r in s["by_duplication"]})
+        summary.update({f"w{w}_template_masked_copy_rate": t["masked"] for w, t in s["template"].items()})
+        for w, neg in s["negative_copy_rate"].items():
+            summary.update({f"w{w}_negative_{k}_copy_rate": v for k, v in neg.items() if v is not None})
+    else:
+        for w, m in s["per_w"].items():
+            summary.update({f"w{w}_{k}": m[k] for k in KEYS if m.get(k) is not None})
+    return emit(args, {**summary, "out": str(args.out)})

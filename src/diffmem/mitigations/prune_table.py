@@ -171,7 +171,7 @@ def _one_run(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, meth
         heads, chosen, fields = _choose(subject, evaluation, recipe, v, settings, eta, seed)
         cfg = recipe if v.weight_decay is None else replace(recipe, weight_decay=v.weight_decay)
         steps = settings.finetune_steps if v.finetune_steps is None else v.finetune_steps
-        model = finetune(without_heads(subject, heads), cfg, steps, out / "state" / f"{method}-{seed}.pt", seed=seed)
+        model = finetune(without_heads(subject, heads), cfg, steps, _state(out, method, seed), seed=seed)
         fields.update(removed=[[h.layer, h.index] for h in heads], ratio=eta, finetune_steps=steps)
         if seed == 0 and method in _SAVED:
             _save(subject, model, method, heads, chosen, out / _SAVED[method],
@@ -181,9 +181,14 @@ def _one_run(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, meth
     return PruneRow(method, seed, metrics, v.ours, **fields)
 
 
+def _state(out: Path, method: str, seed: int) -> Path:
+    """The resumable fine-tuning checkpoint of one row (safetensors), deleted once the row is written."""
+    return out / "state" / f"finetune-{method}-{seed}.safetensors"
+
+
 def check_table_settings(out: Path, settings: dict) -> None:
     """Rows of one folder must come from one setting: resuming with other settings is refused, by name."""
-    path = out / "table.json"
+    path = out / "settings.json"
     if path.exists():
         old = read_json(path)
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
@@ -201,12 +206,13 @@ def _rows(out: Path, method: str, runs: int) -> list[PruneRow]:
 
 def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out: str | Path, *,
               settings: TableSettings = FULL, methods: Sequence[str] = TABLE_METHODS,
-              compute: bool = True) -> PruneTable:
+              compute: bool = True, progress: Callable[[int, int, str], None] | None = None) -> PruneTable:
     """Fill the table for ``subject`` (its prompts are what samples cycle over; its training set is scored and
     fine-tuned on with ``recipe``) and return it (also written to ``out/summary.json``).
 
     ``methods`` are keys of :data:`VARIANTS`. ``compute=False`` only summarizes the rows already in ``out`` (each
     method over the runs it has; methods without any row are left out), e.g. to read a table still being filled.
+    ``progress(done, total, row)`` is called after each row (done or found).
     """
     variants = {m: _variant(m) for m in methods}
     out = Path(out)
@@ -222,6 +228,12 @@ def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out
             path = out / "runs" / f"{method}-{seed}.json"
             if not path.exists():
                 write_json(path, _one_run(subject, evaluation, recipe, method, seed, out, settings).to_dict())
+            _state(out, method, seed).unlink(missing_ok=True)  # the fine-tuning checkpoint only serves a resume
+            if progress:
+                progress(seed * len(methods) + methods.index(method) + 1, settings.runs * len(methods),
+                         f"{method}-{seed}")
+    if (out / "state").is_dir() and not any((out / "state").iterdir()):
+        (out / "state").rmdir()
     rows = {m: _rows(out, m, settings.runs) for m in methods}
     if not any(rows.values()):
         raise ValueError(f"no finished rows of {list(methods)} in {out / 'runs'}")

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import torch
 
-from diffmem.io import atomic_write_text, new_run_dir
+from diffmem.io import atomic_write_text
 from diffmem.reports.demo import render_demo
 from diffmem.results import Provenance, Result
 from diffmem.runners.kim import KimRun, kim_world_subject, run_kim_job
+from diffmem.runners.progress import progress_bar
 from diffmem.sampling.guidance import Constant
 from diffmem.sampling.loop import sample
 from diffmem.sampling.trajectory import Recorder
@@ -125,10 +126,10 @@ def _world_section(run: Path, world: World, quick: bool, progress: bool) -> Worl
                         round(s["seconds"], 1))
 
 
-def _kim_section(run: Path, world: World, quick: bool) -> KimRun:
+def _kim_section(run: Path, world: World, quick: bool, progress: bool) -> KimRun:
     """Kim et al.'s analyses in the quick preset on the world's planted and non-planted prompts."""
     subject = kim_world_subject(world, steps=50, per_kind=4 if quick else 8)
-    return run_kim_job(subject, run / "kim", quick=True, progress=False)
+    return run_kim_job(subject, run / "kim", quick=True, progress=progress)
 
 
 def _theory_section(run: Path) -> TheoryHeadline:
@@ -161,8 +162,8 @@ def _closed_form(n_samples: int, steps: int, weights, seed: int, progress: bool)
     cond = Cond(torch.tensor(seeds) % classes, torch.full((n_samples,), NULL_LABEL))
     rows, finals, provenance = [], {}, None
     jobs = [(m, w) for m in models for w in weights]
-    with _progress(progress) as bar:
-        task = bar.add_task("sampling", total=len(jobs))
+    with progress_bar(progress) as bar:
+        task = bar.add_task("closed-form check", total=len(jobs))
         for name, w in jobs:
             noise = SeededNoise(seeds, dtype=torch.float64)
             tr = sample(models[name], noise.randn((dim,)), grid, cond, guidance=Constant(w, always_uncond=True),
@@ -188,7 +189,7 @@ def run_demo(out: str | Path, *, n_samples: int | None = None, steps: int | None
              quick: bool = False) -> Path:
     """Run the requested ``sections`` on ``world`` plus the closed-form check (``n_samples`` seeds, ``steps``
     steps, each CFG weight; default 32 and 50, or 8 and 20 for a ``quick`` smoke run), save a
-    :class:`DemoResult` and its report; returns the run dir."""
+    :class:`DemoResult` and its report into the folder ``out`` (created if missing); returns ``out``."""
     n_samples = n_samples if n_samples is not None else (8 if quick else 32)
     steps = steps if steps is not None else (20 if quick else 50)
     unknown = set(sections) - set(SECTIONS)
@@ -197,14 +198,15 @@ def run_demo(out: str | Path, *, n_samples: int | None = None, steps: int | None
     if n_samples < 2 or steps < 1:
         raise ValueError(f"need n_samples >= 2 and steps >= 1, got {n_samples} and {steps}")
     rows, finals, train, prov = _closed_form(n_samples, steps, weights, seed, progress)
-    run = new_run_dir(out, "demo")
+    run = Path(out)
+    run.mkdir(parents=True, exist_ok=True)
     done = {}
     if "world" in sections or "kim" in sections:
         w = load_world(world, progress=progress)
         if "world" in sections:
             done["world"] = _world_section(run, w, quick, progress)
         if "kim" in sections:
-            done["kim"] = _kim_section(run, w, quick)
+            done["kim"] = _kim_section(run, w, quick, progress)
     if "theory" in sections:
         done["theory"] = _theory_section(run)
     result = DemoResult(rows, finals, train, prov, **done)
@@ -212,9 +214,3 @@ def run_demo(out: str | Path, *, n_samples: int | None = None, steps: int | None
     atomic_write_text(run / "report.md", render_demo(DemoResult.load(run, "demo")))
     return run
 
-
-def _progress(enabled: bool):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not enabled, transient=True)

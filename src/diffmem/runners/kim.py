@@ -1,50 +1,66 @@
 """The Kim et al. (2025) study as a job: build the subject, run the study, save result, summary and figures.
 
-``summary.json`` holds the flat :class:`~diffmem.analyses.kim_summary.KimSummary` keys plus ``wall_seconds``,
-``quick`` and the provenance; ``kimresult.json``/``.safetensors`` every per-prompt array; F1–F6 the figures
-(PNG, rendered from the saved result; skipped without matplotlib).
+Files in the output folder: ``summary.json`` (the flat :class:`~diffmem.analyses.kim_summary.KimSummary` keys —
+absent with fewer than 3 prompts with a training image — plus the prompts without one, what was skipped and why,
+``wall_seconds``, ``quick`` and the provenance); ``kimresult.json``/``.safetensors`` (every per-prompt array);
+F1–F6 (PNG figures rendered from the saved result; skipped without matplotlib or without a summary). While
+running, ``units/prompt-NNNNN.json``/``.safetensors`` hold each finished prompt: a killed run resumes from them and
+a finished run deletes them.
 """
 
 from __future__ import annotations
 
+import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from diffmem.adapters.subject import diffusers_subject
+import torch
+
+from diffmem.adapters.subject import ADAPTER_KINDS, adapter_subject, read_manifest
 from diffmem.analyses.kim import KimConfig, KimResult, KimSummary, run_kim
 from diffmem.io import write_json
 from diffmem.reports.kim_figures import render_kim_figures
 from diffmem.results import Record
+from diffmem.runners.progress import progress_bar
 from diffmem.subject import Subject
+from diffmem.worlds.custom import load_collection
 from diffmem.worlds.subject import world_subject
 from diffmem.worlds.world import World, load_world
 
-__all__ = ["KIM_PRESETS", "KimRun", "kim_world_subject", "run_kim_job", "analyze_kim"]
+__all__ = ["KIM_PRESETS", "KimRun", "kim_world_subject", "run_kim_job", "analyze_kim", "load_references"]
 
 KIM_PRESETS = {
     "quick": {"n_seeds": 4, "draws": 8, "sweep": (1.0, 4.0, 7.5), "n_boot": 500},
     "full": {"n_seeds": 10, "draws": 32, "sweep": (1.0, 3.0, 5.0, 7.5, 10.0), "n_boot": 2000},
 }
 QUICK_PER_KIND = 8  # prompts of each kind from a world in the quick preset
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class KimRun(Record):
-    """What one run of the study reports (``summary.json``): the summary, its cost, preset and provenance."""
+    """What one run of the study reports (``summary.json``): the summary (None with fewer than 3 prompts with a
+    training image), the prompts without one (id, kind, self-referenced D1, copy share of references), what was
+    skipped and why, the cost, preset and provenance."""
 
-    summary: KimSummary
+    summary: KimSummary | None
     wall_seconds: float
     quick: bool
     provenance: dict
+    selfref: tuple = ()
+    skipped: dict | None = None
 
     def to_dict(self) -> dict:
-        return {**self.summary.to_dict(), "wall_seconds": self.wall_seconds, "quick": self.quick,
+        return {**(self.summary.to_dict() if self.summary else {}), "selfref": list(self.selfref),
+                "skipped": self.skipped or {}, "wall_seconds": self.wall_seconds, "quick": self.quick,
                 "provenance": self.provenance}
 
     @classmethod
     def from_dict(cls, d: dict) -> KimRun:
-        return cls(KimSummary.from_dict(d), d["wall_seconds"], d["quick"], d["provenance"])
+        summary = KimSummary.from_dict(d) if "n_prompts" in d else None
+        return cls(summary, d["wall_seconds"], d["quick"], d["provenance"], tuple(d.get("selfref", ())),
+                   d.get("skipped") or {})
 
 
 def kim_world_subject(world: World, *, steps: int = 50, per_kind: int | None = None,
@@ -58,39 +74,90 @@ def kim_world_subject(world: World, *, steps: int = 50, per_kind: int | None = N
     return subject
 
 
-def run_kim_job(subject: Subject, out: str | Path, *, quick: bool = False, primary: str | None = None,
-                progress: bool = True) -> KimRun:
-    """Run the study on ``subject`` in the quick or full preset; save result, summary and figures into ``out``."""
-    from rich.progress import Progress
+def _selfref_rows(res: KimResult) -> tuple:
+    return tuple({"id": s.id, "kind": s.kind, "D1_selfref": s.D1_selfref, "D2_selfref": s.D2_selfref,
+                  "collapse_x_t": s.collapse_x_t, "copy_rate_refs": s.copy_rate_refs} for s in res.selfref)
 
-    cfg = KimConfig(**KIM_PRESETS["quick" if quick else "full"], primary=primary or "ssim")
+
+def run_kim_job(subject: Subject, out: str | Path, *, quick: bool = False, primary: str | None = None,
+                progress: bool = True, **overrides) -> KimRun:
+    """Run the study on ``subject`` in the quick or full preset (``overrides``: KimConfig fields, e.g. ``n_seeds``,
+    ``guidance``); resume from ``out/units``; save result, summary and figures into ``out``; delete the units."""
+    cfg = KimConfig(**{**KIM_PRESETS["quick" if quick else "full"], **overrides}, primary=primary or "ssim")
     out = Path(out)
     start = time.perf_counter()
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("kim analyses", total=len(subject.prompts))
-        res = run_kim(subject, cfg, progress=lambda i: bar.advance(task))
+    with progress_bar(progress) as bar:
+        task = bar.add_task("kim analyses: prompts")
+        res = run_kim(subject, cfg, units=out / "units",
+                      progress=lambda k, todo: bar.update(task, completed=k, total=todo))
     res.save(out)
-    run = KimRun(res.summary, round(time.perf_counter() - start, 1), quick, res.to_dict()[0]["provenance"])
+    run = KimRun(res.summary, round(time.perf_counter() - start, 1), quick, res.to_dict()[0]["provenance"],
+                 _selfref_rows(res), dict(res.skipped))
     write_json(out / "summary.json", run.to_dict())
     try:
-        render_kim_figures(KimResult.load(out), out)
+        if res.summary is not None:
+            render_kim_figures(KimResult.load(out), out)
     except ImportError:  # matplotlib is the optional ``plots`` extra
         pass
+    shutil.rmtree(out / "units", ignore_errors=True)  # the result holds every prompt now
     return run
+
+
+def load_references(path: str | Path, shape: tuple[int, ...], encode=None) -> torch.Tensor:
+    """Reference images (a folder of PNG/JPEG or an .npz with ``images``) as states of the subject: resized to the
+    pixel ``shape`` [C, H, W] and, for a latent model, encoded with ``encode``."""
+    images = load_collection(path, image_size=shape[-1], grey=shape[0] == 1)[0].float()
+    if images.shape[1:] != tuple(shape):
+        raise ValueError(f"--refs {str(path)!r}: images {tuple(images.shape[1:])} do not match the model's "
+                         f"{tuple(shape)}; give square images")
+    if len(images) < 2:
+        raise ValueError(f"--refs {str(path)!r} holds {len(images)} image(s); the 1/3 rule needs at least 2")
+    return images if encode is None else torch.cat([encode(b) for b in images.split(16)])
+
+
+def _model_subject(model, prompts, *, kind: str, steps: int, device: str, dtype: str, refs) -> Subject:
+    rows = read_manifest(prompts, require_images=False)  # validated before the model loads
+    if kind not in ADAPTER_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(ADAPTER_KINDS)}")
+    adapter = ADAPTER_KINDS[kind].from_pretrained(model)
+    adapter.pipeline.to(device=device, dtype=DTYPES[dtype])
+    subject = adapter_subject(adapter, rows, steps=steps, name=str(model))
+    if refs is not None:
+        c, h, w = adapter.latent_shape()
+        down = adapter.codec.downsample
+        subject = replace(subject, references=load_references(refs, (3, h * down, w * down), adapter.codec.encode))
+    return subject
 
 
 def analyze_kim(out: str | Path, *, world: str | None = None, model: str | Path | None = None,
                 model_kind: str = "sd", prompts: str | Path | None = None, steps: int = 50,
                 per_kind: int | None = None, primary: str | None = None, quick: bool = False,
-                progress: bool = True) -> KimRun:
+                progress: bool = True, refs: str | Path | None = None, device: str = "cpu",
+                dtype: str = "float32", **overrides) -> KimRun:
     """``diffmem analyze kim``: the study on an embedded world (default ``digits-t2i``) or on a local diffusers
-    ``model`` with a ``prompts`` manifest (JSONL of prompt + paired image)."""
+    ``model`` with a ``prompts`` manifest (JSONL: prompt, and the paired training image where there is one);
+    ``refs`` replaces the reference set of the copy rule; ``overrides`` are KimConfig fields."""
+    if refs is not None and not Path(refs).exists():
+        raise ValueError(f"--refs {str(refs)!r} does not exist; give a folder of images or an .npz")
     if model is not None:
+        if device == "auto":  # the natural path for a real model is the GPU, when there is one
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cpu" and dtype != "float32":
+            raise ValueError(f"--dtype {dtype} needs a GPU (half precision on the CPU is slow or unsupported); "
+                             "use --dtype float32 or --device cuda")
         if prompts is None:
-            raise ValueError("a diffusers model needs a prompt manifest (prompt + paired image per line)")
-        subject = diffusers_subject(model, prompts, steps=steps, kind=model_kind)
+            raise ValueError("--model needs --prompts MANIFEST.jsonl (one prompt per line, with its training image "
+                             "where there is one)")
+        subject = _model_subject(model, prompts, kind=model_kind, steps=steps, device=device, dtype=dtype, refs=refs)
     else:
+        if prompts is not None:
+            raise ValueError("--prompts goes with --model; a --world brings its own prompts")
+        if device not in ("cpu", "auto") or dtype != "float32":
+            raise ValueError(f"an embedded world runs on the CPU in float32, got --device {device} --dtype {dtype}; "
+                             "drop them or use --model")
         per_kind = per_kind if per_kind is not None else (QUICK_PER_KIND if quick else None)
         subject = kim_world_subject(load_world(world or "digits-t2i", progress=progress), steps=steps,
                                     per_kind=per_kind)
-    return run_kim_job(subject, out, quick=quick, primary=primary, progress=progress)
+        if refs is not None:
+            subject = replace(subject, references=load_references(refs, subject.state_shape))
+    return run_kim_job(subject, out, quick=quick, primary=primary, progress=progress, **overrides)

@@ -16,6 +16,13 @@ sample_covariance=True`` to reproduce its defaults on 8×8 exactly.
 once the side would fall below ``min_side`` (3), so the window shrinks with the image as above; the weights of the
 scales used are renormalized to sum to 1 (8×8 → 2 scales, 8 and 4 px, windows 7 and 3). Negative cs or SSIM values
 are clamped to 0 before the fractional powers (as pytorch-msssim does), so MS-SSIM ∈ [0, 1].
+
+**torchmetrics-compatible mode** (:func:`ssim_torchmetrics`, = ``torchmetrics.functional.
+structural_similarity_index_measure``): the images are reflect-padded by half the window and the SSIM map is
+averaged over *all* H × W positions (the border windows see mirrored pixels), the Gaussian window has
+2·⌊3.5σ + 0.5⌋ + 1 taps (11 for σ = 1.5, whatever ``kernel_size`` says), variances are clamped at 0, and
+``data_range=None`` means max(preds range, target range) over the whole batch. The defaults above differ from it
+by up to ~0.03 (border averaging and data range); this mode reproduces it.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from torch import Tensor
 from diffmem.similarity.pixel import check_images
 
 __all__ = ["ssim", "pairwise_ssim", "ms_ssim", "pairwise_ms_ssim", "ssim_window", "ms_ssim_scales",
-           "MS_SSIM_WEIGHTS"]
+           "ssim_torchmetrics", "MS_SSIM_WEIGHTS"]
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
@@ -142,3 +149,41 @@ def pairwise_ms_ssim(x: Tensor, y: Tensor, **kw) -> Tensor:
     """MS-SSIM of every x_i against every y_j [N, M]."""
     check_images(x, y, ndim=4)
     return torch.stack([ms_ssim(xi.expand_as(y), y, **kw) for xi in x.split(1)])
+
+
+def ssim_torchmetrics(preds: Tensor, target: Tensor, *, data_range: float | tuple[float, float] | None = None,
+                      sigma: float = 1.5, kernel_size: int = 11, gaussian: bool = True,
+                      reduction: str | None = "elementwise_mean", k1: float = 0.01, k2: float = 0.03) -> Tensor:
+    """SSIM (Wang et al., 2004) exactly as torchmetrics computes it (see the module docstring): reflect padding,
+    the map averaged over all positions, a Gaussian of 2·⌊3.5σ + 0.5⌋ + 1 taps (``kernel_size`` only for
+    ``gaussian=False``), ``data_range`` None → inferred from the batch, a (min, max) pair → clamp to it.
+    ``reduction``: ``"elementwise_mean"`` (a scalar), ``"sum"`` or ``"none"``/None (one value per image)."""
+    check_images(preds, target, paired=True, ndim=4)
+    if reduction not in ("elementwise_mean", "sum", "none", None):
+        raise ValueError(f"reduction must be 'elementwise_mean', 'sum', 'none' or None, got {reduction!r}")
+    if data_range is None:
+        data_range = float(max(preds.max() - preds.min(), target.max() - target.min()))
+    elif isinstance(data_range, tuple):
+        preds, target = preds.clamp(*data_range), target.clamp(*data_range)
+        data_range = data_range[1] - data_range[0]
+    if not data_range > 0:
+        raise ValueError(f"data_range must be > 0, got {data_range!r} (constant images need an explicit range)")
+    size = int(3.5 * sigma + 0.5) * 2 + 1 if gaussian else kernel_size
+    w = ssim_window(size, size, win_size=size, sigma=sigma, gaussian=gaussian).to(preds.device, preds.dtype)
+    pad = (size - 1) // 2
+    b, c, h, wd = preds.shape
+    if pad >= min(h, wd):
+        raise ValueError(f"images {h}x{wd} are too small for reflect padding by {pad} (window {size}); "
+                         "use a smaller sigma")
+    x = F.pad(preds, (pad, pad, pad, pad), mode="reflect").reshape(b * c, h + 2 * pad, wd + 2 * pad)
+    y = F.pad(target.to(preds), (pad, pad, pad, pad), mode="reflect").reshape(b * c, h + 2 * pad, wd + 2 * pad)
+    mu_x, mu_y = _filter(x, w), _filter(y, w)
+    var_x = (_filter(x * x, w) - mu_x**2).clamp_min(0)
+    var_y = (_filter(y * y, w) - mu_y**2).clamp_min(0)
+    cov = _filter(x * y, w) - mu_x * mu_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    per_image = ((2 * mu_x * mu_y + c1) * (2 * cov + c2) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)))
+    per_image = per_image.reshape(b, -1).mean(1)
+    if reduction == "elementwise_mean":
+        return per_image.mean()
+    return per_image.sum() if reduction == "sum" else per_image

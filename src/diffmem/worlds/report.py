@@ -141,6 +141,15 @@ def _grid(world: World, rows, x0: Tensor, path: Path, per_kind: int = 8, cols: i
     save_grid(path, tiles)
 
 
+def _progress_bar(enabled: bool):
+    """Progress with an ETA on stderr (stdout is the command's summary)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled, transient=True)
+
+
 def world_report(world: str | World = "digits-t2i", out: str | Path = "world-report", *, quick: bool = False,
                  samples: int | None = None, weights=None, steps: int | None = None, seed: int = 0,
                  batch_size: int = 1000, progress: bool = True) -> dict:
@@ -166,11 +175,14 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     rows, out = report_rows(world.data.prompts, quick), Path(out)
     clf, clf_info = _classifier(world)
     per_w, arrays = {}, {}
-    for w in weights:
-        x0 = generate_samples(world, rows, n, steps, float(w), seed, batch_size)
-        per_w[f"{w:g}"] = {**_metrics(world, rows, x0, clf), "samples": x0.shape[0] * x0.shape[1]}
-        arrays[f"w{w:g}"] = x0
-        _grid(world, rows, x0, out / f"grid_w{w:g}.png")
+    with _progress_bar(progress) as bar:
+        task = bar.add_task("world report: CFG weights", total=len(weights))
+        for w in weights:
+            x0 = generate_samples(world, rows, n, steps, float(w), seed, batch_size)
+            per_w[f"{w:g}"] = {**_metrics(world, rows, x0, clf), "samples": x0.shape[0] * x0.shape[1]}
+            arrays[f"w{w:g}"] = x0
+            _grid(world, rows, x0, out / f"grid_w{w:g}.png")
+            bar.advance(task)
     summary = {"world": world.name, "checkpoint": str(world.directory), "weights": [float(w) for w in weights],
                "samples_per_prompt": n, "steps": steps, "solver": repr(world.solver), "spacing": "trailing",
                "seeds": list(range(seed, seed + n)), "quick": quick,
