@@ -49,7 +49,8 @@ def test_zeroing_equals_blocking_and_dropping_the_channels(subject):
         hooked = _eps(subject)
     assert torch.equal(_eps(edited), hooked)  # the value is exactly 0 either way
     # o_j = Σ p·v_j = 0, so the output projection's column j never contributes: zero it instead
-    dropped = subject.edited(lambda net: net.dit.blocks[0].cross.to_out.weight.data.index_fill_(1, torch.tensor([1, 5, 12]), 0))
+    cols = torch.tensor([1, 5, 12])
+    dropped = subject.edited(lambda net: net.dit.blocks[0].cross.to_out.weight.data.index_fill_(1, cols, 0))
     torch.testing.assert_close(_eps(dropped), hooked, rtol=0, atol=order_atol(hooked))
     assert not torch.equal(_eps(subject), hooked)
 

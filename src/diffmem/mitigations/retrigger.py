@@ -185,6 +185,8 @@ def retrigger_audit(subject: Subject, prompts: Sequence[Prompt], *, controls: Se
     missing = [p.id for p in everything if p.x is None]
     if missing:
         raise ValueError(f"prompt {missing[0]!r} has no paired training image; the audit needs one per prompt")
+    for p in everything:
+        _embedding(p.cond.c)  # refuse class conditions before any sampling
     roles = ["trigger"] * len(prompts) + ["control"] * len(controls)
     before = copy_rates(subject, everything, seeds, guidance=guidance, steps=sample_steps)
     rows, adversarial = [], None
