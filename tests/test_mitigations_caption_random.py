@@ -66,6 +66,10 @@ def test_train_returns_a_new_subject(tmp_path):
     assert out.net is not s.net and out.info["retrained"]["steps"] == 2 and out.info["retrained"]["changed_rows"] > 0
     assert all(torch.equal(before[k], v) for k, v in s.net.state_dict().items())
     assert not torch.equal(out.training.cond, s.training.cond)
+    # the new network has its own text encoder: the prompts are re-encoded by it
+    p = out.prompts[0]
+    assert torch.equal(p.cond.c["emb"], out.encode([p.text]).c["emb"])
+    assert not torch.equal(p.cond.c["emb"], s.prompts[0].cond.c["emb"])
     assert MITIGATIONS["caption-randomisation"] is CaptionRandomisation and CaptionRandomisation.knob == "p"
     with pytest.raises(ValueError, match="mode"):
         CaptionRandomisation(mode="x")

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from diffmem.mitigations.base import PermanentMitigation, register
 from diffmem.mitigations.pruning import alpha_bar, finetune, select_heads, without_heads
+from diffmem.mitigations.retraining import rebound
 from diffmem.subject import Prompt, Subject
 from diffmem.training.config import TrainConfig
 
@@ -93,5 +94,6 @@ class HeadPruning(PermanentMitigation):
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(state_dir or tmp) / f"head-pruning-{self.seed}.safetensors"
                 edited = finetune(edited, self.recipe(subject), self.finetune_steps, path, seed=self.seed)
+            edited = rebound(edited, edited.net)  # a world's text encoder was fine-tuned too: re-encode the prompts
         info = {**dict(subject.info), "head_pruning": {"removed": removed, "mitigation": self.describe()}}
         return replace(edited, name=f"{subject.name}+head-pruning", info=info)

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from diffmem.mitigations.base import TrainingMitigation, register
 from diffmem.mitigations.pruning import alpha_bar, trainable
-from diffmem.mitigations.retraining import recipe, retrain
+from diffmem.mitigations.retraining import rebound, recipe, retrain
 from diffmem.mitigations.retrigger import copy_rates
 from diffmem.subject import Subject, TrainingSet
 from diffmem.training.trainer import eps_loss
@@ -90,10 +90,10 @@ class MemorizationMonitor(TrainingMitigation):
         """The monitored quantity for ``net`` (a network of ``subject``'s kind)."""
         if self.criterion == "loss_gap":
             return loss_gap(subject, net, training, n_draws=self.n_draws, seed=self.seed)
-        prompts = [p for k in self.kinds for p in subject.prompts if p.kind == k][:self.n_prompts]
-        if not prompts:
+        if not any(p.kind in self.kinds for p in subject.prompts):
             raise ValueError(f"subject {subject.name!r} has no prompts of kinds {self.kinds!r} to monitor")
-        probe = replace(subject, net=net, denoiser=subject.rebind(net))
+        probe = rebound(subject, net)  # the prompts re-encoded by the network's own text encoder
+        prompts = [p for k in self.kinds for p in probe.prompts if p.kind == k][:self.n_prompts]
         seeds = list(range(self.seed, self.seed + self.n_seeds))
         return float(copy_rates(probe, prompts, seeds, guidance=self.guidance, steps=self.steps).mean())
 

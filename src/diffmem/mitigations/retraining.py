@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from diffmem.io import read_json
@@ -24,8 +25,9 @@ from diffmem.subject import Subject, TrainingSet
 from diffmem.training.config import TrainConfig
 from diffmem.training.ema import EMA
 from diffmem.training.trainer import fit
+from diffmem.types import Cond
 
-__all__ = ["world_header", "fresh_net", "recipe", "retrain", "fit_in_segments", "Segment", "Check"]
+__all__ = ["world_header", "fresh_net", "rebound", "recipe", "retrain", "fit_in_segments", "Segment", "Check"]
 
 # on_segment(step, ema, training) -> the training rows of the next segment, or None to stop here
 Segment = Callable[[int, EMA, TrainingSet], "TrainingSet | None"]
@@ -59,6 +61,30 @@ def fresh_net(subject: Subject, init: str = "scratch") -> nn.Module:
 
     tokenizer = WordTokenizer.from_dict(header["tokenizer"]) if header["tokenizer"] else None
     return _make_net(RunConfig.from_dict(header["run"]), DiTConfig(**header["dit"]), tokenizer)
+
+
+def rebound(subject: Subject, net: nn.Module, **changes) -> Subject:
+    """``subject`` around another network of its kind. A world's text encoder is part of the network, so the
+    prompts' conditioning (and :meth:`Subject.encode`) are recomputed with ``net``'s encoder; other subjects keep
+    theirs (a frozen external encoder, or class labels)."""
+    if subject.rebind is None:
+        raise ValueError(f"subject {subject.name!r} cannot wrap another network (no rebind)")
+    header = world_header(subject)
+    if header is None or not header["tokenizer"]:
+        return replace(subject, net=net, denoiser=subject.rebind(net), **changes)
+    from diffmem.text.tokenizer import WordTokenizer
+
+    tokenizer = WordTokenizer.from_dict(header["tokenizer"])
+    module = trainable(subject, net)
+
+    @torch.no_grad()
+    def condition(texts) -> Cond:
+        c = module.condition(tokenizer.encode(list(texts))[0])
+        null = module.condition(tokenizer.encode([""])[0])
+        return Cond(c, {k: v.expand(len(texts), *v.shape[1:]) for k, v in null.items()})
+
+    prompts = tuple(replace(p, cond=condition([p.text])) for p in subject.prompts)
+    return replace(subject, net=net, denoiser=subject.rebind(net), prompts=prompts, condition=condition, **changes)
 
 
 def recipe(subject: Subject, cfg: TrainConfig | None = None, **overrides) -> TrainConfig:
@@ -112,8 +138,6 @@ def retrain(subject: Subject, training: TrainingSet, cfg: TrainConfig, *, init: 
                                               table=table, progress=progress)
     ema.copy_to(module)
     net.eval()
-    if subject.rebind is None:
-        raise ValueError(f"subject {subject.name!r} cannot wrap a new network (no rebind)")
     record = {"steps": step, "recipe": cfg.to_dict(), "rows": len(used.rows), "init": init, **(info or {})}
-    return replace(subject, net=net, denoiser=subject.rebind(net), training=used, name=f"{subject.name}+{name}",
+    return rebound(subject, net, training=used, name=f"{subject.name}+{name}",
                    info={**dict(subject.info), "retrained": record})
