@@ -110,3 +110,22 @@ def test_registry_knob_and_errors(subject):
         NeMo().apply(subject, [])
     with pytest.raises(ValueError, match="screen"):
         NeMo(screen="x")
+
+
+def test_stable_diffusion_value_layers_are_attn2_to_v():
+    pytest.importorskip("diffusers")
+    from diffusers_tiny import tiny_unet
+
+    unet = tiny_unet()
+    layers = value_layers(unet)
+    assert layers and all(v.module.endswith("attn2.to_v") and v.offset == 0 for v in layers.values())
+    name, v = next(iter(layers.items()))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, unet.config.in_channels, 8, 8, generator=g)
+    ctx = torch.randn(1, 5, unet.config.cross_attention_dim, generator=g)
+    neurons = {name: [0, v.width - 1]}
+    with torch.no_grad(), blocked(unet, neurons):
+        hooked = unet(x, 500, encoder_hidden_states=ctx).sample
+    zero_neurons(unet, neurons)
+    with torch.no_grad():
+        assert torch.equal(unet(x, 500, encoder_hidden_states=ctx).sample, hooked)
