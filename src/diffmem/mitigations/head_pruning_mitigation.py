@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from diffmem.attention import Head
 from diffmem.mitigations.base import PermanentMitigation, register
+from diffmem.mitigations.copy_ablation import copy_ablation
 from diffmem.mitigations.pruning import alpha_bar, finetune, select_heads, without_heads
 from diffmem.mitigations.retraining import rebound
 from diffmem.subject import Prompt, Subject
@@ -70,8 +72,6 @@ class HeadPruning(PermanentMitigation):
     def heads(self, subject: Subject, prompts: Sequence[Prompt] = ()) -> list:
         """The heads to remove, as ``[[layer, index], …]`` (the model is left unchanged)."""
         if self.select == "copy-ablation":
-            from diffmem.mitigations.copy_ablation import copy_ablation
-
             if subject.references is None:
                 raise ValueError(f"subject {subject.name!r} has no references; copy-ablation scores need them")
             scored = replace(subject, prompts=tuple(prompts)) if prompts else subject
@@ -86,8 +86,6 @@ class HeadPruning(PermanentMitigation):
               ) -> Subject:
         """A subject around a pruned (and fine-tuned) copy; ``info["head_pruning"]`` lists the removed heads.
         ``state_dir`` keeps the resumable fine-tuning state (default: a temporary directory)."""
-        from diffmem.attention import Head
-
         removed = self.heads(subject, prompts)
         edited = without_heads(subject, [Head(layer, int(i)) for layer, i in removed])
         if self.finetune_steps:

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from diffmem.attention import ForwardHooks, attention
+from diffmem.detectors.cross_seed import CrossSeedSSIM
 from diffmem.mitigations.base import PermanentMitigation, register
 from diffmem.mitigations.retrigger import copy_rates
 from diffmem.subject import Prompt, Subject
@@ -256,8 +257,6 @@ class NeMo(PermanentMitigation):
         """The memorization screen of ``prompt`` as a function of the blocked neurons."""
         seeds = list(range(self.seed, self.seed + self.n_seeds))
         if self.screen == "nemo-ssim":
-            from diffmem.detectors.cross_seed import CrossSeedSSIM
-
             detector = CrossSeedSSIM()
 
             def ssim_ok(neurons: Neurons) -> bool:

@@ -21,11 +21,15 @@ from torch import nn
 
 from diffmem.io import read_json
 from diffmem.mitigations.pruning import alpha_bar, trainable
+from diffmem.nets.dit import DiTConfig
 from diffmem.subject import Subject, TrainingSet
+from diffmem.text.tokenizer import WordTokenizer
 from diffmem.training.config import TrainConfig
 from diffmem.training.ema import EMA
 from diffmem.training.trainer import fit
 from diffmem.types import Cond
+from diffmem.worlds.config import RunConfig
+from diffmem.worlds.world import _make_net
 
 __all__ = ["world_header", "fresh_net", "rebound", "recipe", "retrain", "fit_in_segments", "Segment", "Check"]
 
@@ -54,11 +58,6 @@ def fresh_net(subject: Subject, init: str = "scratch") -> nn.Module:
     if header is None:
         raise ValueError(f"subject {subject.name!r} is not an embedded world; retrain from scratch needs its "
                          "initialisation — pass init='copy' to fine-tune a copy instead")
-    from diffmem.nets.dit import DiTConfig
-    from diffmem.text.tokenizer import WordTokenizer
-    from diffmem.worlds.config import RunConfig
-    from diffmem.worlds.world import _make_net
-
     tokenizer = WordTokenizer.from_dict(header["tokenizer"]) if header["tokenizer"] else None
     return _make_net(RunConfig.from_dict(header["run"]), DiTConfig(**header["dit"]), tokenizer)
 
@@ -72,8 +71,6 @@ def rebound(subject: Subject, net: nn.Module, **changes) -> Subject:
     header = world_header(subject)
     if header is None or not header["tokenizer"]:
         return replace(subject, net=net, denoiser=subject.rebind(net), **changes)
-    from diffmem.text.tokenizer import WordTokenizer
-
     tokenizer = WordTokenizer.from_dict(header["tokenizer"])
     module = trainable(subject, net)
 
