@@ -70,16 +70,18 @@ class MagnitudeFilter(TrainingMitigation):
     checked every ``every`` steps (module docstring).
 
     Attributes:
-        threshold: the magnitude above which a caption's rows are dropped (model-specific).
+        threshold: the magnitude above which a caption's rows are dropped (model-specific: the default and grid are
+            on the scale of the embedded digits worlds; calibrate with :func:`caption_magnitudes` elsewhere).
         every: steps between checks; n_seeds: x_T draws per caption; seed: their seed.
     """
 
     name = "magnitude-filter"
     citation = ("Wen et al., Detecting, Explaining, and Mitigating Memorization in Diffusion Models, ICLR 2024")
     knob = "threshold"
-    grid = (1.0, 1.5, 2.0, 3.0)
+    # digits-t2i's shipped model: planted captions 0.30–0.44, the others 0.15–0.35 (4 x_T draws); SD 1.4 uses 2
+    grid = (0.3, 0.35, 0.4, 0.45)
 
-    threshold: float = 2.0
+    threshold: float = 0.35
     every: int = 250
     n_seeds: int = 4
     seed: int = 0
