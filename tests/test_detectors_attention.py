@@ -47,7 +47,7 @@ def test_ae_is_late_entropy_plus_the_summary_tokens_change_as_the_reference_code
     a = torch.tensor([[[0.4, 0.4, 0.1, 0.1]], [[0.7, 0.1, 0.1, 0.1]], [[0.5, 0.2, 0.3, 0.0]]], dtype=torch.float64)
     h = lambda v: -sum(x * math.log(x) for x in v if x > 0)  # noqa: E731
     late = (h([0.7, 0.1, 0.1, 0.1]) + h([0.5, 0.2, 0.3])) / 2
-    summary = (h([0.1, 0.1]) + h([0.3])) / 2 - h([0.1, 0.1])  # not renormalised, no absolute value
+    summary = (h([0.1, 0.1]) + h([0.3])) / 2 - h([0.1, 0.1])  # not renormalized, no absolute value
     got = ae_statistic(a, [1, 2], torch.tensor([2]))
     assert abs(float(got[0]) - (late + summary)) <= 16 * EPS64
 

@@ -195,7 +195,7 @@ def test_normalisation_and_global_ranking_by_hand():
     assert importance["L2"].tolist() == [0.0]
     assert [(h.layer, h.index) for h in rank_heads(importance)] == \
         [("L2", 0), ("L1", 0), ("L0", 0), ("L1", 1), ("L1", 2), ("L0", 1)]
-    # raw scores would drop L1's heads 1 and 2 (S = 2) before L0's head 0 (S = 3); normalised ones do not
+    # raw scores would drop L1's heads 1 and 2 (S = 2) before L0's head 0 (S = 3); normalized ones do not
     assert lowest_heads(importance, 0.5) == [Head("L2", 0), Head("L1", 0), Head("L0", 0)]
     assert lowest_heads(importance, 0.0) == []
     with pytest.raises(ValueError, match="-1"):

@@ -1,5 +1,5 @@
 """Memorization severity of one prompt's samples against its paired training image, with several judges
-(Kim et al., 2025 used SSCD only; a single judge was the study's most criticised weakness).
+(Kim et al., 2025 used SSCD only; a single judge was the study's most criticized weakness).
 
 - ``copy_rate``: fraction of seeds whose sample is a copy *of the paired image* by the 1/3 nearest-neighbour
   ratio rule against the training set (nearest distinct training item is x and ratio ≤ 1/3);

@@ -39,8 +39,8 @@ def add_parser(sub) -> None:
 def _cli(args) -> int:
     if args.dry_run:
         return emit(args, {"world": args.world, "out": str(args.out), "quick": args.quick,
-                           "samples": args.samples, "steps": args.steps, "weights": list(args.weights) if args.weights else None,
-                           "seed": args.seed})
+                           "samples": args.samples, "steps": args.steps, "seed": args.seed,
+                           "weights": list(args.weights) if args.weights else None})
     from diffmem.worlds.report import world_report
 
     s = world_report(args.world, args.out, quick=args.quick, samples=args.samples, weights=args.weights,

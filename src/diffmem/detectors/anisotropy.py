@@ -8,7 +8,7 @@ Both terms are read on the same pure-noise state x_T:
   between ε_u and ε_c − ε_u (at each position the C-vectors of the two maps), averaged over positions. Memorized
   prompts align the guidance direction with the unconditional score in this anisotropic regime (their Theorem 1).
 
-M = γ_norm·N + γ_cos·C on raw, unstandardised terms (paper: (1, 1) works; its scripts use (1, 2) on SD1, (1, 0.1) on
+M = γ_norm·N + γ_cos·C on raw, unstandardized terms (paper: (1, 1) works; its scripts use (1, 2) on SD1, (1, 0.1) on
 SD2). A cosine of the flattened maps is a different statistic and is not offered.
 
 **One-channel states** (the 8×8 and 16×16 pixel worlds): the channel vector at a position is a scalar, so its cosine

@@ -8,7 +8,7 @@ reference code (``renjie3/MemAttn`` ``detect.py``) computes them:
   order, which is the fourth cross-attention layer in module order (SD's ``down_blocks.1.attentions.1``); 2 NFE.
 * **AE** (mode "D"): the mean of E_t over the last T/5 steps, plus the mean over those steps of E_t^sum − E_0^sum,
   E^sum = −Σ_{i ≥ end} ā_i log ā_i over the summary tokens (end token and padding) of the *same* ā (not
-  renormalised, no absolute value: the reference code, where Jeon et al. write |·|); every layer; 2T NFE.
+  renormalized, no absolute value: the reference code, where Jeon et al. write |·|); every layer; 2T NFE.
 
 Direction: higher = memorized for both, as the reference code scores its memorized set with the raw statistic. Not
 confirmed on digits-t2i: there the planted captions are shorter (6 tokens against 7–8) and E ≤ log L, so LE and AE

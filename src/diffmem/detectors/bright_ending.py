@@ -3,7 +3,7 @@
 At the *last* step, the image regions that reproduce training content attend far more to the end token (the first
 token after the prompt). Its cross-attention map m — conditional branch, averaged over heads and the chosen layers, at
 the state's resolution — localises them, and BE = (1/T) Σ_t ‖d_t ∘ m‖₂ / mean(m), d_t = ε_c − ε_u over the whole
-trajectory (m broadcast over channels, renormalised by its mean so that a uniform m gives Wen's all-step magnitude).
+trajectory (m broadcast over channels, renormalized by its mean so that a uniform m gives Wen's all-step magnitude).
 m is known only at the end, so the per-step difference maps are kept by a hook of the same run (no second run).
 """
 

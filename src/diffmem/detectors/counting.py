@@ -9,7 +9,7 @@ three kinds, the convention every detector follows:
   pass follows: gradients w.r.t. the state or the prompt embedding).
 
 Each call falls in exactly one kind (JVP first, then VJP, else NFE). Derivatives taken with ``torch.func`` are not
-recognised; detectors use ``forward_ad`` and ``requires_grad`` inputs.
+recognized; detectors use ``forward_ad`` and ``requires_grad`` inputs.
 
 :func:`measure` runs ``detector.score`` on the subject with its denoiser wrapped and returns the scores with a
 :class:`Cost`. Peak memory is measured, never estimated:

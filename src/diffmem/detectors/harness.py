@@ -10,7 +10,7 @@ unit's scores do not depend on the order, the chunking or the worker that ran it
 Metrics, per detector, n and label (``planted`` and ``measured``, :mod:`diffmem.detectors.labels`): on the
 *evaluation* split, ROC AUC with a stratified bootstrap CI, TPR at 1 % and 0.1 % FPR by the conservative rule (the
 closest-point rule as the side column ``tpr_at_1fpr_closest``); thresholds calibrated on the *calibration* split's
-negatives at FPR 1 % and 0.1 % and applied to the evaluation split (realised TPR/FPR, detection rate per duplication
+negatives at FPR 1 % and 0.1 % and applied to the evaluation split (realized TPR/FPR, detection rate per duplication
 rung m of the planted kinds); DeLong p-values between detectors at equal n. Scores are oriented by each detector's
 declared direction before any metric; ``scores.csv`` keeps each detector's own score.
 
@@ -91,7 +91,7 @@ class DetectionRow(Record):
     tpr_at_1fpr_closest: float | None = None
     n_pos: int = 0
     n_neg: int = 0
-    thresholds: dict = field(default_factory=dict)  # "1%" / "0.1%": calibrated threshold, realised eval TPR/FPR
+    thresholds: dict = field(default_factory=dict)  # "1%" / "0.1%": calibrated threshold, realized eval TPR/FPR
     detection_by_m: dict = field(default_factory=dict)  # "kind:m[:regime]" -> [rate, n] at the calibrated 1 %
     status: str = "ok"
 

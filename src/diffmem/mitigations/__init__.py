@@ -3,12 +3,21 @@
 The protocol and registry are in :mod:`diffmem.mitigations.base`; one method per file. Head pruning (Ye et al.,
 2025, Alg. 1-2): ``pruning`` (score, select, remove, fine-tune, generate on a :class:`~diffmem.subject.Subject`),
 ``prune_table`` (the table and its variants), ``prune_backends`` (world and diffusers inputs). Import submodules
-directly; nothing heavy is imported here.
+directly. Importing the package registers every method in
+:data:`diffmem.mitigations.base.MITIGATIONS`.
 """
 
-from diffmem.mitigations import attention_edit  # noqa: F401,E402,I001 (registers ren-attention)
-from diffmem.mitigations import caption_noise  # noqa: F401,E402 (registers somepalli-gni, somepalli-rt)
-from diffmem.mitigations import embedding_opt  # noqa: F401,E402 (registers wen-embedding)
-from diffmem.mitigations import init_noise  # noqa: F401,E402 (registers han-batchwise, han-per-sample)
-from diffmem.mitigations import kim_embedding  # noqa: F401,E402 (registers kim-embedding)
-from diffmem.mitigations import sail  # noqa: F401,E402 (registers sail)
+from diffmem.mitigations import (  # noqa: F401, E402 (each import registers its methods)
+    attention_edit,
+    caption_noise,
+    caption_random,
+    dedup,
+    embedding_opt,
+    head_pruning_mitigation,
+    init_noise,
+    kim_embedding,
+    magnitude_filter,
+    memorization_monitor,
+    neuron_deactivation,
+    sail,
+)

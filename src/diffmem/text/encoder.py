@@ -1,6 +1,6 @@
 """A small causal text transformer: token ids → per-token embeddings e_p [B, L, width].
 
-Causal self-attention as in CLIP's text tower (Radford et al., 2021), so the ``<eos>`` embedding summarises the whole
+Causal self-attention as in CLIP's text tower (Radford et al., 2021), so the ``<eos>`` embedding summarizes the whole
 prompt and padding never changes the prompt's tokens. It is trained jointly with the denoiser (not frozen like
 SD's CLIP), but its *output* is what the denoiser consumes, so prompt-embedding edits act on e_p exactly as in
 Wen et al. (ICLR 2024).

@@ -110,7 +110,7 @@ def _tokenizer(data: WorldData) -> WordTokenizer | None:
 
 
 def _make_net(config: RunConfig, dit: DiTConfig, tokenizer: WordTokenizer | None) -> WorldNet:
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+    with torch.random.fork_rng(devices=[]):  # seeded initialization without touching the caller's RNG
         torch.manual_seed(config.train.seed)
         return WorldNet(dit, tokenizer, config.model.text_depth, config.model.text_heads)
 
