@@ -5,3 +5,5 @@ The protocol and registry are in :mod:`diffmem.mitigations.base`; one method per
 ``prune_table`` (the table and its variants), ``prune_backends`` (world and diffusers inputs). Import submodules
 directly; nothing heavy is imported here.
 """
+
+from diffmem.mitigations import cfg_schedule, ours_overshoot  # noqa: E402,F401  (register the methods)
