@@ -11,6 +11,7 @@ from diffmem.mitigations import (  # noqa: F401, E402 (each import registers its
     attention_edit,
     caption_noise,
     caption_random,
+    cfg_schedule,
     dedup,
     embedding_opt,
     head_pruning_mitigation,
@@ -19,5 +20,6 @@ from diffmem.mitigations import (  # noqa: F401, E402 (each import registers its
     magnitude_filter,
     memorization_monitor,
     neuron_deactivation,
+    ours_overshoot,
     sail,
 )

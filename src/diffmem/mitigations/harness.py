@@ -1,0 +1,462 @@
+"""One mitigation harness: every inference-time method at its default and along its knob, ungated and gated, on a
+trigger set (memorized prompts) and a general set, with quality and measured cost (the MemBench protocol's three
+blocks, Hong et al., arXiv 2407.17095).
+
+Generation j of every prompt uses seed ``base_seed + j`` in every run, so "before" (plain sampling at the plain
+weight) and "after" are paired sample by sample. Per set and run the harness keeps, per generation: the copy
+judgement by the paired 1/3 rule (:func:`diffmem.detectors.labels`), the nearest-neighbour ratio, the distance to
+the paired image, the predicted label (alignment, where prompts carry ``meta["label"]`` and an aligner is given) and
+quality features (FID, precision/recall against the subject's references).
+
+**Gating** (apply the remedy only to flagged prompts, plain sampling for the rest): a detector's scores, oriented
+higher = memorized, are thresholded at a target FPR calibrated on the calibration prompts' negatives
+(:func:`~diffmem.evaluation.detection.calibrate_threshold`); the false-gate rate is the flagged fraction of the
+general set, and the detector's cost is added to the gated rows' cost.
+
+**Resume**: each (run, set) is a unit written atomically to ``out/units/…json`` with the settings that made it;
+a rerun reuses a unit only under the same settings and recomputes it otherwise.
+
+Writes ``summary.json`` (:class:`MitigationSummary`, with ``rows``, the Pareto front and provenance) and ``rows.csv``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from diffmem.detectors.base import Detector, generation_seeds, make_detector
+from diffmem.detectors.counting import Cost, measure, measure_call
+from diffmem.detectors.harness import _safe, _unit, unit_settings, write_csv
+from diffmem.detectors.labels import NEGATIVE_KINDS, POSITIVE_KINDS, _paired_index, assign_splits
+from diffmem.evaluation.detection import calibrate_threshold
+from diffmem.evaluation.fid import fid
+from diffmem.evaluation.precision_recall import precision_recall
+from diffmem.io import write_json
+from diffmem.mitigations.base import InferenceMitigation, make_mitigation
+from diffmem.results import Record, package_version
+from diffmem.sampling.trajectory import Recorder
+from diffmem.similarity.criteria import COPY_RATIO, nn_ratio, unique_refs
+from diffmem.similarity.digits_classifier import load_digits_classifier
+from diffmem.subject import Prompt, Subject
+
+__all__ = ["run_mitigation", "MitigationRow", "MitigationSummary", "MitigationRun", "ROW_COLUMNS", "settings_of",
+           "default_sets", "Evaluator", "pareto_front", "digits_evaluator"]
+
+ROW_COLUMNS = ("method", "setting", "gated", "ours", "trigger_copy_rate_before", "trigger_copy_rate_after",
+               "template_copy_rate_after", "alignment_before", "alignment_after", "fid_before", "fid_after",
+               "general_alignment_delta", "general_fid_delta", "extra_nfe_per_image", "seconds_per_image",
+               "peak_mem_mb", "nfe_ratio", "false_gate_rate", "trigger_gate_rate", "paired_distance_before",
+               "paired_distance_after", "precision_after", "recall_after", "general_fid_before", "on_pareto",
+               "meets_goal")
+GOAL = {"copy_cut": 0.9, "alignment_drop": 0.02, "fid_rise": 0.05, "nfe_ratio": 1.2}
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """How generations are judged beyond the copy rule: ``aligner(images) -> labels`` (alignment against
+    ``meta["label"]``), ``extractor(images) -> features`` (FID, precision/recall), ``template_judge(prompt, x0,
+    refs) -> bool [G]`` (template-masked copies, for prompts with template masks); each optional, ``describe``
+    recorded."""
+
+    aligner: Callable[[Tensor], Tensor] | None = None
+    extractor: Callable[[Tensor], Tensor] | None = None
+    template_judge: Callable[[Prompt, Tensor, Tensor], Tensor] | None = None
+    describe: dict = field(default_factory=dict)
+
+
+def digits_evaluator() -> Evaluator:
+    """The embedded digits classifier as aligner and feature extractor (8×8 grey worlds)."""
+    clf = load_digits_classifier()
+    return Evaluator(lambda x: clf.predict(x.clamp(-1, 1)), lambda x: clf.features(x.clamp(-1, 1)),
+                     describe={"aligner": clf.describe(), "features": clf.describe()})
+
+
+@dataclass(frozen=True)
+class MitigationRow(Record):
+    """One method at one setting, ungated or gated: trigger-set memorization and quality, general-set change, cost.
+
+    Rates and alignments are fractions (alignment in [0, 1]; a 2-point drop is −0.02); ``*_ci`` are 95 % bootstrap
+    intervals over prompts (generations averaged per prompt first); None where a metric does not apply."""
+
+    method: str
+    setting: str
+    gated: bool
+    ours: bool
+    params: dict
+    trigger_copy_rate_before: float
+    trigger_copy_rate_after: float
+    template_copy_rate_after: float | None
+    alignment_before: float | None
+    alignment_after: float | None
+    fid_before: float | None
+    fid_after: float | None
+    general_alignment_delta: float | None
+    general_fid_delta: float | None
+    extra_nfe_per_image: float
+    seconds_per_image: float
+    peak_mem_mb: float
+    nfe_ratio: float
+    false_gate_rate: float | None = None
+    trigger_gate_rate: float | None = None
+    paired_distance_before: float | None = None
+    paired_distance_after: float | None = None
+    precision_after: float | None = None
+    recall_after: float | None = None
+    general_fid_before: float | None = None
+    trigger_copy_rate_after_ci: tuple | None = None
+    copy_cut_ci: tuple | None = None
+    alignment_after_ci: tuple | None = None
+    general_alignment_delta_ci: tuple | None = None
+    on_pareto: bool = False
+    meets_goal: bool = False
+
+
+@dataclass(frozen=True)
+class MitigationSummary(Record):
+    """``summary.json``: the rows, the Pareto front, the goal, the gate and provenance."""
+
+    rows: tuple[MitigationRow, ...]
+    pareto: tuple[dict, ...]
+    goal: dict
+    gate: dict | None
+    units: dict
+    provenance: dict
+    seconds: float
+
+    def row(self, method: str, setting: str = "default", gated: bool = False) -> MitigationRow:
+        hit = [r for r in self.rows if (r.method, r.setting, r.gated) == (method, setting, gated)]
+        if not hit:
+            raise ValueError(f"no row for {method!r} at {setting!r} (gated={gated})")
+        return hit[0]
+
+
+@dataclass(frozen=True)
+class MitigationRun:
+    """The summary and the per-row records of ``rows.csv``."""
+
+    summary: MitigationSummary
+    records: tuple[dict, ...]
+
+
+# --- inputs --------------------------------------------------------------------------------------------------------
+
+def default_sets(subject: Subject) -> tuple[list[Prompt], list[Prompt], list[Prompt]]:
+    """(trigger, general, calibration): the planted kinds; the negatives of the evaluation split; the negatives
+    of the calibration split (the split from ``meta["split"]`` or the stratified hash split)."""
+    split, _ = assign_splits(subject.prompts)
+    trig = [p for p in subject.prompts if p.kind in POSITIVE_KINDS]
+    gen = [p for p, s in zip(subject.prompts, split, strict=True) if p.kind in NEGATIVE_KINDS and s == "evaluation"]
+    cal = [p for p, s in zip(subject.prompts, split, strict=True) if p.kind in NEGATIVE_KINDS and s == "calibration"]
+    return trig, gen, cal
+
+
+def settings_of(method: str | InferenceMitigation, values: Sequence | None = None) -> list[InferenceMitigation]:
+    """The default of ``method`` plus one instance per knob value (its published grid unless ``values``)."""
+    base = make_mitigation(method) if isinstance(method, str) else method
+    if base.kind != "inference":
+        raise ValueError(f"mitigation {base.name!r} is {base.kind}; the harness runs inference-time methods")
+    grid = base.grid if values is None else tuple(values)
+    out = [base]
+    for v in grid if base.knob else ():
+        m = replace(base, **{base.knob: v})
+        if m not in out:
+            out.append(m)
+    return out
+
+
+# --- generation and judgement --------------------------------------------------------------------------------------
+
+def _generate(subject: Subject, prompts, seeds, mitigation, flagged, guidance, batch_size) -> Tensor:
+    """x_0 [P·G, ...] in prompt-major order; the remedy only for prompts with ``flagged`` (all when None)."""
+    pairs = [(i, s) for i in range(len(prompts)) for s in seeds]
+    use = [mitigation is not None and (flagged is None or bool(flagged[i])) for i, _ in pairs]
+    out: list[Tensor | None] = [None] * len(pairs)
+    for mitigated in (False, True):
+        idx = [k for k in range(len(pairs)) if use[k] == mitigated]
+        for b in range(0, len(idx), batch_size):
+            chunk = idx[b:b + batch_size]
+            cond = subject.cond([prompts[pairs[k][0]] for k in chunk])
+            kw = dict(guidance=guidance, recorder=Recorder(keep=()))
+            seeds_k = [pairs[k][1] for k in chunk]
+            traj = (mitigation.sample(subject, cond, seeds_k, **kw) if mitigated
+                    else subject.sample(cond, seeds_k, **kw))
+            for j, k in enumerate(chunk):
+                out[k] = traj.x_0[j]
+    return torch.stack(out)
+
+
+def _judge(subject: Subject, prompts, x0: Tensor, n_gen: int, ev: Evaluator) -> dict:
+    """Per generation [P][G]: copy, ratio, paired distance, label match, template copy; features [P·G, F]."""
+    refs, _ = unique_refs(subject.references)
+    ratio, nearest = nn_ratio(x0.to(refs.dtype), refs)
+    P = len(prompts)
+    paired = torch.tensor([_paired_index(p, refs) for p in prompts]).repeat_interleave(n_gen)
+    copies = (ratio <= COPY_RATIO) & ((paired < 0) | (nearest == paired))
+    flat = x0.flatten(1).double()
+    px = [None if p.x is None else p.x.double().flatten() for p in prompts]
+    pd = [math.nan if px[k // n_gen] is None else float((flat[k] - px[k // n_gen]).norm()) / math.sqrt(flat.shape[1])
+          for k in range(len(flat))]
+    images = x0 if subject.decode is None else subject.decode(x0)
+    labels = [p.meta.get("label") for p in prompts]
+    align = [None] * len(flat)
+    if ev.aligner is not None and any(v is not None for v in labels):
+        pred = ev.aligner(images)
+        align = [None if labels[k // n_gen] is None else float(int(pred[k]) == int(labels[k // n_gen]))
+                 for k in range(len(flat))]
+    template = [None] * len(flat)
+    if ev.template_judge is not None:  # partial copies: judged only where the prompt is a template
+        judged = [ev.template_judge(p, x0[i * n_gen:(i + 1) * n_gen], refs) if p.kind == "template" else None
+                  for i, p in enumerate(prompts)]
+        template = [None if t is None else float(t[g]) for t in judged for g in range(n_gen)]
+    feats = None if ev.extractor is None else ev.extractor(images).double().tolist()
+    shape = (P, n_gen)
+    return {"copy": copies.double().view(shape).tolist(), "ratio": ratio.double().view(shape).tolist(),
+            "paired_distance": np.array(pd).reshape(shape).tolist(),
+            "aligned": np.array(align, dtype=object).reshape(shape).tolist(),
+            "template_copy": np.array(template, dtype=object).reshape(shape).tolist(), "features": feats}
+
+
+def _run_set(subject, prompts, seeds, mitigation, flagged, guidance, batch_size, ev) -> dict:
+    x0, cost = measure_call(subject, lambda s: _generate(s, prompts, seeds, mitigation, flagged, guidance,
+                                                           batch_size))
+    return {**_judge(subject, prompts, x0, len(seeds), ev), "cost": cost.to_dict()}
+
+
+# --- statistics ----------------------------------------------------------------------------------------------------
+
+def _per_prompt(table) -> np.ndarray:
+    """Per-prompt mean over generations of a [P][G] table (None → NaN); prompts with no value are NaN."""
+    a = np.array([[np.nan if v is None else v for v in row] for row in table], dtype=np.float64)
+    if not a.size:
+        return np.zeros(0)
+    with warnings.catch_warnings():  # a prompt without a value (no label, no paired image) is NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(a, axis=1)
+
+
+def _mean(table) -> float | None:
+    v = _per_prompt(table)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else None
+
+
+def _boot_ci(values: np.ndarray, n_boot: int, seed: int = 0, stat=np.mean) -> tuple | None:
+    """95 % percentile bootstrap interval of ``stat`` over prompts (paired columns resampled together)."""
+    values = values[np.isfinite(values).reshape(len(values), -1).all(axis=1)]
+    if len(values) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    boots = np.array([stat(values[i]) for i in idx])
+    boots = boots[np.isfinite(boots)]
+    return (float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))) if boots.size else None
+
+
+def _quality(real: Tensor | None, unit: dict) -> tuple[float | None, float | None, float | None]:
+    if real is None or unit["features"] is None or len(unit["features"]) < 3:
+        return None, None, None
+    fake = torch.tensor(unit["features"], dtype=torch.float64)
+    p, r = precision_recall(real, fake, k=3)
+    return fid(real, fake), p, r
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
+    """Whether each (memorization, quality loss) point — both lower is better — is not dominated by another."""
+    out = []
+    for i, (m, q) in enumerate(points):
+        dominated = any((m2 <= m and q2 <= q) and (m2 < m or q2 < q) for j, (m2, q2) in enumerate(points) if j != i)
+        out.append(not dominated and math.isfinite(m) and math.isfinite(q))
+    return out
+
+
+def _cost_per_image(unit: dict, n: int) -> tuple[float, float, float]:
+    c = Cost.from_dict(unit["cost"])
+    return c.nfe / n, c.seconds / n, c.peak_mem_mb
+
+
+def _row(m: InferenceMitigation, setting: str, gated: bool, units: dict, real, gate: dict | None,
+         n_boot: int) -> MitigationRow:
+    tb, ta, gb, ga = units["trigger_plain"], units["trigger"], units["general_plain"], units["general"]
+    n_t, n_g = len(tb["copy"]) * len(tb["copy"][0]), len(gb["copy"]) * len(gb["copy"][0])
+    nfe_b = (Cost.from_dict(tb["cost"]).nfe + Cost.from_dict(gb["cost"]).nfe) / (n_t + n_g)
+    nfe_a = (Cost.from_dict(ta["cost"]).nfe + Cost.from_dict(ga["cost"]).nfe) / (n_t + n_g)
+    sec_a = (Cost.from_dict(ta["cost"]).seconds + Cost.from_dict(ga["cost"]).seconds) / (n_t + n_g)
+    peak = max(Cost.from_dict(ta["cost"]).peak_mem_mb, Cost.from_dict(ga["cost"]).peak_mem_mb)
+    if gated:  # the detector ran on every prompt of both sets
+        nfe_a += gate["nfe_per_image"]
+        sec_a += gate["seconds_per_image"]
+    fid_b, _, _ = _quality(real, tb)
+    fid_a, prec_a, rec_a = _quality(real, ta)
+    gfid_b, _, _ = _quality(real, gb)
+    gfid_a, _, _ = _quality(real, ga)
+    cb, ca = _per_prompt(tb["copy"]), _per_prompt(ta["copy"])
+    gab, gaa = _per_prompt(gb["aligned"]), _per_prompt(ga["aligned"])
+    g_delta = None if _mean(gb["aligned"]) is None else _mean(ga["aligned"]) - _mean(gb["aligned"])
+    cut = (lambda v: 1 - v[:, 1].mean() / v[:, 0].mean() if v[:, 0].mean() > 0 else np.nan)
+    row = MitigationRow(
+        method=m.name, setting=setting, gated=gated, ours=m.ours,
+        params=m.describe()["params"], trigger_copy_rate_before=float(cb.mean()),
+        trigger_copy_rate_after=float(ca.mean()), template_copy_rate_after=_mean(ta["template_copy"]),
+        alignment_before=_mean(tb["aligned"]), alignment_after=_mean(ta["aligned"]), fid_before=fid_b,
+        fid_after=fid_a, general_alignment_delta=g_delta,
+        general_fid_delta=None if gfid_a is None else gfid_a - gfid_b, extra_nfe_per_image=nfe_a - nfe_b,
+        seconds_per_image=sec_a, peak_mem_mb=peak, nfe_ratio=nfe_a / nfe_b if nfe_b else math.nan,
+        false_gate_rate=gate["false_gate_rate"] if gated else None,
+        trigger_gate_rate=gate["trigger_gate_rate"] if gated else None,
+        paired_distance_before=_mean(tb["paired_distance"]), paired_distance_after=_mean(ta["paired_distance"]),
+        precision_after=prec_a, recall_after=rec_a, general_fid_before=gfid_b,
+        trigger_copy_rate_after_ci=_boot_ci(ca, n_boot),
+        copy_cut_ci=_boot_ci(np.stack([cb, ca], 1), n_boot, stat=cut),
+        alignment_after_ci=_boot_ci(_per_prompt(ta["aligned"]), n_boot),
+        general_alignment_delta_ci=_boot_ci(gaa - gab, n_boot))
+    return replace(row, meets_goal=meets_goal(row))
+
+
+def meets_goal(r: MitigationRow) -> bool:
+    """Copy rate cut ≥ 90 %, general alignment drop ≤ 2 points, general FID rise ≤ 5 %, NFE ≤ 1.2× plain."""
+    if r.trigger_copy_rate_before <= 0:
+        return False
+    ok = r.trigger_copy_rate_after <= (1 - GOAL["copy_cut"]) * r.trigger_copy_rate_before
+    ok &= r.general_alignment_delta is None or r.general_alignment_delta >= -GOAL["alignment_drop"]
+    ok &= r.general_fid_delta is None or r.general_fid_delta <= GOAL["fid_rise"] * abs(r.general_fid_before)
+    return bool(ok and r.nfe_ratio <= GOAL["nfe_ratio"])
+
+
+# --- gating --------------------------------------------------------------------------------------------------------
+
+def _gate(subject, detector: Detector, fpr: float, trig, gen, cal, seeds, out, tally) -> dict:
+    """Scores of the detector on the three sets (units), the calibrated threshold and the flags."""
+    scores, cost_all, n_all = {}, [], 0
+    for name, prompts in (("calibration", cal), ("trigger", trig), ("general", gen)):
+        settings = unit_settings(subject, prompts, seeds, {"gate": detector.describe()})
+
+        def compute(prompts=prompts):
+            s, cost = measure(detector, subject, prompts, seeds)
+            return {"scores": s.tolist(), "cost": cost.to_dict()}
+
+        unit = _unit(out / "units" / "_gate" / _safe(detector.name) / f"{name}.json", settings, compute, tally)
+        sign = 1.0 if detector.higher_is_memorized else -1.0
+        scores[name] = sign * np.asarray(unit["scores"], dtype=np.float64)
+        if name != "calibration":
+            cost_all.append(Cost.from_dict(unit["cost"]))
+            n_all += len(prompts) * len(seeds)
+    if not len(cal):
+        raise ValueError("gating needs calibration negatives; the subject has none (give calibration prompts)")
+    thr = calibrate_threshold(scores["calibration"], fpr)
+    flags = {k: thr.flag(scores[k]) for k in ("trigger", "general")}
+    return {"detector": detector.describe(), "threshold": thr, "flags": flags,
+            "how": f"calibrate_threshold on {len(cal)} calibration-split negatives at FPR {fpr:g}; flag when the "
+                   "oriented score (higher = memorized) > value",
+            "false_gate_rate": float(flags["general"].mean()) if len(gen) else None,
+            "trigger_gate_rate": float(flags["trigger"].mean()) if len(trig) else None,
+            "nfe_per_image": sum(c.nfe for c in cost_all) / max(n_all, 1),
+            "seconds_per_image": sum(c.seconds for c in cost_all) / max(n_all, 1)}
+
+
+# --- the run -------------------------------------------------------------------------------------------------------
+
+def _set_unit(subject, prompts, seeds, what: dict, path: Path, tally, compute) -> dict:
+    return _unit(path, unit_settings(subject, prompts, seeds, what), compute, tally)
+
+
+def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitigation] | Mapping, *,
+                   trigger: Sequence[Prompt] | None = None, general: Sequence[Prompt] | None = None,
+                   calibration: Sequence[Prompt] | None = None, n_gen: int = 4, base_seed: int = 0,
+                   guidance: float = 7.5, gate: str | Detector | None = None, gate_fpr: float = 0.01,
+                   out: str | Path, evaluator: Evaluator | None = None, batch_size: int = 64, n_boot: int = 1000,
+                   progress: Callable[[str], None] | None = None) -> MitigationRun:
+    """Run each method at its default and along its knob, ungated (and gated by ``gate``); write ``out``.
+
+    Args:
+        subject: the model, its prompts (kinds, ``meta["label"]``, ``meta["split"]``) and references.
+        mitigations: names or instances (each swept over its grid), or a mapping name → knob values.
+        trigger, general, calibration: the memorized prompts, the general prompts and the negatives that calibrate
+            the gate (default: :func:`default_sets`).
+        n_gen: generations per prompt (seed ``base_seed + j``); guidance: the plain CFG weight.
+        gate: a detector (name or instance) whose threshold at ``gate_fpr`` decides which prompts get the remedy.
+        evaluator: aligner, feature extractor and template judge (default: the digits classifier on 1×8×8 states).
+    Returns:
+        A :class:`MitigationRun`; ``out`` gets ``summary.json``, ``rows.csv`` and ``units/``.
+    """
+    start, out, say = time.perf_counter(), Path(out), progress or (lambda msg: None)
+    if subject.references is None:
+        raise ValueError(f"subject {subject.name!r} has no references: copy rates need the training images")
+    d_trig, d_gen, d_cal = default_sets(subject)
+    trig, gen = list(d_trig if trigger is None else trigger), list(d_gen if general is None else general)
+    cal = list(d_cal if calibration is None else calibration)
+    if not trig or not gen:
+        raise ValueError(f"need a trigger set and a general set, got {len(trig)} and {len(gen)} prompts")
+    if evaluator is None:
+        evaluator = digits_evaluator() if tuple(subject.state_shape) == (1, 8, 8) else Evaluator()
+    items = mitigations.items() if isinstance(mitigations, Mapping) else [(m, None) for m in mitigations]
+    methods = [(s, "default" if k == 0 else s.setting) for m, v in items for k, s in enumerate(settings_of(m, v))]
+    seeds, tally = generation_seeds(n_gen, base_seed), {"computed": 0, "reused": 0, "recomputed": 0}
+    gate_info = None
+    if gate is not None:
+        det = make_detector(gate) if isinstance(gate, str) else gate
+        say(f"gate {det.name}")
+        gate_info = _gate(subject, det, gate_fpr, trig, gen, cal, seeds, out, tally)
+    real = None if evaluator.extractor is None else evaluator.extractor(
+        subject.references if subject.decode is None else subject.decode(subject.references)).double()
+
+    def unit(set_name, prompts, m, flags, label=""):
+        what = {"run": "plain" if m is None else m.describe(), "guidance": guidance, "steps": subject.steps,
+                "gate": None if flags is None else {"detector": gate_info["detector"],
+                                                     "threshold": gate_info["threshold"].value,
+                                                     "flags": [bool(f) for f in flags]},
+                "evaluator": evaluator.describe}
+        tag = "plain" if m is None else f"{_safe(m.name)}/{_safe(label)}{'-gated' if flags is not None else ''}"
+        return _set_unit(subject, prompts, seeds, what, out / "units" / tag / f"{set_name}.json", tally,
+                         lambda: _run_set(subject, prompts, seeds, m, flags, guidance, batch_size, evaluator))
+
+    say("plain")
+    plain = {"trigger_plain": unit("trigger", trig, None, None), "general_plain": unit("general", gen, None, None)}
+    rows = []
+    for m, label in methods:
+        for gated in (False, True) if gate_info else (False,):
+            say(f"{m.name} {label}{' gated' if gated else ''}")
+            f = gate_info["flags"] if gated else {"trigger": None, "general": None}
+            units = {**plain, "trigger": unit("trigger", trig, m, f["trigger"], label),
+                     "general": unit("general", gen, m, f["general"], label)}
+            rows.append(_row(m, label, gated, units, real, gate_info, n_boot))
+    rows, pareto = _with_pareto(rows)
+    gate_out = None if gate_info is None else {
+        "detector": gate_info["detector"], "threshold": asdict(gate_info["threshold"]), "how": gate_info["how"],
+        "false_gate_rate": gate_info["false_gate_rate"], "trigger_gate_rate": gate_info["trigger_gate_rate"],
+        "nfe_per_image": gate_info["nfe_per_image"]}
+    prov = {"subject": subject.describe(), "methods": [{**m.describe(), "setting": k} for m, k in methods],
+            "seeds": seeds,
+            "base_seed": base_seed, "n_gen": n_gen, "guidance": guidance, "steps": subject.steps,
+            "trigger": [p.id for p in trig], "general": [p.id for p in gen], "calibration": [p.id for p in cal],
+            "evaluator": evaluator.describe, "copy_rule": f"paired NN ratio <= {COPY_RATIO:g} (Ye et al., 2025)",
+            "fid_real": "the subject's distinct references", "n_boot": n_boot, "package": package_version(),
+            "ci": "95 % percentile bootstrap over prompts (generations averaged per prompt)",
+            "cost": "NFE counted by CountingDenoiser over both sets; extra = after − plain per image (+ the gate "
+                    "detector's NFE per image when gated)"}
+    summary = MitigationSummary(tuple(rows), tuple(pareto), dict(GOAL), gate_out, dict(tally), prov,
+                                time.perf_counter() - start)
+    records = tuple({k: getattr(r, k) for k in ROW_COLUMNS} for r in rows)
+    write_csv(out / "rows.csv", records, ROW_COLUMNS)
+    write_json(out / "summary.json", summary.to_dict())
+    return MitigationRun(summary, records)
+
+
+def _with_pareto(rows: list[MitigationRow]) -> tuple[list[MitigationRow], list[dict]]:
+    """Rows flagged on the memorization (trigger copy rate after) vs quality (general alignment drop) front."""
+    pts = [(r.trigger_copy_rate_after, -(r.general_alignment_delta if r.general_alignment_delta is not None
+                                         else 0.0)) for r in rows]
+    on = pareto_front(pts)
+    rows = [replace(r, on_pareto=o) for r, o in zip(rows, on, strict=True)]
+    front = sorted(({"method": r.method, "setting": r.setting, "gated": r.gated, "ours": r.ours,
+                     "trigger_copy_rate_after": r.trigger_copy_rate_after,
+                     "general_alignment_delta": r.general_alignment_delta} for r in rows if r.on_pareto),
+                   key=lambda d: d["trigger_copy_rate_after"])
+    return rows, front
