@@ -13,7 +13,7 @@ from pathlib import Path
 
 from diffmem.adapters.subject import diffusers_subject
 from diffmem.analyses.kim import KimConfig, KimResult, KimSummary, run_kim
-from diffmem.io import write_json
+from diffmem.io import check_out_dir, mark_stale, remove_stale_tmp, write_json
 from diffmem.reports.kim_figures import render_kim_figures
 from diffmem.results import Record
 from diffmem.subject import Subject
@@ -64,7 +64,9 @@ def run_kim_job(subject: Subject, out: str | Path, *, quick: bool = False, prima
     from rich.progress import Progress
 
     cfg = KimConfig(**KIM_PRESETS["quick" if quick else "full"], primary=primary or "ssim")
-    out = Path(out)
+    out = check_out_dir(out)
+    remove_stale_tmp(out)
+    mark_stale(out, ["summary.json"])  # a killed rerun must not leave the old summary beside new results
     start = time.perf_counter()
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("kim analyses", total=len(subject.prompts))
@@ -85,6 +87,12 @@ def analyze_kim(out: str | Path, *, world: str | None = None, model: str | Path 
                 progress: bool = True) -> KimRun:
     """``diffmem analyze kim``: the study on an embedded world (default ``digits-t2i``) or on a local diffusers
     ``model`` with a ``prompts`` manifest (JSONL of prompt + paired image)."""
+    if per_kind is not None and (isinstance(per_kind, bool) or not isinstance(per_kind, int) or per_kind < 1):
+        raise ValueError(f"--per-kind must be a positive integer, got {per_kind!r}")
+    if model is None and prompts is not None:
+        raise ValueError("--prompts goes with --model (a diffusers model); an embedded world brings its own prompts")
+    if model is not None and (world is not None or per_kind is not None):
+        raise ValueError("--world and --per-kind select an embedded world's prompts; they do not go with --model")
     if model is not None:
         if prompts is None:
             raise ValueError("a diffusers model needs a prompt manifest (prompt + paired image per line)")
