@@ -87,6 +87,8 @@ def analyze_kim(out: str | Path, *, world: str | None = None, model: str | Path 
                 progress: bool = True) -> KimRun:
     """``diffmem analyze kim``: the study on an embedded world (default ``digits-t2i``) or on a local diffusers
     ``model`` with a ``prompts`` manifest (JSONL of prompt + paired image)."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {steps!r}")
     if per_kind is not None and (isinstance(per_kind, bool) or not isinstance(per_kind, int) or per_kind < 1):
         raise ValueError(f"--per-kind must be a positive integer, got {per_kind!r}")
     if model is None and prompts is not None:

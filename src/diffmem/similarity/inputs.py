@@ -57,6 +57,8 @@ def memorization_summary(samples: Tensor, refs: Tensor, *, threshold: float = 1 
         raise ValueError(f"samples are {tuple(samples.shape[1:])} per item but references are "
                          f"{tuple(refs.shape[1:])}; pass tensors of the same item shape")
     ratio, nearest = nn_ratio(samples, refs, dedup=dedup, backend=backend)
+    if not bool(torch.isfinite(ratio).all()):
+        raise ValueError("distances between samples and references overflow (values too large); rescale both sets")
     kk = min(k, len(refs))
     rel, _ = relative_distance(samples, refs, k=kk, dedup=dedup, backend=backend)
     copy = ratio <= threshold
