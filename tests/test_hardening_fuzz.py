@@ -149,7 +149,7 @@ def folders(draw):
         seed = draw(st.integers(0, 2**16))
         files.append((mode, w, h, seed, plausible))
     junk = None if plausible else draw(st.none() | st.binary(max_size=40))
-    size = draw(st.none() | st.integers(1, 4)) if plausible else draw(st.none() | st.integers(1, 8))
+    size = draw(st.integers(1, 4)) if plausible else draw(st.none() | st.integers(1, 8))
     return files, junk, size, draw(st.none() | st.booleans())
 
 

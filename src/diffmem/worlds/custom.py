@@ -2,15 +2,18 @@
 
 Accepted sources:
 
-* an ``.npz`` with ``images`` ([N, H, W], [N, H, W, C] or [N, C, H, W] with C ∈ {1, 3}; uint8 0…255 or floats in
-  [0, 1] or [−1, 1]) and optionally ``labels`` [N] ints, ``class_names`` [K] strings, ``captions`` [N] strings;
+* an ``.npz`` with ``images`` ([N, H, W], [N, H, W, C] or [N, C, H, W] with C ∈ {1, 3}; uint8 0…255, uint16
+  0…65535, bool, or floats in [0, 1] or [−1, 1]) and optionally ``labels`` [N] ints ≥ 0 (< K with names),
+  ``class_names`` [K] strings, ``captions`` [N] strings;
 * a folder of PNG/JPEG files (searched recursively). Captions come from ``metadata.jsonl`` (``{"file_name": …,
   "text": …}``, the Hugging Face imagefolder convention) or a ``.txt`` file next to each image; labels from
   first-level sub-folders (the ImageFolder convention).
 
-Images are centre-cropped to a square and resized (bilinear, Pillow) to ``image_size``; without captions every
-image is captioned with its class name, or "image" (an unconditional world in which only planted prompts are
-specific).
+Every image is read on its own by :mod:`diffmem.images` (any PIL mode and bit depth, 16-bit kept), centre-cropped
+to a square and resized (bilinear, in float) to ``image_size``; an image smaller than that is refused, never
+upsampled, and no image changes another. Files are opened one at a time, so folders of any length fit the
+open-file limit. Without captions every image is captioned with its class name, or "image" (an unconditional world
+in which only planted prompts are specific).
 """
 
 from __future__ import annotations
