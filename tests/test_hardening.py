@@ -319,3 +319,32 @@ def test_stale_marking_and_tmp_cleanup(tmp_path):
     assert (tmp_path / "summary.json.stale").exists() and not (tmp_path / "summary.json").exists()
     assert remove_stale_tmp(tmp_path) == [tmp] and fresh.exists()  # a writer's file in flight is kept
     shutil.rmtree(tmp_path / "sub")
+
+
+HOLD = """
+import sys, time
+from diffmem.io import claim_out_dir
+claim_out_dir(sys.argv[1])
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_second_writer_of_an_out_folder_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    from diffmem.io import claim_out_dir
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path / "out")], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match="in use by another diffmem process") as e:
+            claim_out_dir(tmp_path / "out")
+        one_line(e)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert claim_out_dir(tmp_path / "out") == claim_out_dir(tmp_path / "out")  # free again; reclaiming is a no-op

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "write_arrays", "read_arrays",
            "new_run_dir", "strict_json", "file_mode", "check_safetensors", "remove_stale_tmp", "check_out_dir",
-           "mark_stale", "file_lock", "check_device"]
+           "mark_stale", "file_lock", "claim_out_dir", "check_device"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -231,6 +231,28 @@ def mark_stale(folder: str | os.PathLike, names: Sequence[str]) -> list[Path]:
             os.replace(p, p.with_name(p.name + ".stale"))
             moved.append(p)
     return moved
+
+
+_CLAIMS: dict[Path, object] = {}
+
+
+def claim_out_dir(path: str | os.PathLike) -> Path:
+    """Take ``path`` (an output folder) for this process until it exits: a second process writing the same folder
+    is refused with a one-line error instead of interleaving files. Claiming again in the same process is a no-op."""
+    import fcntl
+
+    path = check_out_dir(path).resolve()
+    if path in _CLAIMS:
+        return path
+    f = open(path / ".diffmem.lock", "a+b")  # kept open: the lock lives as long as the process
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise ValueError(f"output folder {str(path)!r} is in use by another diffmem process; wait for it to finish "
+                         "or choose another --out") from None
+    _CLAIMS[path] = f
+    return path
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from diffmem.adapters.subject import diffusers_subject
 from diffmem.analyses.kim import KimConfig, KimResult, KimSummary, run_kim
-from diffmem.io import check_out_dir, mark_stale, remove_stale_tmp, write_json
+from diffmem.io import claim_out_dir, mark_stale, remove_stale_tmp, write_json
 from diffmem.reports.kim_figures import render_kim_figures
 from diffmem.results import Record
 from diffmem.subject import Subject
@@ -64,7 +64,7 @@ def run_kim_job(subject: Subject, out: str | Path, *, quick: bool = False, prima
     from rich.progress import Progress
 
     cfg = KimConfig(**KIM_PRESETS["quick" if quick else "full"], primary=primary or "ssim")
-    out = check_out_dir(out)
+    out = claim_out_dir(out)  # a second process writing this folder is refused
     remove_stale_tmp(out)
     mark_stale(out, ["summary.json"])  # a killed rerun must not leave the old summary beside new results
     start = time.perf_counter()

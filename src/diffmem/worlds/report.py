@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffmem.io import check_out_dir, mark_stale, remove_stale_tmp, write_json
+from diffmem.io import claim_out_dir, mark_stale, remove_stale_tmp, write_json
 from diffmem.results import Provenance, Result
 from diffmem.worlds.data import write_manifest
 from diffmem.worlds.grids import save_grid
@@ -156,7 +156,7 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     if n < 1 or steps < 1 or not weights:
         raise ValueError(f"need samples >= 1, steps >= 1 and some weights, got {n}, {steps}, {weights!r}")
     world = world if isinstance(world, World) else load_world(world, progress=progress)
-    rows, out = report_rows(world.data.prompts, quick), check_out_dir(out)
+    rows, out = report_rows(world.data.prompts, quick), claim_out_dir(out)  # one writer per folder
     remove_stale_tmp(out)
     mark_stale(out, ["summary.json"])  # a killed rerun must not leave the old summary beside new grids
     clf, clf_info = _classifier(world)
