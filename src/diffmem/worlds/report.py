@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffmem.io import claim_out_dir, mark_stale, remove_stale_tmp, write_json
+from diffmem.io import write_json
 from diffmem.results import Provenance, Result
 from diffmem.worlds.data import write_manifest
 from diffmem.worlds.grids import save_grid
@@ -151,14 +151,11 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     with 30, 1.0 with 50).
     Trains the world first when no finished checkpoint exists. Returns the summary dict (``summary.json``)."""
     t0 = time.perf_counter()
-    n = samples if samples is not None else (4 if quick else 10)  # a given 0 is refused, never replaced
-    steps = steps if steps is not None else 50
+    world = world if isinstance(world, World) else load_world(world, progress=progress)
+    n, steps = samples or (4 if quick else 10), steps or 50
     if n < 1 or steps < 1 or not weights:
         raise ValueError(f"need samples >= 1, steps >= 1 and some weights, got {n}, {steps}, {weights!r}")
-    world = world if isinstance(world, World) else load_world(world, progress=progress)
-    rows, out = report_rows(world.data.prompts, quick), claim_out_dir(out)  # one writer per folder
-    remove_stale_tmp(out)
-    mark_stale(out, ["summary.json"])  # a killed rerun must not leave the old summary beside new grids
+    rows, out = report_rows(world.data.prompts, quick), Path(out)
     clf, clf_info = _classifier(world)
     per_w, arrays = {}, {}
     for w in weights:
