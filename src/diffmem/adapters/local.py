@@ -11,6 +11,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from diffmem.io import check_safetensors
+
 __all__ = ["ModelFilesMissing", "check_pipeline_dir", "load_local_pipeline"]
 
 _WEIGHT_STEMS = {"diffusers": ("diffusion_pytorch_model",), "transformers": ("model", "pytorch_model")}
@@ -28,12 +30,20 @@ def _missing(path: Path, what: str = "") -> ModelFilesMissing:
 
 
 def _check_weights(folder: Path, library: str) -> None:
+    """Safetensors weights present and whole; pickle (``.bin``) weights are refused, never loaded."""
     stems = _WEIGHT_STEMS.get(library, _WEIGHT_STEMS["diffusers"])
-    for f in folder.iterdir():
-        # variants ("diffusion_pytorch_model.fp16.safetensors") and shards ("model-00001-of-00002.safetensors") count
-        if f.name.startswith(stems) and f.name.endswith(_WEIGHT_SUFFIXES):
-            return
-    raise _missing(folder / f"{stems[0]}.safetensors", f" (no {stems[0]}*.safetensors or *.bin in {folder})")
+    # variants ("diffusion_pytorch_model.fp16.safetensors") and shards ("model-00001-of-00002.safetensors") count
+    found = [f for f in sorted(folder.iterdir()) if f.name.startswith(stems) and f.name.endswith(_WEIGHT_SUFFIXES)]
+    safe = [f for f in found if f.name.endswith(".safetensors")]
+    if not safe and any(f.name.endswith((".safetensors.index.json",)) for f in found):
+        raise _missing(folder / f"{stems[0]}.safetensors", f" (the shards its index names are absent in {folder})")
+    if not safe and found:
+        raise ValueError(f"{folder} holds only pickle weights ({found[0].name}); diffmem loads safetensors only: "
+                         "convert them (e.g. save_pretrained(..., safe_serialization=True))")
+    if not safe:
+        raise _missing(folder / f"{stems[0]}.safetensors", f" (no {stems[0]}*.safetensors in {folder})")
+    for f in safe:
+        check_safetensors(f)  # a truncated copy fails here, naming the file
 
 
 def _check_tokenizer(folder: Path) -> None:
@@ -95,4 +105,5 @@ def load_local_pipeline(path, components: Sequence[str], classes: Sequence[str],
     cls_name = index.get("_class_name")
     if cls_name not in classes:
         raise ValueError(f"{Path(path) / 'model_index.json'} describes a {cls_name!r}; expected one of {list(classes)}")
+    kwargs.setdefault("use_safetensors", True)  # never fall back to pickle weights
     return getattr(diffusers, cls_name).from_pretrained(str(path), local_files_only=True, **kwargs)

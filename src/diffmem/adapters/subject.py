@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from diffmem.adapters.diffusers_common import DiffusersAdapter
 from diffmem.adapters.diffusers_sd import StableDiffusionAdapter
 from diffmem.adapters.pixart import PixArtAdapter
+from diffmem.images import read_image
 from diffmem.subject import Prompt, Subject
 
 __all__ = ["ADAPTER_KINDS", "read_manifest", "load_image", "adapter_subject", "diffusers_subject"]
@@ -32,19 +33,30 @@ def read_manifest(path: str | Path, *, require_images: bool = True) -> list[dict
     ``require_images=False`` a row may omit ``image`` (its ``image`` is None: a prompt without training image)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"manifest {str(path)!r} does not exist")
+        raise ValueError(f"manifest {str(path)!r} does not exist or is not a file")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"manifest {str(path)!r} is not UTF-8 text (JSON Lines)") from None
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{n}: not JSON ({err.msg})") from None
+        except (json.JSONDecodeError, RecursionError) as err:
+            raise ValueError(f"{path}:{n}: not JSON ({getattr(err, 'msg', 'nested too deeply')})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: each line must be a JSON object {{\"prompt\": ..., \"image\": ...}}, "
+                             f"got a {type(row).__name__}")
         needed = ("prompt", "image") if require_images or "image" in row else ("prompt",)
         missing = [k for k in needed if not isinstance(row.get(k), str)]
         if missing:
             raise ValueError(f"{path}:{n}: missing string field {missing[0]!r}")
+        if "kind" in row and not isinstance(row["kind"], str):
+            raise ValueError(f"{path}:{n}: 'kind' must be a string, got {row['kind']!r}")
+        if "image" in row and ("\0" in row["image"] or not row["image"].strip()):
+            raise ValueError(f"{path}:{n}: 'image' must name a file, got {row['image']!r}")
         image = (path.parent / row["image"]).resolve() if "image" in row else None
         if image is not None and not image.is_file():
             raise ValueError(f"{path}:{n}: image {str(image)!r} does not exist")
@@ -55,13 +67,10 @@ def read_manifest(path: str | Path, *, require_images: bool = True) -> list[dict
 
 
 def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
-    """[3, H, W] in [−1, 1]: RGB, Lanczos-resized to ``size`` = (H, W) without cropping."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB").resize((size[1], size[0]), Image.LANCZOS)
-        arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    """[3, H, W] in [−1, 1]: RGB at its bit depth (:mod:`diffmem.images`), Lanczos-resized to ``size`` = (H, W)
+    without cropping; an image smaller than ``size`` is refused."""
+    arr = read_image(path, size=tuple(size), channels=3, fit="stretch", resample="lanczos")
+    return torch.from_numpy((arr * 2 - 1).astype(np.float32))
 
 
 def diffusers_subject(model_dir: str | Path, manifest: str | Path, *, steps: int = 50, kind: str = "sd",

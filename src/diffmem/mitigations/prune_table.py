@@ -21,7 +21,7 @@ from pathlib import Path
 from torch import Tensor
 
 from diffmem.attention import Head, attention
-from diffmem.io import read_json, write_arrays, write_json
+from diffmem.io import file_lock, read_json, remove_stale_tmp, write_arrays, write_json
 from diffmem.mitigations.copy_ablation import copy_ablation
 from diffmem.mitigations.diffusers_heads import save_pruned
 from diffmem.mitigations.head_pruning import prune_count
@@ -214,7 +214,8 @@ def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out
     method over the runs it has; methods without any row are left out), e.g. to read a table still being filled.
     ``progress(done, total, row)`` is called after each row (done or found).
     """
-    variants = {m: _variant(m) for m in methods}
+    for m in methods:
+        _variant(m)  # an unknown method is refused before anything runs
     out = Path(out)
     info = {k: v for k, v in subject.info.items() if isinstance(v, (str, int, float))}
     identity = {**{k: v for k, v in info.items() if k not in _LOCATIONS},
@@ -222,7 +223,11 @@ def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out
                 "recipe": {k: v for k, v in recipe.to_dict().items() if k not in ("steps", "seed")},  # set per row
                 **dict(evaluation.description)}
     identity = json.loads(json.dumps(identity))  # as JSON reads it back, so a resumed run compares equal
-    check_table_settings(out, identity)
+    with file_lock(out / ".table.lock"):  # two processes filling one folder agree on its settings and methods
+        remove_stale_tmp(out)
+        check_table_settings(out, identity)
+        if compute:
+            _register_methods(out, methods)
     for seed in range(settings.runs if compute else 0):
         for method in methods:
             path = out / "runs" / f"{method}-{seed}.json"
@@ -234,13 +239,32 @@ def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out
                          f"{method}-{seed}")
     if (out / "state").is_dir() and not any((out / "state").iterdir()):
         (out / "state").rmdir()
+    with file_lock(out / ".table.lock"):  # the summary covers every method any process asked of this folder
+        union = _register_methods(out, methods, save=compute)
+        table = _table(subject, out, union, settings, info, identity)
+        write_json(out / "summary.json", table.to_dict())
+    return table if compute else _table(subject, out, methods, settings, info, identity)
+
+
+def _table(subject: Subject, out: Path, methods: Sequence[str], settings: TableSettings, info: dict,
+           identity: dict) -> PruneTable:
+    variants = {m: _variant(m) for m in methods}
     rows = {m: _rows(out, m, settings.runs) for m in methods}
     if not any(rows.values()):
         raise ValueError(f"no finished rows of {list(methods)} in {out / 'runs'}")
     summaries = summarize(rows, baseline_rows=_rows(out, "original", settings.runs))
-    table = PruneTable(summaries, {"subject": subject.name, **info, **identity, "runs": settings.runs,
-                                   "variants": {m: dataclasses.asdict(variants[m]) for m in summaries},
-                                   "provenance": json.loads(json.dumps(subject.describe(), default=str))})
-    write_json(out / "summary.json", table.to_dict())
-    return table
+    return PruneTable(summaries, {"subject": subject.name, **info, **identity, "runs": settings.runs,
+                                  "variants": {m: dataclasses.asdict(variants[m]) for m in summaries},
+                                  "provenance": json.loads(json.dumps(subject.describe(), default=str))})
+
+
+def _register_methods(out: Path, methods: Sequence[str], save: bool = True) -> list[str]:
+    """The union of ``methods`` and those earlier or concurrent runs asked of ``out`` (``methods.json``, updated
+    when ``save``); call under the folder's lock."""
+    path = out / "methods.json"
+    known = read_json(path) if path.exists() else []
+    union = list(dict.fromkeys([*known, *methods]))
+    if save and union != known:
+        write_json(path, union)
+    return union
 

@@ -19,7 +19,7 @@ import torch
 
 from diffmem.adapters.subject import ADAPTER_KINDS, adapter_subject, read_manifest
 from diffmem.analyses.kim import KimConfig, KimResult, KimSummary, run_kim
-from diffmem.io import write_json
+from diffmem.io import claim_out_dir, mark_stale, remove_stale_tmp, write_json
 from diffmem.reports.kim_figures import render_kim_figures
 from diffmem.results import Record
 from diffmem.runners.progress import progress_bar
@@ -84,7 +84,9 @@ def run_kim_job(subject: Subject, out: str | Path, *, quick: bool = False, prima
     """Run the study on ``subject`` in the quick or full preset (``overrides``: KimConfig fields, e.g. ``n_seeds``,
     ``guidance``); resume from ``out/units``; save result, summary and figures into ``out``; delete the units."""
     cfg = KimConfig(**{**KIM_PRESETS["quick" if quick else "full"], **overrides}, primary=primary or "ssim")
-    out = Path(out)
+    out = claim_out_dir(out)  # a second process writing this folder is refused
+    remove_stale_tmp(out)
+    mark_stale(out, ["summary.json"])  # a killed rerun must not leave the old summary beside new results
     start = time.perf_counter()
     with progress_bar(progress) as bar:
         task = bar.add_task("kim analyses: prompts")
@@ -137,6 +139,14 @@ def analyze_kim(out: str | Path, *, world: str | None = None, model: str | Path 
     """``diffmem analyze kim``: the study on an embedded world (default ``digits-t2i``) or on a local diffusers
     ``model`` with a ``prompts`` manifest (JSONL: prompt, and the paired training image where there is one);
     ``refs`` replaces the reference set of the copy rule; ``overrides`` are KimConfig fields."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"--steps must be a positive integer, got {steps!r}")
+    if per_kind is not None and (isinstance(per_kind, bool) or not isinstance(per_kind, int) or per_kind < 1):
+        raise ValueError(f"--per-kind must be a positive integer, got {per_kind!r}")
+    if model is None and prompts is not None:
+        raise ValueError("--prompts goes with --model (a diffusers model); an embedded world brings its own prompts")
+    if model is not None and (world is not None or per_kind is not None):
+        raise ValueError("--world and --per-kind select an embedded world's prompts; they do not go with --model")
     if refs is not None and not Path(refs).exists():
         raise ValueError(f"--refs {str(refs)!r} does not exist; give a folder of images or an .npz")
     if model is not None:

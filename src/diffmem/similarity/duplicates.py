@@ -10,6 +10,7 @@ different images). Near-duplicate groups are the connected components of the gra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +129,8 @@ def near_duplicates(x: Tensor, threshold: float, *, metric: str = "l2",
     if metric not in NEAR_METRICS:
         raise ValueError(f"metric must be one of {NEAR_METRICS}, got {metric!r}")
     threshold = float(threshold)
+    if not math.isfinite(threshold):
+        raise ValueError(f"near-duplicate threshold must be a finite number, got {threshold!r}")
     radius = {"l2": threshold, "normalized_l2": threshold * flat.shape[1] ** 0.5,
               "cosine": (2 - 2 * min(threshold, 1.0)) ** 0.5}[metric]
     if metric == "cosine":  # on unit vectors cos ≥ τ ⇔ ‖a − b‖ ≤ √(2 − 2τ)

@@ -17,6 +17,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from diffmem.io import check_device
 from diffmem.similarity.preprocess import Preprocess, get_preprocess
 
 __all__ = ["FeatureExtractor", "TorchScriptExtractor", "load_torchscript", "file_sha256", "extract_features"]
@@ -43,6 +44,7 @@ def file_sha256(path: str | Path) -> str:
 def load_torchscript(path: str | Path, *, device="cpu", what: str = "model") -> torch.jit.ScriptModule:
     """Load a TorchScript file in eval mode, turning a missing, corrupt or non-TorchScript file into ValueError."""
     path = Path(path).expanduser()
+    device = check_device(device)
     if not path.is_file():
         raise ValueError(f"{what} file not found: {str(path)!r} (diffmem never downloads weights; give a local path)")
     try:

@@ -12,19 +12,20 @@ the published grid (Fig. 3) for a GPU.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from diffmem.io import read_json, write_json
+from diffmem.io import read_json, remove_stale_tmp, write_json
 from diffmem.mixtures import gmm_world
 from diffmem.similarity.criteria import memorization_ratio
 from diffmem.theory.mlp import NetDenoiser, TrainConfig, count_params, train_score_net
 from diffmem.theory.sampler import SamplerConfig, draw_samples
 
-__all__ = ["SweepConfig", "RunSpec", "PRESETS", "plan", "run_one", "run_sweep", "findings"]
+__all__ = ["SweepConfig", "RunSpec", "PRESETS", "plan", "run_settings", "run_one", "run_sweep", "findings"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,15 @@ def training_set(spec: RunSpec, cfg: SweepConfig) -> torch.Tensor:
     return X
 
 
+def run_settings(spec: RunSpec, cfg: SweepConfig) -> dict:
+    """Everything besides the key that decides a run's row: training, sampling, sample count and seeds (as JSON
+    reads it back). A saved row made under other settings is recomputed, never reused."""
+    train = replace(cfg.train, width=spec.width, weight_decay=spec.weight_decay)
+    return json.loads(json.dumps({"train": train.to_dict(), "sampler": asdict(cfg.sampler),
+                                  "n_samples": cfg.n_samples, "world_seed": cfg.world_seed,
+                                  "data_seed": cfg.data_seed}))
+
+
 def run_one(spec: RunSpec, cfg: SweepConfig) -> dict:
     """Train, sample and score one network; returns its row (JSON-able)."""
     world = gmm_world(spec.dim, seed=cfg.world_seed)
@@ -122,7 +132,7 @@ def run_one(spec: RunSpec, cfg: SweepConfig) -> dict:
             "memorization_ratio": memorization_ratio(x.double(), X), "loglik_mean": float(ll.mean()),
             "loglik_median": float(ll.median()), "final_loss": history[-1], "train_s": round(t1 - t0, 2),
             "sample_s": round(time.perf_counter() - t1, 2), "cpu_s": round(time.process_time() - c0, 2),
-            "train": train.to_dict(), "sampler": prov["sampler"]}
+            "train": train.to_dict(), "sampler": prov["sampler"], "settings": run_settings(spec, cfg)}
 
 
 def run_sweep(cfg: SweepConfig, out: str | Path, *, progress=None) -> dict:
@@ -130,14 +140,16 @@ def run_sweep(cfg: SweepConfig, out: str | Path, *, progress=None) -> dict:
 
     ``progress(done, total, key)`` is called after each run when given."""
     rows_dir = Path(out) / "rows"
+    remove_stale_tmp(rows_dir)
     panels = plan(cfg)
     unique = list({s.key: s for specs in panels.values() for s in specs}.values())
     rows, t0 = {}, time.perf_counter()
     for k, spec in enumerate(unique):
         path = rows_dir / f"{spec.key}.json"
-        if path.exists():
-            rows[spec.key] = read_json(path)
-        else:
+        saved = read_json(path) if path.exists() else None
+        if isinstance(saved, dict) and saved.get("settings") == run_settings(spec, cfg):
+            rows[spec.key] = saved
+        else:  # absent, or made under other settings (e.g. an earlier --quick run into this folder)
             rows[spec.key] = run_one(spec, cfg)
             write_json(path, rows[spec.key])
         if progress:

@@ -82,9 +82,11 @@ def fit(net: nn.Module, ts: TrainingSet, cfg: TrainConfig, state_path: str | Pat
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ema = EMA(net, cfg.ema_decay)
     state_path, log = Path(state_path), log or FitLog()
-    start = load_state(state_path, net=net, ema=ema, opt=opt) if state_path.exists() else 0
+    saved: dict = {}
+    start = load_state(state_path, net=net, ema=ema, opt=opt, log=saved) if state_path.exists() else 0
+    acc = _restore_log(log, saved, start)
     net.train()
-    wall0, cpu0, acc = time.perf_counter(), time.process_time(), []
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     with _progress(progress) as bar:
         task = bar.add_task("training", total=cfg.steps, completed=start, loss=float("nan"))
         for step in range(start, cfg.steps):
@@ -102,7 +104,8 @@ def fit(net: nn.Module, ts: TrainingSet, cfg: TrainConfig, state_path: str | Pat
                 log.losses.append([step + 1, sum(acc) / len(acc)])
                 acc = []
             if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:
-                save_state(state_path, step=step + 1, net=net, ema=ema, opt=opt)
+                save_state(state_path, step=step + 1, net=net, ema=ema, opt=opt,
+                           log=_log_arrays(log, acc, wall0, cpu0))
             bar.update(task, advance=1, loss=value)
             if callback is not None:
                 callback(step, value)
@@ -110,6 +113,29 @@ def fit(net: nn.Module, ts: TrainingSet, cfg: TrainConfig, state_path: str | Pat
     log.wall_s += time.perf_counter() - wall0
     log.cpu_s += time.process_time() - cpu0
     return ema
+
+
+def _log_arrays(log: FitLog, acc: list, wall0: float, cpu0: float) -> dict[str, Tensor]:
+    """The loss log so far (and the open interval's losses) as arrays, saved with each checkpoint."""
+    return {"losses": torch.tensor(log.losses, dtype=torch.float64).reshape(-1, 2),
+            "acc": torch.tensor(acc, dtype=torch.float64), "every": torch.tensor(log.every),
+            "seconds": torch.tensor([log.wall_s + time.perf_counter() - wall0,
+                                     log.cpu_s + time.process_time() - cpu0], dtype=torch.float64)}
+
+
+def _restore_log(log: FitLog, saved: dict, start: int) -> list:
+    """Put the log of the steps before ``start`` back into ``log``; returns the open interval's losses."""
+    if not start:
+        return []
+    if "losses" not in saved:
+        raise ValueError(f"the training state at step {start} has no loss log (written by an older diffmem); "
+                         "delete state.safetensors to train from the start")
+    if int(saved["every"]) != log.every:
+        raise ValueError(f"the saved loss log averages every {int(saved['every'])} steps, not {log.every}; "
+                         "resume with the same log interval")
+    log.losses[:] = [[int(s), float(v)] for s, v in saved["losses"].tolist()]
+    log.wall_s, log.cpu_s = (float(v) for v in saved["seconds"])
+    return [float(v) for v in saved["acc"]]
 
 
 def _progress(enabled: bool):

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from diffmem.home import diffmem_home
-from diffmem.io import read_json, write_json
+from diffmem.io import check_safetensors, read_json, remove_stale_tmp, write_json
 from diffmem.nets.dit import DiTConfig
 from diffmem.results import package_version
 from diffmem.schedules import DiscreteSchedule, Grid, discrete_grid
@@ -160,6 +160,7 @@ def train_world(config: RunConfig, directory: str | Path | None = None, *, progr
     directory = Path(directory) if directory else checkpoint_dir(config, data)
     if is_trained(directory):
         return directory
+    remove_stale_tmp(directory)  # checkpoint-sized temporaries of a hard-killed run
     tokenizer = _tokenizer(data)
     dit = dit_config(config.model, data)
     header = _header(config, data, tokenizer, dit)
@@ -188,7 +189,8 @@ def load_world(world: str | RunConfig | Path = "digits-t2i", *, train: bool = Tr
     (minutes on CPU) when neither exists and ``train`` is True."""
     if isinstance(world, Path) or (isinstance(world, str) and (Path(world) / "config.json").exists()):
         directory = Path(world)
-        config = RunConfig.from_dict(read_json(directory / "config.json")["run"])
+        config = RunConfig.from_dict(_header_of(directory)["run"])
+        _check_checkpoint(directory)  # a named checkpoint is loaded as it is, never retrained or replaced
     else:
         config = world if isinstance(world, RunConfig) else default_config(world)
     data = build_data(config.world)
@@ -203,8 +205,28 @@ def load_world(world: str | RunConfig | Path = "digits-t2i", *, train: bool = Tr
     return _load(config, data, directory)
 
 
-def _load(config: RunConfig, data: WorldData, directory: Path) -> World:
+def _header_of(directory: Path) -> dict:
+    if not (directory / "config.json").is_file():
+        raise FileNotFoundError(f"{directory} is not a world checkpoint (no config.json); pass a world name or the "
+                                "folder `diffmem train` wrote")
     header = read_json(directory / "config.json")
+    if not isinstance(header, dict) or not {"run", "dit", "fingerprint", "tokenizer"} <= set(header):
+        raise ValueError(f"{directory / 'config.json'} is not a world checkpoint header; retrain with `diffmem train`")
+    return header
+
+
+def _check_checkpoint(directory: Path) -> None:
+    """A finished checkpoint: weights and train.json present, the weights file whole (header and sizes)."""
+    for name in ("weights.safetensors", "train.json"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"checkpoint {directory} has no {name} (unfinished or damaged); finish it with "
+                                    "`diffmem train` or point at a complete checkpoint")
+    check_safetensors(directory / "weights.safetensors")
+
+
+def _load(config: RunConfig, data: WorldData, directory: Path) -> World:
+    _check_checkpoint(directory)
+    header = _header_of(directory)
     if header["fingerprint"] != data.fingerprint():
         raise ValueError(f"the data of {directory} changed since training (fingerprint mismatch); retrain")
     tokenizer = WordTokenizer.from_dict(header["tokenizer"]) if header["tokenizer"] else None
