@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from diffmem.analyses.kim_summary import PAPER_PEARSON, prompt_severities
 from diffmem.io import atomic_write_bytes
 
 __all__ = ["render_kim_figures", "plot_d_vs_severity"]
@@ -116,8 +117,6 @@ def plot_d_vs_severity(res, ax=None, *, d: str = "D1", severity: str | None = No
     seed-to-seed or template severity (default: the study's primary one). Returns the axes."""
     import matplotlib.pyplot as plt
     from matplotlib.colors import LogNorm
-
-    from diffmem.analyses.kim_summary import PAPER_PEARSON, prompt_severities
 
     severity = severity or res.summary.primary_severity
     if ax is None:

@@ -17,6 +17,7 @@ from diffmem.io import write_json
 from diffmem.reports.kim_figures import render_kim_figures
 from diffmem.results import Record
 from diffmem.subject import Subject
+from diffmem.worlds.bench import template_mask
 from diffmem.worlds.subject import world_subject
 from diffmem.worlds.world import World, load_world
 
@@ -70,8 +71,6 @@ def graded_world_subject(world: World, *, steps: int = 50, split: str | None = "
     order), of one ``split`` (None: both); ``per_stratum`` caps each (kind, m, regime) stratum.
 
     Novel prompts are skipped: no image is paired with them, so D1/D2 and the paired severities are undefined."""
-    from diffmem.worlds.bench import template_mask
-
     subject = world_subject(world, steps=steps)
     take, seen = [], {}
     for p in subject.prompts:
