@@ -26,7 +26,8 @@ __all__ = ["KIM_PRESETS", "KimRun", "kim_world_subject", "graded_world_subject",
 KIM_PRESETS = {
     "quick": {"n_seeds": 4, "draws": 8, "sweep": (1.0, 4.0, 7.5), "n_boot": 500},
     "full": {"n_seeds": 10, "draws": 32, "sweep": (1.0, 3.0, 5.0, 7.5, 10.0), "n_boot": 2000},
-    # a graded world's evaluation split (135 prompts): about 7 s per prompt on one core (load ~10 on 2 cores)
+    # a graded world's evaluation split: digits-bench, 135 prompts, 736 s wall / 274 CPU-s on one thread
+    # (load ~10 on 2 cores)
     "graded": {"n_seeds": 6, "draws": 16, "sweep": (1.0, 3.0, 7.5), "n_boot": 1000},
 }
 QUICK_PER_KIND = 8  # prompts of each kind from a world in the quick preset
