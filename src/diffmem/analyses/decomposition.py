@@ -12,7 +12,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["decompose", "schedule_deviation", "trajectory_latents", "Decomposition", "decompose_trajectory"]
+__all__ = ["decompose", "schedule_deviation", "trajectory_latents", "Decomposition", "decompose_trajectory",
+           "PAIRINGS", "generation_deviations"]
+
+PAIRINGS = ("landed", "input")
 
 
 def decompose(z: Tensor, x: Tensor, x_T: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -51,18 +54,34 @@ def schedule_deviation(w0: Tensor, wT: Tensor, alpha_bar: Tensor) -> tuple[float
     return float(d1), float(d2)
 
 
-def trajectory_latents(traj) -> tuple[Tensor, Tensor]:
-    """(latents z_k after x_T [S', B, ...], the ᾱ each lives at [S']) from a trajectory that kept ``x_t``.
+def trajectory_latents(traj, pairing: str = "landed") -> tuple[Tensor, Tensor]:
+    """(latents z_k after x_T [S', B, ...], the reference ᾱ of each [S']) from a trajectory that kept ``x_t``.
 
-    The state entering recorded step j lives at ᾱ = ``alpha_bar[j]``; the final x_0 at ``alpha_bar_next[-1]``.
-    x_T itself (step 0) is excluded: it decomposes trivially to (0, 1).
+    ``pairing`` "landed" (analysis A4): the state entering recorded step j lives at ᾱ = ``alpha_bar[j]``, the final
+    x_0 at ``alpha_bar_next[-1]``; "input" (the authors' ``xt_decomposition``): the state after update k is compared
+    with the ᾱ of that update's input, one step earlier. x_T itself (step 0) is excluded: it decomposes trivially
+    to (0, 1).
     """
     if traj.x_t is None:
         raise ValueError("the trajectory did not keep x_t: record it with Recorder(keep=('x_t', ...))")
+    if pairing not in PAIRINGS:
+        raise ValueError(f"pairing must be 'landed' or 'input', got {pairing!r}")
     keep = traj.steps > 0
     z = torch.cat([traj.x_t[keep].to(traj.x_0.dtype), traj.x_0[None]])
-    ab = torch.cat([traj.alpha_bar[keep], traj.alpha_bar_next[-1:]])
-    return z, ab
+    if pairing == "input":
+        if len(traj.alpha_bar) != len(z):
+            raise ValueError("pairing 'input' needs x_t recorded at every step (Recorder(every=1))")
+        return z, traj.alpha_bar
+    return z, torch.cat([traj.alpha_bar[keep], traj.alpha_bar_next[-1:]])
+
+
+def generation_deviations(traj, x: Tensor, pairing: str = "landed") -> tuple[Tensor, Tensor]:
+    """(D1, D2) per generation [B] of a trajectory that kept ``x_t`` at every step, against references x [B, ...]
+    (or one image [...] for all), with the ᾱ reference of ``pairing`` (see :func:`trajectory_latents`)."""
+    z, ab = trajectory_latents(traj, pairing)
+    w0, wT, _ = decompose(z, x, traj.x_T)  # [S, B]
+    ab = ab.double()[:, None]
+    return (w0 - ab.sqrt()).sum(0), -(wT - (1 - ab).sqrt()).sum(0)
 
 
 @dataclass(frozen=True)
@@ -77,10 +96,11 @@ class Decomposition:
     D2: float
 
 
-def decompose_trajectory(traj, x: Tensor) -> Decomposition:
+def decompose_trajectory(traj, x: Tensor, pairing: str = "landed") -> Decomposition:
     """Analysis A4 for the N seeds of one prompt: ``x`` is the paired training image [...] (or one target per
-    seed [N, ...], e.g. each seed's own final x_0 for the self-referenced variant)."""
-    z, ab = trajectory_latents(traj)
+    seed [N, ...], e.g. each seed's own final x_0 for the self-referenced variant); ``pairing`` as in
+    :func:`trajectory_latents`."""
+    z, ab = trajectory_latents(traj, pairing)
     w0, wT, resid = decompose(z, x, traj.x_T)
     d1, d2 = schedule_deviation(w0, wT, ab)
     return Decomposition(w0, wT, resid, ab, d1, d2)

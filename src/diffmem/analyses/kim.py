@@ -27,7 +27,7 @@ from diffmem.analyses.decomposition import decompose_trajectory
 from diffmem.analyses.kim_summary import KimSummary, summarize
 from diffmem.analyses.noise_content import noise_content
 from diffmem.analyses.overestimation import guided_loss
-from diffmem.analyses.severity import severity
+from diffmem.analyses.severity import seed_severity, severity, template_copy
 from diffmem.results import Provenance, Result
 from diffmem.sampling.guidance import Constant
 from diffmem.sampling.trajectory import Recorder
@@ -96,6 +96,15 @@ class PromptAnalysis:
     k_guided: Tensor  # [G, T]
     D1_by_g: Tensor | None = None  # [G] (A5; None when the sweep was not sampled)
     severity_by_g: dict | None = None  # metric -> [G]
+    # the authors' variants: self-referenced D with the "input" pairing (D*_selfref above use "landed"), the
+    # training-data-free seed-to-seed severity, the template-region copy rate of template prompts
+    D1_selfref_input: float = float("nan")
+    D2_selfref_input: float = float("nan")
+    seed_severity: dict | None = None  # {"seed_l2", "seed_ssim"}
+    template_copy: float | None = None  # None: not a template prompt
+    collapse_x0_hat: int | None = None
+    D2_by_g: Tensor | None = None  # [G]
+    meta: dict | None = None  # ground truth of a graded world: m, regime, template, split
 
 
 @dataclass(frozen=True)
@@ -146,14 +155,31 @@ def _trajectory(subject: Subject, p: Prompt, cfg: KimConfig, g: float, recorder:
     return subject.sample(cond, range(cfg.n_seeds), guidance=Constant(g, always_uncond=True), recorder=recorder)
 
 
-def _sweep(subject: Subject, p: Prompt, cfg: KimConfig) -> tuple[Tensor, dict]:
-    """A5: D1 and every severity at each g of the sweep."""
-    d1, sev = [], []
+def _sweep(subject: Subject, p: Prompt, cfg: KimConfig, main) -> dict:
+    """A5: D1, D2 and every severity at each g of the sweep (the main trajectory ``main`` serves g = guidance)."""
+    d, sev = [], []
     for g in cfg.sweep:
-        tr = _trajectory(subject, p, cfg, g, Recorder(keep=("x_t",)))
-        d1.append(decompose_trajectory(tr, p.x).D1)
+        tr = main if g == cfg.guidance else _trajectory(subject, p, cfg, g, Recorder(keep=("x_t",)))
+        dec = decompose_trajectory(tr, p.x)
+        d.append((dec.D1, dec.D2))
         sev.append(severity(tr.x_0, p.x, subject.references, decode=subject.decode))
-    return torch.tensor(d1, dtype=torch.float64), {k: torch.tensor([s[k] for s in sev]) for k in sev[0]}
+    d = torch.tensor(d, dtype=torch.float64)
+    return {"D1_by_g": d[:, 0], "D2_by_g": d[:, 1],
+            "severity_by_g": {k: torch.tensor([s[k] for s in sev]) for k in sev[0]}}
+
+
+_META = ("m", "regime", "template", "split")
+
+
+def _graded(subject: Subject, p: Prompt, tr) -> dict:
+    """The authors' variants and, for a template prompt (``meta["template_mask"]``), the template-region copy rate."""
+    own_in = decompose_trajectory(tr, tr.x_0, "input")
+    out = {"D1_selfref_input": own_in.D1, "D2_selfref_input": own_in.D2,
+           "seed_severity": seed_severity(tr.x_0, decode=subject.decode),
+           "meta": {k: p.meta[k] for k in _META if k in p.meta} or None}
+    if p.meta.get("template_mask") is not None:
+        out["template_copy"] = template_copy(tr.x_0, subject.references, p.meta["template_mask"], p.x)
+    return out
 
 
 def analyze_prompt(subject: Subject, p: Prompt, cfg: KimConfig) -> tuple[PromptAnalysis, Provenance]:
@@ -168,9 +194,10 @@ def analyze_prompt(subject: Subject, p: Prompt, cfg: KimConfig) -> tuple[PromptA
         w0=dec.w0.mean(1), wT=dec.wT.mean(1), resid=dec.resid.mean(1),
         cos={k: v.mean(1) for k, v in noise_content(tr, p.x).items()},
         V_ratio_x_t=conv["V_ratio_x_t"], V_ratio_x0_hat=conv["V_ratio_x0_hat"], collapse_x_t=conv["collapse_x_t"],
-        loss_cond=loss.loss_cond, loss_uncond=loss.loss_uncond, loss_guided=loss.loss_guided, k_guided=loss.k_guided)
+        loss_cond=loss.loss_cond, loss_uncond=loss.loss_uncond, loss_guided=loss.loss_guided, k_guided=loss.k_guided,
+        collapse_x0_hat=conv["collapse_x0_hat"], **_graded(subject, p, tr))
     if cfg.sample_sweep:
-        pa = replace(pa, **dict(zip(("D1_by_g", "severity_by_g"), _sweep(subject, p, cfg), strict=True)))
+        pa = replace(pa, **_sweep(subject, p, cfg, tr))
     return pa, tr.provenance
 
 
@@ -253,7 +280,8 @@ def _result(subject: Subject, cfg: KimConfig, rows: list, selfref: list, prov: P
     provenance = Provenance(model=prov.model, solver=prov.solver, grid=prov.grid, guidance=prov.guidance,
                             seeds=list(range(cfg.n_seeds)),
                             extra={"subject": subject.name, "similarity": sorted(rows[0].severity) if rows else [],
-                                   "primary_severity": cfg.primary, "copy_rule": "l2 nn ratio <= 1/3, paired"})
+                                   "primary_severity": cfg.primary, "copy_rule": "l2 nn ratio <= 1/3, paired",
+                                   **({"selection": subject.info["selection"]} if "selection" in subject.info else {})})
     skipped = {}
     if selfref:
         skipped[NEEDS_TRAINING_IMAGE.split(" need")[0]] = (f"{len(selfref)} prompt(s) have no training image "

@@ -6,6 +6,10 @@ memorized prompts (copy rate ≥ 1/2 of seeds) and non-memorized ones (no copy):
 first-step noise content and overshoot, seed dispersion and, when the guidance sweep was sampled, D1 and severity
 at each g.
 
+On a graded prompt set (Carlini et al., 2023: copying rises with duplication) :func:`graded_correlations`
+correlates every D — paired, self-referenced with both step pairings — with every severity, the training-data-free
+seed-to-seed ones included, next to the paper's r = 0.92, and :func:`by_stratum` gives A1–A5 per ladder rung.
+
 ``to_dict`` gives the flat keys of ``summary.json`` (stable across versions, so runs stay comparable); the sweep
 of the primary severity is keyed by its name (``sweep_ssim_mem`` for SSIM).
 """
@@ -22,9 +26,12 @@ from torch import Tensor
 from diffmem.analyses.correlation import correlate
 from diffmem.results import Record, nulls_to_nan
 
-__all__ = ["KimSummary", "summarize", "D_NAMES", "GROUPS"]
+__all__ = ["KimSummary", "summarize", "graded_correlations", "by_stratum", "stratum", "D_NAMES", "D_ALL",
+           "GROUPS", "PAPER_PEARSON", "prompt_severities"]
 
 D_NAMES = ("D1", "D2", "D1_selfref", "D2_selfref")
+D_ALL = (*D_NAMES, "D1_selfref_input", "D2_selfref_input")
+PAPER_PEARSON = 0.92  # Kim et al. (2025): Pearson r of the deviation score with SSCD on SD v1.4 and v2.1
 GROUPS = ("mem", "nonmem", "all")
 _NAN = float("nan")
 
@@ -78,6 +85,8 @@ class KimSummary(Record):
     sweep_severity: dict | None = None  # group -> [G] mean primary severity
     sweep_copy_rate: dict | None = None  # group -> [G] mean copy rate
     sweep_g: list | None = None  # [G]
+    correlations_graded: dict | None = None  # severity -> D name -> correlate() record (graded_correlations)
+    by_stratum: list | None = None  # one row per stratum (by_stratum)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -86,7 +95,8 @@ class KimSummary(Record):
 
     def to_dict(self) -> dict:
         """The flat ``summary.json`` keys, in the order the study has always written them."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("sweep_")}
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if not f.name.startswith("sweep_")
+               and not (f.name in _OPTIONAL and getattr(self, f.name) is None)}
         out = {k: list(v) if k.endswith("_ci") else v for k, v in out.items()}
         if self.sweep_g is not None:
             for tag in GROUPS:
@@ -122,6 +132,8 @@ def summarize(prompts: Sequence, sweep: Tensor, *, guidance: float, primary: str
         r = correlate([getattr(p, name) for p in prompts], sev, n_boot=n_boot)
         out[f"pearson_{name}"], out[f"spearman_{name}"] = r["pearson"], r["spearman"]
         out[f"pearson_{name}_ci"], out[f"spearman_{name}_ci"] = r["pearson_ci"], r["spearman_ci"]
+    out["correlations_graded"] = graded_correlations(prompts, n_boot=n_boot)
+    out["by_stratum"] = by_stratum(prompts, sweep, guidance=guidance)
     out["correlations_by_severity"] = {
         metric: {name: correlate([getattr(p, name) for p in prompts], [p.severity[metric] for p in prompts],
                                  n_boot=0 if metric != primary else n_boot)["pearson"]
@@ -139,6 +151,83 @@ def summarize(prompts: Sequence, sweep: Tensor, *, guidance: float, primary: str
                                   for t, g in groups.items()}
         out["sweep_g"] = sweep.tolist()
     return KimSummary(**out)
+
+
+_OPTIONAL = ("correlations_graded", "by_stratum")
+
+
+def prompt_severities(p) -> dict:
+    """Every severity of one prompt: against the paired image, seed-to-seed, template region."""
+    out = {**p.severity, **(p.seed_severity or {})}
+    if p.template_copy is not None:
+        out["template_copy"] = p.template_copy
+    return out
+
+
+def graded_correlations(prompts: Sequence, *, n_boot: int = 2000) -> dict:
+    """{severity: {D name: {"pearson", "pearson_ci", "spearman", "spearman_ci", "n"}}} over the prompts that have
+    both (``template_copy``: template prompts only), with ``"paper_pearson"`` = 0.92 for comparison.
+
+    Severities where lower = memorized (``seed_l2``) correlate negatively with a D that tracks memorization."""
+    names = list(dict.fromkeys(k for p in prompts for k in prompt_severities(p)))
+    out = {"paper_pearson": PAPER_PEARSON}
+    for metric in names:
+        have = [p for p in prompts if metric in prompt_severities(p)]
+        sev = [prompt_severities(p)[metric] for p in have]
+        out[metric] = {name: correlate([getattr(p, name) for p in have], sev, n_boot=n_boot)
+                       for name in D_ALL if all(getattr(p, name) == getattr(p, name) for p in have)}
+    return out
+
+
+def stratum(p) -> str:
+    """A prompt's stratum: "ladder m=<m> <regime>" for a ladder prompt, else its kind."""
+    meta = p.meta or {}
+    return f"ladder m={meta['m']} {meta['regime']}" if p.kind == "ladder" else p.kind
+
+
+def _order(key: str) -> tuple:
+    """Ladder rows by regime then m, then templates, then the rest in order of appearance (a stable sort)."""
+    if key.startswith("ladder"):
+        m, regime = key.split()[1:]
+        return (0, regime, int(m[2:]))
+    return (1 if key == "template" else 2, "", 0)
+
+
+def by_stratum(prompts: Sequence, sweep: Tensor, *, guidance: float) -> list[dict]:
+    """A1–A5 per stratum (ladder rung and regime, template, each negative kind): means of severities, D, the
+    guided loss and overshoot at the first step, noise content, seed dispersion and collapse steps, D vs g."""
+    g = int(torch.argmin((sweep - guidance).abs()))
+    groups: dict[str, list] = {}
+    for p in prompts:
+        groups.setdefault(stratum(p), []).append(p)
+    rows = []
+    for key in sorted(groups, key=_order):
+        ps = groups[key]
+        mean = lambda fn, ps=ps: float(torch.tensor([float(fn(p)) for p in ps], dtype=torch.float64).nanmean())
+        sev = {k: mean(lambda p, k=k: prompt_severities(p).get(k, _NAN)) for k in prompt_severities(ps[0])}
+        meta = {k: v for k, v in (ps[0].meta or {}).items() if k in ("m", "regime") and v is not None}
+        row = {"stratum": key, "kind": ps[0].kind, **meta,
+               "n_prompts": len(ps), **sev, **{name: mean(lambda p, n=name: getattr(p, n)) for name in D_ALL},
+               "loss_guided_first": mean(lambda p: p.loss_guided[g][0]),
+               "loss_cond_first": mean(lambda p: p.loss_cond[0]),
+               "loss_inflation": mean(lambda p: p.loss_guided[g].mean() / p.loss_cond.mean()),
+               "overshoot_first": mean(lambda p: p.k_guided[g][0]),
+               "cos_eps_c_x_first": mean(lambda p: p.cos["cos_eps_c_x"][0]),
+               "cos_eps_u_x_first": mean(lambda p: p.cos["cos_eps_u_x"][0]),
+               "V_ratio_x_t_step5": mean(lambda p: p.V_ratio_x_t[min(5, len(p.V_ratio_x_t) - 1)]),
+               "V_ratio_x0_hat_step5": mean(lambda p: p.V_ratio_x0_hat[min(5, len(p.V_ratio_x0_hat) - 1)]),
+               "V_ratio_x_t_final": mean(lambda p: p.V_ratio_x_t[-1]),
+               "collapsed_x_t": mean(lambda p: p.collapse_x_t is not None),
+               "collapse_x_t": mean(lambda p: _NAN if p.collapse_x_t is None else p.collapse_x_t),
+               "collapse_x0_hat": mean(lambda p: _NAN if p.collapse_x0_hat is None else p.collapse_x0_hat),
+               "n_steps": len(ps[0].V_ratio_x_t)}
+        if ps[0].D1_by_g is not None:
+            row.update({f"{k}_by_g": _stack_mean(ps, lambda p, k=k: getattr(p, f"{k}_by_g")) for k in ("D1", "D2")
+                        if getattr(ps[0], f"{k}_by_g") is not None})
+            row.update({f"{k}_by_g": _stack_mean(ps, lambda p, k=k: p.severity_by_g[k])
+                        for k in ("copy_rate", "ssim") if k in ps[0].severity_by_g})
+        rows.append(row)
+    return rows
 
 
 def _contrasts(mem: list, non: list, g: int) -> dict:

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from diffmem.analyses.convergence import mean_pairwise_distance
-from diffmem.analyses.decomposition import decompose, schedule_deviation, trajectory_latents
+from diffmem.analyses.decomposition import generation_deviations
 from diffmem.detectors._generations import images, pair_mean, run_generations
 from diffmem.detectors.base import CrossGeneration, PerGeneration, register, repeat_cond
 from diffmem.sampling.trajectory import Recorder
@@ -39,24 +39,6 @@ from diffmem.subject import Prompt, Subject
 __all__ = ["KimD1", "KimD2", "KimD1Self", "KimD2Self", "SeedDistance", "SeedSSIM", "generation_deviations"]
 
 CITATION = "Kim, Kim & Lee, How Diffusion Models Memorize, arXiv 2509.25705, 2025"
-
-
-def generation_deviations(traj, x: Tensor, pairing: str = "landed") -> tuple[Tensor, Tensor]:
-    """(D1, D2) per generation [B] of a trajectory that kept ``x_t`` at every step, against references x [B, ...].
-
-    ``pairing``: "landed" compares the state after update k with the ᾱ it lives at; "input" with the ᾱ of that
-    update's input (one step earlier)."""
-    z, ab = trajectory_latents(traj)
-    if pairing == "input":
-        if len(traj.alpha_bar) != len(z):
-            raise ValueError("pairing 'input' needs x_t recorded at every step (Recorder(every=1))")
-        ab = traj.alpha_bar
-    elif pairing != "landed":
-        raise ValueError(f"pairing must be 'landed' or 'input', got {pairing!r}")
-    w0, wT, _ = decompose(z, x, traj.x_T)  # [S, B]
-    rows = [schedule_deviation(w0[:, b:b + 1], wT[:, b:b + 1], ab) for b in range(w0.shape[1])]
-    return torch.tensor([r[0] for r in rows], dtype=torch.float64), torch.tensor([r[1] for r in rows],
-                                                                                 dtype=torch.float64)
 
 
 @dataclass(frozen=True)

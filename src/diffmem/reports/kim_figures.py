@@ -10,9 +10,10 @@ from pathlib import Path
 
 import torch
 
+from diffmem.analyses.kim_summary import PAPER_PEARSON, prompt_severities
 from diffmem.io import atomic_write_bytes
 
-__all__ = ["render_kim_figures"]
+__all__ = ["render_kim_figures", "plot_d_vs_severity"]
 
 
 def _groups(res):
@@ -106,3 +107,35 @@ def render_kim_figures(res, out: str | Path) -> list[Path]:
         paths.append(_save(fig, out / "F6_sweep.png"))
     plt.close("all")
     return paths
+
+
+def plot_d_vs_severity(res, ax=None, *, d: str = "D1", severity: str | None = None):
+    """D vs severity per prompt of a saved graded result, coloured by ladder rung m (grey: templates and negatives),
+    with Pearson r against the paper's 0.92 in the title (Kim et al., 2025, their Fig. F5 on a graded set).
+
+    ``d``: any per-prompt D (``D1``, ``D2``, ``D1_selfref``, ``D1_selfref_input`` …); ``severity``: a paired,
+    seed-to-seed or template severity (default: the study's primary one). Returns the axes."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    severity = severity or res.summary.primary_severity
+    if ax is None:
+        ax = plt.subplots(figsize=(5.5, 4))[1]
+    sev = [prompt_severities(p) for p in res.prompts]
+    pts = [(getattr(p, d), s[severity], p) for p, s in zip(res.prompts, sev, strict=True) if severity in s]
+    if not pts:
+        raise ValueError(f"no prompt of the result has severity {severity!r}; have {sorted(sev[0])}")
+    ladder = [(x, y, (p.meta or {})["m"]) for x, y, p in pts if p.kind == "ladder"]
+    other = [(x, y, p.kind) for x, y, p in pts if p.kind != "ladder"]
+    for kind, marker in zip(dict.fromkeys(k for *_, k in other), "sD^v<>", strict=False):
+        xs = [(x, y) for x, y, k in other if k == kind]
+        ax.scatter(*zip(*xs, strict=True), c="0.6", marker=marker, s=16, label=kind)
+    if ladder:
+        ms = [m for *_, m in ladder]
+        sc = ax.scatter([x for x, *_ in ladder], [y for _, y, _ in ladder], c=ms, cmap="viridis", s=18,
+                        norm=LogNorm(min(ms), max(max(ms), min(ms) + 1)), label="ladder")
+        ax.figure.colorbar(sc, ax=ax, label="duplicates m")
+    r = (res.summary.correlations_graded or {}).get(severity, {}).get(d, {}).get("pearson", float("nan"))
+    ax.set(xlabel=d, ylabel=severity, title=f"{d} vs {severity}: r = {r:.3f} (paper {PAPER_PEARSON})")
+    _legend(ax, fontsize=7)
+    return ax

@@ -24,18 +24,25 @@ from diffmem.reports.kim_figures import render_kim_figures
 from diffmem.results import Record
 from diffmem.runners.progress import progress_bar
 from diffmem.subject import Subject
+from diffmem.worlds.bench import template_mask
 from diffmem.worlds.custom import load_collection
 from diffmem.worlds.subject import world_subject
 from diffmem.worlds.world import World, load_world
 
-__all__ = ["KIM_PRESETS", "KimRun", "kim_world_subject", "run_kim_job", "analyze_kim", "load_references"]
+__all__ = ["KIM_PRESETS", "KimRun", "kim_world_subject", "graded_world_subject", "run_kim_job", "analyze_kim",
+           "load_references"]
 
 KIM_PRESETS = {
     "quick": {"n_seeds": 4, "draws": 8, "sweep": (1.0, 4.0, 7.5), "n_boot": 500},
     "full": {"n_seeds": 10, "draws": 32, "sweep": (1.0, 3.0, 5.0, 7.5, 10.0), "n_boot": 2000},
+    # a graded world's evaluation split: digits-bench, 135 prompts, 736 s wall / 274 CPU-s on one thread
+    # (load ~10 on 2 cores)
+    "graded": {"n_seeds": 6, "draws": 16, "sweep": (1.0, 3.0, 7.5), "n_boot": 1000},
 }
 QUICK_PER_KIND = 8  # prompts of each kind from a world in the quick preset
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+GRADED_NEGATIVES = 40  # negatives with a paired image in a graded subject, half of each paired subtype
+PAIRED_NEGATIVES = ("nonduplicated", "heldout")  # "novel" captions have no paired image: no D1/D2, no severity
 
 
 @dataclass(frozen=True)
@@ -79,11 +86,49 @@ def _selfref_rows(res: KimResult) -> tuple:
                   "collapse_x_t": s.collapse_x_t, "copy_rate_refs": s.copy_rate_refs} for s in res.selfref)
 
 
+def graded_world_subject(world: World, *, steps: int = 50, split: str | None = "evaluation",
+                         negatives: int = GRADED_NEGATIVES, per_stratum: int | None = None) -> Subject:
+    """The graded prompt set of a world with a duplication ladder: every ladder prompt (each rung m and caption
+    regime), every template prompt (with its region mask in ``meta["template_mask"]``) and ``negatives`` prompts
+    with a paired image (the first of each of non-duplicated training captions and held-out captions, in manifest
+    order), of one ``split`` (None: both); ``per_stratum`` caps each (kind, m, regime) stratum.
+
+    Novel prompts are skipped: no image is paired with them, so D1/D2 and the paired severities are undefined."""
+    subject = world_subject(world, steps=steps)
+    take, seen = [], {}
+    for p in subject.prompts:
+        key = (p.kind, p.meta.get("m"), p.meta.get("regime"), p.meta.get("template") is not None)
+        cap = negatives // len(PAIRED_NEGATIVES) if p.kind in PAIRED_NEGATIVES else None
+        cap = cap if per_stratum is None else min(per_stratum, cap if cap is not None else per_stratum)
+        ok = p.x is not None and (p.kind in ("ladder", "template", *PAIRED_NEGATIVES))
+        if ok and (split is None or p.meta.get("split") == split) and (cap is None or seen.get(key, 0) < cap):
+            seen[key] = seen.get(key, 0) + 1
+            meta = p.meta if p.kind != "template" else {**p.meta,
+                                                       "template_mask": template_mask(world.data, p.meta["template"])}
+            take.append(replace(p, meta=meta))
+    if not any(p.kind == "ladder" for p in take):
+        raise ValueError(f"world {world.name!r} has no ladder prompts in split {split!r}: it is not a graded world")
+    skipped = sum(p.kind == "novel" and split in (None, p.meta.get("split")) for p in subject.prompts)
+    info = {**subject.info, "selection": {"split": split, "negatives": negatives, "per_stratum": per_stratum,
+                                          "skipped": {"novel": skipped},
+                                          "reason": "novel prompts have no paired training image"}}
+    return replace(subject, prompts=tuple(take), info=info)
+
+
+def is_graded(world: World) -> bool:
+    """Whether the world's manifest has a duplication ladder."""
+    return any(r["kind"] == "ladder" for r in world.data.prompts)
+
+
 def run_kim_job(subject: Subject, out: str | Path, *, quick: bool = False, primary: str | None = None,
-                progress: bool = True, **overrides) -> KimRun:
-    """Run the study on ``subject`` in the quick or full preset (``overrides``: KimConfig fields, e.g. ``n_seeds``,
-    ``guidance``); resume from ``out/units``; save result, summary and figures into ``out``; delete the units."""
-    cfg = KimConfig(**{**KIM_PRESETS["quick" if quick else "full"], **overrides}, primary=primary or "ssim")
+                progress: bool = True, preset: str | None = None, **overrides) -> KimRun:
+    """Run the study on ``subject`` in ``preset`` (default: quick or full; ``overrides``: KimConfig fields, e.g.
+    ``n_seeds``, ``guidance``); resume from ``out/units``; save result, summary and figures into ``out``; delete the
+    units."""
+    preset = preset or ("quick" if quick else "full")
+    if preset not in KIM_PRESETS:
+        raise ValueError(f"unknown Kim preset {preset!r}; have {sorted(KIM_PRESETS)}")
+    cfg = KimConfig(**{**KIM_PRESETS[preset], **overrides}, primary=primary or "ssim")
     out = claim_out_dir(out)  # a second process writing this folder is refused
     remove_stale_tmp(out)
     mark_stale(out, ["summary.json"])  # a killed rerun must not leave the old summary beside new results
@@ -138,7 +183,11 @@ def analyze_kim(out: str | Path, *, world: str | None = None, model: str | Path 
                 dtype: str = "float32", **overrides) -> KimRun:
     """``diffmem analyze kim``: the study on an embedded world (default ``digits-t2i``) or on a local diffusers
     ``model`` with a ``prompts`` manifest (JSONL: prompt, and the paired training image where there is one);
-    ``refs`` replaces the reference set of the copy rule; ``overrides`` are KimConfig fields."""
+    ``refs`` replaces the reference set of the copy rule; ``overrides`` are KimConfig fields.
+
+    A graded world (with a duplication ladder, e.g. ``digits-bench``) runs on its graded prompt set
+    (:func:`graded_world_subject`, evaluation split) in the ``graded`` preset, or with ``quick`` on one prompt per
+    stratum in the quick preset; ``per_kind`` caps each stratum."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {steps!r}")
     if per_kind is not None and (isinstance(per_kind, bool) or not isinstance(per_kind, int) or per_kind < 1):
@@ -165,9 +214,15 @@ def analyze_kim(out: str | Path, *, world: str | None = None, model: str | Path 
         if device not in ("cpu", "auto") or dtype != "float32":
             raise ValueError(f"an embedded world runs on the CPU in float32, got --device {device} --dtype {dtype}; "
                              "drop them or use --model")
-        per_kind = per_kind if per_kind is not None else (QUICK_PER_KIND if quick else None)
-        subject = kim_world_subject(load_world(world or "digits-t2i", progress=progress), steps=steps,
-                                    per_kind=per_kind)
+        w = load_world(world or "digits-t2i", progress=progress)
+        if is_graded(w):
+            subject = graded_world_subject(w, steps=steps, negatives=4 if quick else GRADED_NEGATIVES,
+                                           per_stratum=per_kind if per_kind is not None else (1 if quick else None))
+            preset = "quick" if quick else "graded"
+        else:
+            per_kind = per_kind if per_kind is not None else (QUICK_PER_KIND if quick else None)
+            subject, preset = kim_world_subject(w, steps=steps, per_kind=per_kind), None
         if refs is not None:
             subject = replace(subject, references=load_references(refs, subject.state_shape))
+        return run_kim_job(subject, out, quick=quick, primary=primary, progress=progress, preset=preset, **overrides)
     return run_kim_job(subject, out, quick=quick, primary=primary, progress=progress, **overrides)
