@@ -36,5 +36,5 @@ def _cli(args) -> int:
     run = run_demo(args.out, n_samples=args.n_samples, steps=args.steps, seed=args.seed, progress=not args.no_progress,
                    sections=tuple(s for s in SECTIONS if s not in args.skip), world=args.world, quick=args.quick)
     print((run / "report.md").read_text(encoding="utf-8"))
-    print(f"wrote {run}")
+    print(f"wrote {run}; open {run / 'report.html'}")
     return 0

@@ -11,7 +11,7 @@ from diffmem.version import __version__
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 # Sub-command modules in ``diffmem.cli``; each defines ``add_parser(subparsers)`` which sets ``run=fn(args)``.
-COMMANDS = ("demo", "train", "world_report", "theory", "similarity", "analyze", "prune", "detect", "audit")
+COMMANDS = ("demo", "train", "world_report", "theory", "similarity", "analyze", "prune", "detect", "audit", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from diffmem.adapters.subject_data import load_data_adapter
 from diffmem.mitigations.prune_backends import diffusers_inputs, world_inputs
 from diffmem.mitigations.prune_results import format_table
 from diffmem.mitigations.prune_table import FULL, QUICK, TABLE_METHODS, VARIANTS, TableSettings, run_table
+from diffmem.reports.html import finish_report
 from diffmem.similarity.features import TorchScriptExtractor
 from diffmem.worlds.world import load_world
 
@@ -106,7 +107,7 @@ def _cli(args) -> int:
     print(f"{inputs.subject.name}: {_short(settings)}, batch_size={inputs.recipe.batch_size}, "
           f"{time.perf_counter() - t0:.0f} s")
     print(format_table(table))
-    print(json.dumps({"out": args.out}))
+    print(json.dumps({"out": args.out, "report": str(finish_report(args.out))}))
     return 0
 
 

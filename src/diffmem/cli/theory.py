@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from diffmem.reports.html import finish_report
 from diffmem.theory import lab
 from diffmem.theory.sweeps import PRESETS, plan
 from diffmem.theory.teaser import TEASER_PRESETS
@@ -56,7 +57,7 @@ def _cli(args) -> int:
     else:
         s = lab.run_teaser(args.out, quick=args.quick, figures=figures)
         print(json.dumps(s.rows, indent=1))
-    print(f"wrote {args.out} ({s.wall_s} s)")
+    print(f"wrote {args.out} ({s.wall_s} s); report {finish_report(args.out)}")
     return 0
 
 

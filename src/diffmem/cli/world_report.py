@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from diffmem.reports.html import finish_report
+
 __all__ = ["add_parser"]
 
 
@@ -45,5 +47,5 @@ def _cli(args) -> int:
     print(f"{s['world']}: {s['samples_per_prompt']} samples/prompt, {s['steps']} steps, {s['seconds']:.0f} s")
     for w, m in s["per_w"].items():
         print(f"w={w:>4}  " + "  ".join(f"{k}={m[k]:.3f}" for k in keys if m.get(k) is not None))
-    print(json.dumps({"out": args.out}))
+    print(json.dumps({"out": args.out, "report": str(finish_report(args.out))}))
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from diffmem.adapters.subject import diffusers_subject
 from diffmem.analyses.kim import KimConfig, KimResult, KimSummary, run_kim
 from diffmem.io import write_json
+from diffmem.reports.html import finish_report
 from diffmem.reports.kim_figures import render_kim_figures
 from diffmem.results import Record
 from diffmem.subject import Subject
@@ -76,6 +77,7 @@ def run_kim_job(subject: Subject, out: str | Path, *, quick: bool = False, prima
         render_kim_figures(KimResult.load(out), out)
     except ImportError:  # matplotlib is the optional ``plots`` extra
         pass
+    finish_report(out)
     return run
 
 
