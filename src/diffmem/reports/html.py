@@ -163,7 +163,13 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None, *, caption
 def provenance_block(prov: dict | None, **more) -> str:
     """Model, sampler, seeds, guidance, similarity and package version of a result, as a definition list."""
     prov = dict(prov or {})
-    items = {**{k: prov.get(k) for k in ("model", "solver", "grid", "guidance") if prov.get(k)}, **more}
+    sub = prov.pop("subject", None)
+    if isinstance(sub, dict):  # a detection run describes its subject: model and sampler inside
+        prov.setdefault("model", sub.get("model"))
+        prov.setdefault("solver", {k: sub[k] for k in ("solver", "steps", "x_T_scale") if k in sub})
+        more = {"subject": sub.get("subject"), **more}
+    main = ("model", "solver", "grid", "guidance")
+    items = {**{k: prov.get(k) for k in main if prov.get(k)}, **more}
     seeds = prov.get("seeds")
     if seeds:
         items["seeds"] = f"{len(seeds)} seeds, {seeds[0]}…{seeds[-1]}" if len(seeds) > 6 else seeds
@@ -173,6 +179,7 @@ def provenance_block(prov: dict | None, **more) -> str:
             items[k] = extra[k]
     if prov.get("interventions"):
         items["interventions"] = prov["interventions"]
+    items.update({k: v for k, v in prov.items() if k not in (*main, "seeds", "extra", "interventions", "package")})
     items["package"] = f"diffmem {prov['package']}" if prov.get("package") else f"diffmem {__version__} (this page)"
     rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{_short(v)}</dd>" for k, v in items.items() if v not in (None, {}))
     return f'<details class="prov" open><summary>Provenance</summary><dl>{rows}</dl></details>'

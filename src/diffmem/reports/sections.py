@@ -8,9 +8,10 @@ from __future__ import annotations
 import csv
 import html
 import io
-import json
 import math
 from pathlib import Path
+
+import numpy as np
 
 from diffmem.io import read_json
 from diffmem.reports.html import Page, Raw, data_uri, figure, provenance_block, section, table, thumb
@@ -122,7 +123,6 @@ def _paired_tiles(folder: Path, w: str, rows: list[dict], hw: tuple[int, int], s
 @section("world", "World report: copying and alignment vs guidance", lambda d: (d / "world_report.json").exists(),
          tables=_world_tables)
 def _world(folder: Path, page: Page) -> str:
-    from diffmem.io import read_arrays
 
     s = _summary(folder)
     tree = read_json(folder / "world_report.json")["data"]
@@ -144,9 +144,7 @@ def _world(folder: Path, page: Page) -> str:
              f"classifier names the prompt's digit ({_classifier(s.get('classifier'))}).")
     out = [_p(intro), table(rates, caption=f"Rates per guidance weight w (planted CI over n = "
                                             f"{kinds.get('planted', 0) * n} planted samples)")]
-    arrays = read_arrays(folder / "world_report.safetensors")
-    samples = {k: arrays[v["__array__"]] for k, v in tree["samples"].items()}  # "w7.5" -> [P, N, C, H, W]
-    out.append(_world_prompts(folder, s, samples))
+    out.append(_world_prompts(folder, s, _saved_samples(folder, "world_report")))
     figs = _figures(folder, {f"grid_w{w}": f"Sample grid at w = {w}: one row per prompt in the table's order (up to 8 "
                              "of each kind), first column the paired training image (grey when none), then seeds "
                              f"{s['seeds'][0]}–{s['seeds'][-1]}." for w in s["per_w"]})
@@ -161,28 +159,108 @@ def _classifier(info) -> str:
     return str(info)
 
 
-def _world_prompts(folder: Path, s: dict, arrays: dict) -> str:
+def _saved_samples(folder: Path, name: str) -> dict:
+    """The arrays of a saved world report by their key in its tree ("w7.5" -> [P, N, C, H, W], labels …)."""
+    from diffmem.io import read_arrays
+
+    tree = read_json(folder / f"{name}.json")["data"]
+    arrays = read_arrays(folder / f"{name}.safetensors")
+    return {k: arrays[v["__array__"]] for k, v in tree["samples"].items()}
+
+
+COPY, REGION = "#d32f2f", "#ff9800"  # borders: a copy; a copy of the template region only
+
+
+def _strip(x, i: int, w: str, seeds, marks=None) -> Raw:
+    """The samples of prompt ``i`` at weight ``w``, left to right by seed; a red frame marks a saved copy verdict."""
+    tiles = []
+    for j in range(x.shape[1]):
+        mark = None if marks is None else int(marks[i, j])
+        border = {1: COPY, 2: REGION}.get(mark)
+        verdict = {1: ", copy", 2: ", template-region copy"}.get(mark, "")
+        tiles.append(thumb(x[i, j], size=32, border=border, title=f"w = {w}, seed {seeds[j]}{verdict}"))
+    return Raw("".join(tiles), "")
+
+
+def _world_prompts(folder: Path, s: dict, arrays: dict, marks: dict | None = None, extra=()) -> str:
     """The labelled sample grid: one row per prompt (text, kind, digit, paired image, the samples at every w)."""
     rows = _world_rows(folder)
     if not rows or not arrays:
         return ""
-    any_x = next(iter(arrays.values()))
-    paired = _paired_tiles(folder, next(iter(s["per_w"])), rows, tuple(any_x.shape[-2:]))
+    weights = [f"{w:g}" for w in s["weights"]]
+    any_x = arrays[f"w{weights[0]}"]
+    paired = {} if marks else _paired_tiles(folder, weights[0], rows, tuple(any_x.shape[-2:]))
     seeds = s["seeds"]
     table_rows = []
     for i, r in enumerate(rows):
         row = {"#": i, "prompt": Raw(f'<span class="text">{html.escape(r["prompt"])}</span>', r["prompt"]),
-               "kind": r["kind"], "digit": r.get("label"),
-               "paired": Raw(paired.get(i, "–"), str((r.get("paired_ids") or [""])[0]))}
-        for w in s["per_w"]:
-            x = arrays.get(f"w{w}")
-            row[f"w = {w}"] = Raw("".join(thumb(x[i, j], size=32, title=f"w = {w}, seed {seeds[j]}")
-                                          for j in range(x.shape[1])), "") if x is not None else None
+               "kind": r["kind"], **{k: r.get(k) for k in extra}, "digit": r.get("label")}
+        if not marks:
+            row["paired"] = Raw(paired.get(i, "–"), str((r.get("paired_ids") or [""])[0]))
+        for w in weights:
+            row[f"w = {w}"] = _strip(arrays[f"w{w}"], i, w, seeds, (marks or {}).get(w))
         table_rows.append(row)
-    caption = (f"Per-prompt samples (seeds {seeds[0]}–{seeds[-1]} left to right at each w). Per-sample copy "
-               "verdicts are not saved by the world report, so no border marks copies here; the rates above are "
-               "the verdicts.")
+    if marks:
+        caption = (f"Per-prompt samples (seeds {seeds[0]}–{seeds[-1]} left to right at each w); red frame: the saved "
+                   "verdict says copy (ladder: of the paired image; others: of any training image), orange: the "
+                   "template region only.")
+    else:
+        caption = (f"Per-prompt samples (seeds {seeds[0]}–{seeds[-1]} left to right at each w). Per-sample copy "
+                   "verdicts are not saved by this world report, so no frame marks copies here; the rates above are "
+                   "the verdicts.")
     return "<h3>Per-prompt samples</h3>" + _scroll(table(table_rows, caption=caption))
+
+
+# ---- graded world report (duplication ladder) ---------------------------------------------------------------------
+
+def _bench_marks(folder: Path, s: dict, arrays: dict) -> dict:
+    """w -> [P, N] ints from the saved labels: 1 a copy (of the paired image for ladder prompts), 2 region only."""
+    ladder = np.array([r["kind"] == "ladder" for r in _world_rows(folder)])[:, None]
+    out = {}
+    for w in (f"{w:g}" for w in s["weights"]):
+        own = np.where(ladder, arrays[f"copy_paired_w{w}"].numpy(), arrays[f"copy_any_w{w}"].numpy())
+        region = arrays[f"region_only_w{w}"].numpy() if f"region_only_w{w}" in arrays else np.zeros_like(own)
+        out[w] = np.where(own, 1, np.where(region, 2, 0))
+    return out
+
+
+def _bench_tables(folder: Path) -> dict[str, list[dict]]:
+    s, rows = _summary(folder), _world_rows(folder)
+    marks = _bench_marks(folder, s, _saved_samples(folder, "bench_report"))
+    out = []
+    for i, r in enumerate(rows):
+        row = {"prompt_index": i, "prompt": r["prompt"], "kind": r["kind"], "m": r.get("m"),
+               "regime": r.get("regime"), "template": r.get("template"), "split": r.get("split"),
+               "label": r.get("label"), "paired_id": (r.get("paired_ids") or [None])[0]}
+        for w, mk in marks.items():
+            row[f"copy_rate_w{w}"] = float((mk[i] == 1).mean())
+        out.append(row)
+    return {"prompts.csv": out}
+
+
+@section("bench", "Graded world report: copying vs duplication", lambda d: (d / "bench_report.json").exists(),
+         tables=_bench_tables)
+def _bench(folder: Path, page: Page) -> str:
+    s = _summary(folder)
+    tree = read_json(folder / "bench_report.json")["data"]
+    arrays = _saved_samples(folder, "bench_report")
+    n = s["samples_per_prompt"]
+    dup = [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in s.get("by_duplication", [])]
+    neg = [{"w": float(w), **v} for w, v in s.get("negative_copy_rate", {}).items()]
+    tpl = [{"w": float(w), **v} for w, v in s.get("template", {}).items() if isinstance(v, dict)]
+    kinds = ", ".join(f"{c} {k}" for k, c in s["prompts"].items())
+    intro = (f"World {s['world']}: {n} samples per prompt (seeds {s['seeds'][0]}–{s['seeds'][-1]}), {kinds} prompts "
+             f"({s.get('n_positive')} positive, {s.get('n_negative')} negative), {s['steps']} steps of {s['solver']}. "
+             f"Copy rule: {s['copy_rule']}.")
+    out = [_p(intro), table(dup, caption=f"Copy rate by duplication count m, caption regime and w ({n} samples per "
+                                         "prompt)"),
+           table(tpl, caption="Template prompts: the rule on the template region (masked), the rest, the whole"),
+           table(neg, caption="Negative prompts: copy rate of any training image, per subtype"),
+           _world_prompts(folder, s, arrays, _bench_marks(folder, s, arrays), extra=("m", "regime", "split")),
+           '<h3>Labelled grids</h3>' + _figures(folder, {f"grid_w{w:g}": f"Labelled grid at w = {w:g} (saved by the "
+                                                         "run): first column the paired training image; red frame: "
+                                                         "copy, orange: template region only." for w in s["weights"]})]
+    return "".join(out) + provenance_block(tree.get("provenance"), copy_rule=s["copy_rule"])
 
 
 # ---- Kim et al. ---------------------------------------------------------------------------------------------------
@@ -272,7 +350,7 @@ def _theory(folder: Path, page: Page) -> str:
     out = [table(scalars, caption=f"Summary ({folder.name}; {s['wall_s']:.1f} s)", sortable=False)]
     for name, rows in tables.items():
         if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-            out.append(table(rows, caption=f"{folder.name.replace('_', ' ')}: the {name} rows"))
+            out.append(table(rows, caption=f"Table: {name.replace('_', ' ')}"))
     names = [f for f in s.get("figures", []) if (folder / f).exists()]
     out.append(_figures(folder, {}, names or None))
     return "".join(out) + provenance_block(s.get("provenance"))
@@ -352,7 +430,8 @@ def _detect(folder: Path, page: Page) -> str:
         r["prompt"] = Raw(f'<span class="text">{html.escape(r["prompt"])}</span>', r["prompt"])
     shown = prompts[:500]
     more = f" (first 500 of {len(prompts)}; all in prompts.csv)" if len(prompts) > 500 else ""
-    skipped = "".join(f"<li>{html.escape(json.dumps(x))}</li>" for x in s.get("skipped", []))
+    skipped = "".join(f"<li>{html.escape(str(x.get('detector')))} at n = {x.get('n_gen')}: "
+                      f"{html.escape(str(x.get('reason')))}</li>" for x in s.get("skipped", []))
     return (table(rows, caption="Evaluation split: AUC with its 95 % CI, conservative TPR at fixed FPR (thresholds "
                                "calibrated on the calibration split)")
             + (f"<p>Skipped:</p><ul>{skipped}</ul>" if skipped else "")

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
-
-from diffmem.io import atomic_write_text
 
 __all__ = ["write_csv", "kim_prompt_rows", "flat"]
 
@@ -27,13 +23,10 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 def write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
     """A CSV of ``rows`` (columns: the union of their keys, in first-seen order; empty cell for a missing value)."""
+    from diffmem.detectors.harness import write_csv as write_columns
+
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: ("" if v is None else repr(v) if isinstance(v, float) else v) for k, v in r.items()})
-    return atomic_write_text(path, buf.getvalue())
+    return write_columns(Path(path), [{c: r.get(c) for c in columns} for r in rows], columns)
 
 
 def kim_verdict(copy_rate: float) -> str:
