@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from diffmem.reports.html import export_figures, write_report
+
 __all__ = ["add_parser"]
 
 
@@ -22,8 +24,6 @@ def add_parser(sub) -> None:
 
 
 def _cli(args) -> int:
-    from diffmem.reports.html import export_figures, write_report
-
     if args.dpi < 10:
         raise ValueError(f"--dpi must be at least 10, got {args.dpi}")
     for path in export_figures(args.run_dir, args.fmt, args.dpi) if args.fmt else []:

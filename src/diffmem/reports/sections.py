@@ -8,13 +8,16 @@ from __future__ import annotations
 import csv
 import html
 import io
+import json
 import math
 from pathlib import Path
 
 import numpy as np
 
-from diffmem.io import read_json
-from diffmem.reports.html import Page, Raw, data_uri, figure, provenance_block, section, table, thumb
+from diffmem.analyses.kim import KimResult
+from diffmem.io import read_arrays, read_json
+from diffmem.mitigations.prune_results import METRICS, PruneTable
+from diffmem.reports.parts import Page, Raw, data_uri, figure, provenance_block, section, table, thumb
 from diffmem.reports.tables import kim_prompt_rows
 
 __all__: list[str] = []
@@ -83,9 +86,10 @@ def _demo(folder: Path, page: Page) -> str:
 # ---- world report -------------------------------------------------------------------------------------------------
 
 def _world_rows(folder: Path) -> list[dict]:
-    from diffmem.worlds.data import read_manifest
-
-    return read_manifest(folder / "manifest.jsonl") if (folder / "manifest.jsonl").exists() else []
+    # read as saved, not re-validated: a report must open runs of worlds with kinds this version does not know
+    path = folder / "manifest.jsonl"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def _world_tables(folder: Path) -> dict[str, list[dict]]:
@@ -161,8 +165,6 @@ def _classifier(info) -> str:
 
 def _saved_samples(folder: Path, name: str) -> dict:
     """The arrays of a saved world report by their key in its tree ("w7.5" -> [P, N, C, H, W], labels …)."""
-    from diffmem.io import read_arrays
-
     tree = read_json(folder / f"{name}.json")["data"]
     arrays = read_arrays(folder / f"{name}.safetensors")
     return {k: arrays[v["__array__"]] for k, v in tree["samples"].items()}
@@ -178,7 +180,8 @@ def _strip(x, i: int, w: str, seeds, marks=None) -> Raw:
         mark = None if marks is None else int(marks[i, j])
         border = {1: COPY, 2: REGION}.get(mark)
         verdict = {1: ", copy", 2: ", template-region copy"}.get(mark, "")
-        tiles.append(thumb(x[i, j], size=32, border=border, title=f"w = {w}, seed {seeds[j]}{verdict}"))
+        tiles.append(thumb(x[i, j], size=max(32, 2 * x.shape[-1]), border=border,
+                           title=f"w = {w}, seed {seeds[j]}{verdict}"))
     return Raw("".join(tiles), "")
 
 
@@ -245,29 +248,31 @@ def _bench(folder: Path, page: Page) -> str:
     tree = read_json(folder / "bench_report.json")["data"]
     arrays = _saved_samples(folder, "bench_report")
     n = s["samples_per_prompt"]
-    dup = [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in s.get("by_duplication", [])]
+    dup: dict[tuple, dict] = {}  # one row per (regime, m), the copy rate at each w beside each other
+    for r in s.get("by_duplication", []):
+        row = dup.setdefault((r["regime"], r["m"]), {"regime": r["regime"], "m": r["m"], "prompts": r["n_prompts"]})
+        row[f"copy rate, w = {r['w']:g}"] = r["copy_rate"]
+        row[f"SSIM to paired, w = {r['w']:g}"] = r.get("ssim")
     neg = [{"w": float(w), **v} for w, v in s.get("negative_copy_rate", {}).items()]
     tpl = [{"w": float(w), **v} for w, v in s.get("template", {}).items() if isinstance(v, dict)]
     kinds = ", ".join(f"{c} {k}" for k, c in s["prompts"].items())
     intro = (f"World {s['world']}: {n} samples per prompt (seeds {s['seeds'][0]}–{s['seeds'][-1]}), {kinds} prompts "
              f"({s.get('n_positive')} positive, {s.get('n_negative')} negative), {s['steps']} steps of {s['solver']}. "
              f"Copy rule: {s['copy_rule']}.")
-    out = [_p(intro), table(dup, caption=f"Copy rate by duplication count m, caption regime and w ({n} samples per "
-                                         "prompt)"),
+    out = [_p(intro), table(list(dup.values()), caption=f"Copy rate of the paired image by duplication count m and "
+                                                       f"caption regime ({n} samples per prompt)"),
            table(tpl, caption="Template prompts: the rule on the template region (masked), the rest, the whole"),
            table(neg, caption="Negative prompts: copy rate of any training image, per subtype"),
            _world_prompts(folder, s, arrays, _bench_marks(folder, s, arrays), extra=("m", "regime", "split")),
-           '<h3>Labelled grids</h3>' + _figures(folder, {f"grid_w{w:g}": f"Labelled grid at w = {w:g} (saved by the "
-                                                         "run): first column the paired training image; red frame: "
-                                                         "copy, orange: template region only." for w in s["weights"]})]
+           '<details class="grids"><summary>The labelled grids saved by the run</summary>'
+           + _figures(folder, {f"grid_w{w:g}": f"Labelled grid at w = {w:g}: first column the paired training image; "
+                               "red frame: copy, orange: template region only." for w in s["weights"]}) + "</details>"]
     return "".join(out) + provenance_block(tree.get("provenance"), copy_rule=s["copy_rule"])
 
 
 # ---- Kim et al. ---------------------------------------------------------------------------------------------------
 
 def _kim_load(folder: Path):
-    from diffmem.analyses.kim import KimResult
-
     return KimResult.load(folder)
 
 
@@ -364,8 +369,6 @@ def _is_prune(d: Path) -> bool:
 
 
 def _prune_rows(folder: Path) -> list[dict]:
-    from diffmem.mitigations.prune_results import METRICS, PruneTable
-
     t = PruneTable.from_dict(_summary(folder))
     rows = []
     for m, ms in t.methods.items():

@@ -6,6 +6,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from diffmem.detectors.harness import write_csv as write_columns
+
 __all__ = ["write_csv", "kim_prompt_rows", "flat"]
 
 
@@ -23,8 +25,6 @@ def flat(d: dict, prefix: str = "") -> dict:
 
 def write_csv(path: str | Path, rows: Sequence[dict]) -> Path:
     """A CSV of ``rows`` (columns: the union of their keys, in first-seen order; empty cell for a missing value)."""
-    from diffmem.detectors.harness import write_csv as write_columns
-
     columns = list(dict.fromkeys(k for r in rows for k in r))
     return write_columns(Path(path), [{c: r.get(c) for c in columns} for r in rows], columns)
 
