@@ -141,7 +141,7 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None, *, caption
     """An HTML table of ``rows``; a click on a header of a sortable table sorts by that column (numbers as numbers)."""
     if not rows:
         return f"<p class='empty'>{html.escape(caption)}: no rows.</p>"
-    columns = list(columns or rows[0].keys())
+    columns = list(columns or dict.fromkeys(k for r in rows for k in r))  # every key, in first-seen order
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = []
     for r in rows:

@@ -374,21 +374,35 @@ def _prune_rows(folder: Path) -> list[dict]:
     for m, ms in t.methods.items():
         row = {"method": m, "ours": ms.ours, "runs": ms.runs}
         for k in METRICS:
-            sp = getattr(ms, k)
-            row[f"{k} mean"], row[f"{k} std"] = sp.mean, sp.std
+            sp, name = getattr(ms, k), k.replace("_", " ")
+            row[f"{name}, mean"], row[f"{name}, std"] = sp.mean, sp.std
+        for k in METRICS:
             if k in ms.delta:
-                row[f"Δ{k} vs original"] = ms.delta[k].mean
+                row[f"Δ {k.replace('_', ' ')} vs original"] = ms.delta[k].mean
         rows.append(row)
     return rows
 
 
-@section("prune", "Head pruning (Table 1)", _is_prune, tables=lambda d: {"methods.csv": _prune_rows(d)})
+def _prune_runs(folder: Path) -> list[dict]:
+    """One row per saved run (``runs/<method>-<seed>.json``): its metrics and how the model was made."""
+    rows = []
+    for path in sorted((folder / "runs").glob("*.json")):
+        r = read_json(path)
+        rows.append({"method": r["method"], "seed": r["seed"], **r["metrics"], "heads removed": len(r["removed"]),
+                     "ratio": r.get("ratio"), "finetune_steps": r.get("finetune_steps"),
+                     "scoring_copy_rate": r.get("scoring_copy_rate")})
+    return rows
+
+
+@section("prune", "Head pruning (Table 1)", _is_prune,
+         tables=lambda d: {"methods.csv": _prune_rows(d), "runs.csv": _prune_runs(d)})
 def _prune(folder: Path, page: Page) -> str:
     s = _summary(folder)
     rows = _prune_rows(folder)
     runs = ", ".join(f"{r['method']}: {r['runs']}" for r in rows)
-    return (table(rows, caption=f"Mean and sample std over runs (runs per method: {runs}); Δ: mean run-by-run "
-                               "difference to the original model")
+    return (table(rows, caption=f"Mean and sample std over runs (runs per method: {runs}; std needs two); Δ: mean "
+                               "run-by-run difference to the original model")
+            + table(_prune_runs(folder), caption="Every run (runs.csv)")
             + provenance_block(None, settings=s["settings"]))
 
 
