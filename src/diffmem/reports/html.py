@@ -133,7 +133,7 @@ td:first-child,th:first-child{text-align:left}
 td.t{text-align:left;white-space:nowrap}td.t .text{display:inline-block;min-width:12em;white-space:normal}
 tbody tr:nth-child(even){background:#fafafa}
 .scroll{max-height:640px;overflow:auto;border:1px solid #eee;margin-bottom:1em}
-.scroll table{margin:0}
+.scroll table{margin:0;display:table;overflow:visible}
 figure{display:inline-block;margin:.5em 1em .8em 0;vertical-align:top;max-width:100%}
 .figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:.5em 1em}.figs figure{margin:0}
 figure img{max-width:100%;height:auto;border:1px solid #eee}
