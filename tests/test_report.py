@@ -177,9 +177,9 @@ def _browser() -> str:
 
 @pytest.fixture(scope="module")
 def page(tiny_run):
+    binary = _browser()  # skips (or fails under DIFFMEM_REQUIRE_BROWSER=1) before the driver is imported
     from playwright.sync_api import sync_playwright
 
-    binary = _browser()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=binary, args=["--no-sandbox"])
         tab = browser.new_page(viewport={"width": 1280, "height": 900})
