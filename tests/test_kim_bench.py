@@ -146,9 +146,9 @@ def test_kim_on_a_graded_world_round_trips(bench_world, tmp_path):
     assert (p.kind, p.template_copy, p.meta, p.seed_severity) == (q.kind, q.template_copy, q.meta, q.seed_severity)
     assert p.D1_selfref_input == q.D1_selfref_input and torch.equal(p.D2_by_g, q.D2_by_g)
     pytest.importorskip("matplotlib")
-    from diffmem.reports.kim_figures import plot_d_vs_severity
+    from diffmem.reports.kim_figures import plot_d_vs_severity_by_rung
 
-    ax = plot_d_vs_severity(back, d="D1_selfref_input", severity="seed_ssim")
+    ax = plot_d_vs_severity_by_rung(back, d="D1_selfref_input", severity="seed_ssim")
     assert ax.get_xlabel() == "D1_selfref_input" and "paper 0.92" in ax.get_title()
     with pytest.raises(ValueError, match="severity"):
-        plot_d_vs_severity(back, severity="sscd")
+        plot_d_vs_severity_by_rung(back, severity="sscd")

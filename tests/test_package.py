@@ -90,7 +90,7 @@ def test_cli_demo_writes_a_complete_run(tmp_path, capsys):
     skip = ["--skip", "world", "--skip", "kim", "--skip", "theory"]
     run = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(run), "--no-progress", *skip]) == 0  # --out: the exact folder
-    assert sorted(p.name for p in run.iterdir()) == ["demo.json", "demo.safetensors", "report.md"]
+    assert sorted(p.name for p in run.iterdir()) == ["demo.json", "demo.safetensors", "report.html", "report.md"]
     res = DemoResult.load(run, "demo")
     assert isinstance(res.provenance, Provenance) and res.provenance.seeds == list(range(8))
     rows = {r.name: r for r in res.rows}
@@ -121,7 +121,7 @@ def test_demo_world_and_kim_sections_on_a_tiny_world(tmp_path, monkeypatch):
     # the section is the Kim run's summary.json, typed (non-finite numbers are null in strict JSON)
     assert json.loads(strict_json(res.kim.to_dict())) == kim
     report = (run / "report.md").read_text()
-    assert report == render_demo(res)
+    assert report == render_demo(res, run)
     assert "planted memorization vs guidance" in report and "Kim et al. 2025" in report
     with pytest.raises(ValueError, match="bogus"):
         run_demo(tmp_path / "out", sections=("bogus",))

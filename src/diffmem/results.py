@@ -19,7 +19,7 @@ import torch
 from diffmem.io import read_arrays, read_json, write_arrays, write_json
 from diffmem.version import __version__
 
-__all__ = ["Result", "Record", "Provenance", "package_version"]
+__all__ = ["Result", "Record", "Provenance", "package_version", "to_frame"]
 
 
 def package_version() -> str:
@@ -114,6 +114,10 @@ class Result:
             write_arrays(directory / f"{name}.safetensors", arrays)
         return write_json(directory / f"{name}.json", tree)
 
+    def to_frame(self):
+        """The result's rows as a pandas DataFrame (see :func:`to_frame`)."""
+        return to_frame(self)
+
     @classmethod
     def load(cls, directory: str | Path, name: str | None = None):
         name = name or cls.__name__.lower()
@@ -135,11 +139,52 @@ class Record:
     def to_dict(self) -> dict:
         return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
+    def to_frame(self):
+        """The record's rows as a pandas DataFrame (see :func:`to_frame`)."""
+        return to_frame(self)
+
     @classmethod
     def from_dict(cls, d: dict):
         hints = typing.get_type_hints(cls)
         return cls(**{f.name: _from_tree(d[f.name], {}, hints.get(f.name)) for f in dataclasses.fields(cls)
                       if f.name in d})
+
+
+def _scalars(obj: Any, prefix: str = "") -> dict:
+    """The scalar fields of a dataclass or dict, nested dicts flattened to ``a.b`` keys (arrays of more than one
+    value and lists left out: a frame cell holds one value)."""
+    items = ({f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj)
+             else obj)
+    out = {}
+    for k, v in items.items():
+        if isinstance(v, torch.Tensor) and v.numel() == 1:
+            v = v.item()
+        if isinstance(v, dict) or (dataclasses.is_dataclass(v) and not isinstance(v, type)):
+            out.update(_scalars(v, f"{prefix}{k}."))
+        elif v is None or isinstance(v, (str, int, float, bool)):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _rows(obj: Any) -> list[dict]:
+    """One dict per row: the first field holding a list of records (a result's per-prompt or per-run rows), else
+    the object's own scalars as one row."""
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if isinstance(v, (list, tuple)) and v and all(dataclasses.is_dataclass(r) or isinstance(r, dict) for r in v):
+            return [_scalars(r) for r in v]
+    return [_scalars(obj)]
+
+
+def to_frame(obj: Any):
+    """A saved-result dataclass as a pandas DataFrame: one row per record of its first list of records (e.g. one per
+    prompt), columns its scalar fields with nested dicts flattened (``severity.ssim``). pandas is not a dependency
+    of diffmem: install it to use this."""
+    try:
+        import pandas as pd
+    except ImportError as err:
+        raise ImportError("to_frame needs pandas, which diffmem does not depend on: pip install pandas") from err
+    return pd.DataFrame(_rows(obj))
 
 
 def _plain(obj: Any) -> Any:

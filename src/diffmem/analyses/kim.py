@@ -96,6 +96,7 @@ class PromptAnalysis:
     k_guided: Tensor  # [G, T]
     D1_by_g: Tensor | None = None  # [G] (A5; None when the sweep was not sampled)
     severity_by_g: dict | None = None  # metric -> [G]
+    text: str = ""  # the prompt as a person reads it
     # the authors' variants: self-referenced D with the "input" pairing (D*_selfref above use "landed"), the
     # training-data-free seed-to-seed severity, the template-region copy rate of template prompts
     D1_selfref_input: float = float("nan")
@@ -190,7 +191,7 @@ def analyze_prompt(subject: Subject, p: Prompt, cfg: KimConfig) -> tuple[PromptA
     loss = guided_loss(subject.denoiser, p.x, p.cond, subject.grid, g=cfg.sweep, draws=cfg.draws)
     sev = severity(tr.x_0, p.x, subject.references, decode=subject.decode)
     pa = PromptAnalysis(
-        id=p.id, kind=p.kind, D1=dec.D1, D2=dec.D2, D1_selfref=own.D1, D2_selfref=own.D2, severity=sev,
+        id=p.id, text=p.text, kind=p.kind, D1=dec.D1, D2=dec.D2, D1_selfref=own.D1, D2_selfref=own.D2, severity=sev,
         w0=dec.w0.mean(1), wT=dec.wT.mean(1), resid=dec.resid.mean(1),
         cos={k: v.mean(1) for k, v in noise_content(tr, p.x).items()},
         V_ratio_x_t=conv["V_ratio_x_t"], V_ratio_x0_hat=conv["V_ratio_x0_hat"], collapse_x_t=conv["collapse_x_t"],

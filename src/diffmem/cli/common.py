@@ -42,6 +42,7 @@ HELP = {
     "detect": "compare memorization detectors on one ground truth, with measured cost",
     "audit": "rank prompts by memorization: cheap screen, expensive escalation",
     "mitigate": "apply and evaluate memorization mitigations",
+    "report": "render a self-contained report.html from a run folder",
 }
 
 SAMPLE_SECONDS = 0.2  # /proc/stat sampling window of the idleness measurement

@@ -36,5 +36,6 @@ def _cli(args) -> int:
     run = run_demo(args.out, n_samples=args.n_samples, steps=args.steps, seed=args.seed,
                    progress=progress_enabled(args), sections=sections, world=args.world, quick=args.quick)
     report = (run / "report.md").read_text(encoding="utf-8")
-    return emit(args, {"out": str(run), "report": str(run / "report.md"), "sections": list(sections)},
+    return emit(args, {"out": str(run), "report": str(run / "report.md"), "html": str(run / "report.html"),
+                       "sections": list(sections)},
                 table=lambda: print(report))

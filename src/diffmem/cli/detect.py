@@ -19,6 +19,7 @@ from rich.table import Table
 from diffmem.adapters.subject import ADAPTER_KINDS, diffusers_subject
 from diffmem.cli.common import add_common, progress_enabled
 from diffmem.detectors.harness import DetectionSummary, resolve_detectors, run_detection
+from diffmem.reports.html import finish_report
 from diffmem.subject import Subject
 from diffmem.worlds.subject import world_subject
 from diffmem.worlds.world import load_world
@@ -147,5 +148,6 @@ def _cli(args) -> int:
         print_table(run.summary)
         for s in run.summary.skipped:
             print(f"skipped {s['detector']} n={s['n_gen']}: {s['reason']}")
-    print(json.dumps({"out": str(args.out), "seconds": round(run.summary.seconds, 1), **run.summary.units}))
+    print(json.dumps({"out": str(args.out), "report": str(finish_report(args.out)),
+                      "seconds": round(run.summary.seconds, 1), **run.summary.units}))
     return 0

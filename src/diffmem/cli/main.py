@@ -19,7 +19,8 @@ __all__ = ["main", "build_parser", "COMMANDS"]
 # command -> module in ``diffmem.cli``; each defines ``add_parser(subparsers)`` which sets ``run=fn(args)``
 COMMANDS = {"demo": "demo", "train": "train", "world-report": "world_report", "theory": "theory",
             "similarity": "similarity", "analyze": "analyze", "prune": "prune", "detect": "detect", "audit": "audit",
-            "mitigate": "mitigate"}
+            "mitigate": "mitigate",
+            "report": "report"}
 
 
 def _version(args) -> int:

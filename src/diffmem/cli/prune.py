@@ -28,6 +28,7 @@ from diffmem.cli.common import add_command, add_common, emit, progress_enabled, 
 from diffmem.mitigations.prune_backends import diffusers_inputs, world_inputs
 from diffmem.mitigations.prune_results import format_table
 from diffmem.mitigations.prune_table import FULL, QUICK, TABLE_METHODS, VARIANTS, TableSettings, run_table
+from diffmem.reports.html import finish_report
 from diffmem.runners.progress import progress_bar
 from diffmem.similarity.features import TorchScriptExtractor
 from diffmem.worlds.world import load_world
@@ -110,7 +111,8 @@ def _cli(args) -> int:
                           progress=lambda done, total, row: bar.update(task, completed=done))
     return emit(args, {"subject": inputs.subject.name, "settings": _short(settings),
                        "batch_size": inputs.recipe.batch_size, "seconds": round(time.perf_counter() - t0, 1),
-                       "threads": args.threads, "out": str(args.out)}, table=lambda: print(format_table(table)))
+                       "threads": args.threads, "out": str(args.out),
+                       "report": str(finish_report(args.out))}, table=lambda: print(format_table(table)))
 
 
 def _short(settings: TableSettings) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 
 from diffmem.cli.common import add_command, add_common, emit, progress_enabled
+from diffmem.reports.html import finish_report
 from diffmem.theory import lab
 from diffmem.theory.sweeps import PRESETS, plan
 from diffmem.theory.teaser import TEASER_PRESETS
@@ -55,7 +56,8 @@ def _cli(args) -> int:
     else:
         s = lab.run_teaser(args.out, quick=args.quick, figures=figures)
         summary = {"rows": s.rows}
-    return emit(args, {**summary, "seconds": s.wall_s, "threads": args.threads, "out": str(args.out)})
+    return emit(args, {**summary, "seconds": s.wall_s, "threads": args.threads, "out": str(args.out),
+                       "report": str(finish_report(args.out))})
 
 
 def _settings(experiment: str, preset: str) -> dict:

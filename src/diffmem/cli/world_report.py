@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from diffmem.cli.common import add_command, add_common, emit, progress_enabled
+from diffmem.reports.html import finish_report
 
 __all__ = ["add_parser"]
 
@@ -55,4 +56,4 @@ def _cli(args) -> int:
     else:
         for w, m in s["per_w"].items():
             summary.update({f"w{w}_{k}": m[k] for k in KEYS if m.get(k) is not None})
-    return emit(args, {**summary, "out": str(args.out)})
+    return emit(args, {**summary, "out": str(args.out), "report": str(finish_report(args.out))})

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = ["render_demo"]
 
+FIGURES = {"world": ("world", "grid_w*.png"), "kim": ("kim", "F*.png"), "theory": ("theory", "*/*.png")}
 
-def render_demo(result) -> str:
-    """Render a loaded :class:`~diffmem.runners.demo.DemoResult` as Markdown."""
+
+def render_demo(result, run: str | Path | None = None) -> str:
+    """Render a loaded :class:`~diffmem.runners.demo.DemoResult` as Markdown (with image links to the figures saved
+    in the run folder ``run``, when given)."""
     p = result.provenance
     lines = ["# diffmem demo", "", f"diffmem {p.package}. Sections: "
-             f"{', '.join([*result.sections, 'closed-form'])}; each folder of this run holds its data and figures.",
-             ""]
+             f"{', '.join([*result.sections, 'closed-form'])}; each folder of this run holds its data and figures. "
+             "The same results with every figure and per-prompt table: `report.html`.", ""]
     for name, render in (("world", _world), ("kim", _kim), ("theory", _theory)):
         section = getattr(result, name)
         if section is not None:
-            lines += render(section) + [""]
+            lines += render(section) + [""] + _images(run, name)
     return "\n".join(lines + _closed_form(result)) + "\n"
+
+
+def _images(run, name: str) -> list[str]:
+    """Markdown image links to the section's saved figures (relative to the run folder)."""
+    if run is None:
+        return []
+    folder, pattern = FIGURES[name]
+    paths = sorted((Path(run) / folder).glob(pattern))
+    return [f"![{p.stem.replace('_', ' ')}]({p.relative_to(run).as_posix()})" for p in paths] + ([""] if paths else [])
 
 
 def _rate(v) -> str:

@@ -23,6 +23,7 @@ import torch
 
 from diffmem.io import atomic_write_text
 from diffmem.reports.demo import render_demo
+from diffmem.reports.html import finish_report
 from diffmem.results import Provenance, Result
 from diffmem.runners.kim import KimRun, kim_world_subject, run_kim_job
 from diffmem.runners.progress import progress_bar
@@ -211,6 +212,7 @@ def run_demo(out: str | Path, *, n_samples: int | None = None, steps: int | None
         done["theory"] = _theory_section(run)
     result = DemoResult(rows, finals, train, prov, **done)
     result.save(run, "demo")
-    atomic_write_text(run / "report.md", render_demo(DemoResult.load(run, "demo")))
+    atomic_write_text(run / "report.md", render_demo(DemoResult.load(run, "demo"), run))
+    finish_report(run)
     return run
 

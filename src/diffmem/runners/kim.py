@@ -20,6 +20,7 @@ import torch
 from diffmem.adapters.subject import ADAPTER_KINDS, adapter_subject, read_manifest
 from diffmem.analyses.kim import KimConfig, KimResult, KimSummary, run_kim
 from diffmem.io import claim_out_dir, mark_stale, remove_stale_tmp, write_json
+from diffmem.reports.html import finish_report
 from diffmem.reports.kim_figures import render_kim_figures
 from diffmem.results import Record
 from diffmem.runners.progress import progress_bar
@@ -147,6 +148,7 @@ def run_kim_job(subject: Subject, out: str | Path, *, quick: bool = False, prima
     except ImportError:  # matplotlib is the optional ``plots`` extra
         pass
     shutil.rmtree(out / "units", ignore_errors=True)  # the result holds every prompt now
+    finish_report(out)
     return run
 
 
