@@ -283,8 +283,6 @@ def test_diffusers_truncated_weights_are_refused(tmp_path):
 
 # --- flags honoured or refused ------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="worlds/report.py is being rewritten on main (digits-bench); the fix "
-                   "(samples/steps honoured or refused before loading) is listed for the lead")
 @pytest.mark.parametrize("kw", [{"samples": 0}, {"steps": 0}, {"samples": -3}])
 def test_world_report_refuses_zero_samples_or_steps(tmp_path, kw, monkeypatch):
     from diffmem.worlds.report import world_report

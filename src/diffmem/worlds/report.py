@@ -162,15 +162,21 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     report of :func:`diffmem.worlds.bench_report.bench_report` instead (default w = 1, 3, 7.5).
     Trains the world first when no finished checkpoint exists. Returns the summary dict (``summary.json``)."""
     t0 = time.perf_counter()
+    # a given value is honoured or refused, never replaced (0 samples must not silently become 10), before any
+    # world is loaded or trained
+    n = samples if samples is not None else (4 if quick else 10)
+    steps = steps if steps is not None else 50
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1 or isinstance(steps, bool) or \
+            not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"need samples >= 1, steps >= 1 (integers), got samples={samples!r}, steps={steps!r}")
     world = world if isinstance(world, World) else load_world(world, progress=progress)
     if "ladder" in world.data.meta:
         from diffmem.worlds.bench_report import bench_report
 
-        return bench_report(world, out, quick=quick, samples=samples, weights=weights, steps=steps, seed=seed,
+        return bench_report(world, out, quick=quick, samples=n, weights=weights, steps=steps, seed=seed,
                             batch_size=batch_size)
     weights = WEIGHTS if weights is None else weights
-    n, steps = samples or (4 if quick else 10), steps or 50
-    if n < 1 or steps < 1 or not weights:
+    if not weights:
         raise ValueError(f"need samples >= 1, steps >= 1 and some weights, got {n}, {steps}, {weights!r}")
     rows, out = report_rows(world.data.prompts, quick), Path(out)
     clf, clf_info = _classifier(world)
