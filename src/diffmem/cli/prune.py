@@ -28,8 +28,8 @@ from diffmem.cli.common import add_command, add_common, emit, progress_enabled, 
 from diffmem.mitigations.prune_backends import diffusers_inputs, world_inputs
 from diffmem.mitigations.prune_results import format_table
 from diffmem.mitigations.prune_table import FULL, QUICK, TABLE_METHODS, VARIANTS, TableSettings, run_table
+from diffmem.progress import progress_bar
 from diffmem.reports.html import finish_report
-from diffmem.runners.progress import progress_bar
 from diffmem.similarity.features import TorchScriptExtractor
 from diffmem.worlds.world import load_world
 

@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 
 from diffmem.io import atomic_write_text
+from diffmem.progress import progress_bar
 from diffmem.reports.demo import render_demo
 from diffmem.reports.html import finish_report
 from diffmem.results import Provenance, Result
 from diffmem.runners.kim import KimRun, kim_world_subject, run_kim_job
-from diffmem.runners.progress import progress_bar
 from diffmem.sampling.guidance import Constant
 from diffmem.sampling.loop import sample
 from diffmem.sampling.trajectory import Recorder

@@ -20,10 +20,10 @@ import torch
 from diffmem.adapters.subject import ADAPTER_KINDS, adapter_subject, read_manifest
 from diffmem.analyses.kim import KimConfig, KimResult, KimSummary, run_kim
 from diffmem.io import claim_out_dir, mark_stale, remove_stale_tmp, write_json
+from diffmem.progress import progress_bar
 from diffmem.reports.html import finish_report
 from diffmem.reports.kim_figures import render_kim_figures
 from diffmem.results import Record
-from diffmem.runners.progress import progress_bar
 from diffmem.subject import Subject
 from diffmem.worlds.bench import template_mask
 from diffmem.worlds.custom import load_collection

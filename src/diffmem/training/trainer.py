@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from diffmem.progress import progress_bar
 from diffmem.schedules import DiscreteSchedule
 from diffmem.subject import TrainingSet
 from diffmem.training.checkpoint import load_state, save_state
@@ -87,7 +88,7 @@ def fit(net: nn.Module, ts: TrainingSet, cfg: TrainConfig, state_path: str | Pat
     acc = _restore_log(log, saved, start)
     net.train()
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    with _progress(progress) as bar:
+    with progress_bar(progress, "loss {task.fields[loss]:.4f}") as bar:
         task = bar.add_task("training", total=cfg.steps, completed=start, loss=float("nan"))
         for step in range(start, cfg.steps):
             loss = eps_loss(net, alpha_bar, *draw_batch(ts, cfg, step))
@@ -138,16 +139,3 @@ def _restore_log(log: FitLog, saved: dict, start: int) -> list:
     return [float(v) for v in saved["acc"]]
 
 
-def _progress(enabled: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    disable=not enabled, transient=True)

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from diffmem.io import write_json
+from diffmem.progress import progress_bar
 from diffmem.results import Provenance, Result
 from diffmem.worlds.data import write_manifest
 from diffmem.worlds.grids import save_grid
@@ -141,15 +142,6 @@ def _grid(world: World, rows, x0: Tensor, path: Path, per_kind: int = 8, cols: i
     save_grid(path, tiles)
 
 
-def _progress_bar(enabled: bool):
-    """Progress with an ETA on stderr (stdout is the command's summary)."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
-                    TimeRemainingColumn(), console=Console(stderr=True), disable=not enabled, transient=True)
-
-
 def world_report(world: str | World = "digits-t2i", out: str | Path = "world-report", *, quick: bool = False,
                  samples: int | None = None, weights=None, steps: int | None = None, seed: int = 0,
                  batch_size: int = 1000, progress: bool = True) -> dict:
@@ -181,7 +173,7 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     rows, out = report_rows(world.data.prompts, quick), Path(out)
     clf, clf_info = _classifier(world)
     per_w, arrays = {}, {}
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task("world report: CFG weights", total=len(weights))
         for w in weights:
             x0 = generate_samples(world, rows, n, steps, float(w), seed, batch_size)
