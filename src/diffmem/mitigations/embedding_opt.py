@@ -22,10 +22,9 @@ from diffmem.mitigations.base import InferenceMitigation, register
 from diffmem.mitigations.first_step import (
     FirstStep,
     Replace,
-    descend,
+    descend_embedding,
     embedding,
     first_step,
-    freeze_bos,
     guidance_gap,
     sample_with,
     with_embedding,
@@ -53,9 +52,8 @@ def optimize_embedding(subject: Subject, cond: Cond, start: FirstStep, *, lr: fl
         c = Cond(with_embedding(index_cond(cond.c, rows), leaf.to(e0.dtype)), index_cond(cond.null, rows))
         return guidance_gap(subject.denoiser(start.x_T[rows].detach(), start.t, c))
 
-    e, losses = descend(e0, loss, lr=lr, max_steps=max_steps, target=target_loss, weight_decay=weight_decay,
-                        edit_grad=freeze_bos)
-    return Cond(with_embedding(cond.c, e.to(e0.dtype)), cond.null), losses
+    return descend_embedding(cond, e0, loss, lr=lr, max_steps=max_steps, target=target_loss,
+                             weight_decay=weight_decay)
 
 
 @register

@@ -25,7 +25,7 @@ from diffmem.subject import Subject
 from diffmem.types import Cond, Prediction
 
 __all__ = ["FirstStep", "first_step", "embedding", "with_embedding", "guidance_gap", "RowAdamW", "descend",
-           "freeze_bos", "Replace", "sample_with", "row_generator", "prompt_texts"]
+           "descend_embedding", "freeze_bos", "Replace", "sample_with", "row_generator", "prompt_texts"]
 
 
 @dataclass(frozen=True)
@@ -177,3 +177,10 @@ def prompt_texts(subject: Subject, cond: Cond, texts: Sequence[str] | None = Non
             raise ValueError(f"conditioning row {i} is none of subject {subject.name!r}'s prompts; pass texts=[...]")
         out.append(hit)
     return out
+
+
+def descend_embedding(cond: Cond, e0: Tensor, loss, **kwargs) -> tuple[Cond, list]:
+    """:func:`descend` on the prompt embedding e0 of ``cond`` (the BOS row frozen), returned as the edited
+    conditioning (null branch unchanged) and the per-row losses."""
+    e, losses = descend(e0, loss, edit_grad=freeze_bos, **kwargs)
+    return Cond(with_embedding(cond.c, e.to(e0.dtype)), cond.null), losses

@@ -28,10 +28,9 @@ from diffmem.mitigations.base import InferenceMitigation, register
 from diffmem.mitigations.first_step import (
     FirstStep,
     Replace,
-    descend,
+    descend_embedding,
     embedding,
     first_step,
-    freeze_bos,
     sample_with,
     with_embedding,
 )
@@ -90,9 +89,8 @@ def one_step_embedding(subject: Subject, cond: Cond, start: FirstStep, *, lr: fl
         centre = ref if isinstance(ref, float) or len(ref) == 1 else ref[rows]
         return kim_loss(start.x_T[rows], eps_c.to(leaf.dtype), start.alpha_bar, centre, loss=loss)
 
-    e, losses = descend(e0, value, lr=lr, max_steps=n_steps, target=-math.inf, weight_decay=weight_decay,
-                        edit_grad=freeze_bos)
-    return Cond(with_embedding(cond.c, e.to(e0.dtype)), cond.null), losses
+    return descend_embedding(cond, e0, value, lr=lr, max_steps=n_steps, target=-math.inf,
+                             weight_decay=weight_decay)
 
 
 @register

@@ -1,7 +1,7 @@
-"""The world registry: stable names → data builder and default model/training recipe (design lesson 10).
+"""The world registry: stable names → data builder and default model/training recipe (names reappear in results).
 
-The defaults are what ``diffmem train WORLD`` runs; their memorization was measured (see the report of issue 4 and
-``diffmem world-report``): digits-t2i trains in ≤ 10 min on 2 CPU cores.
+The defaults are what ``diffmem train WORLD`` runs; their memorization is measured by ``diffmem world-report``
+(README, "Embedded worlds"): digits-t2i trains in ≤ 10 min on 2 CPU cores.
 """
 
 from __future__ import annotations
