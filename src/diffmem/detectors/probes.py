@@ -35,7 +35,7 @@ def upcast(x: Tensor) -> Tensor:
 
 
 def vp_sigma(alpha_bar) -> float:
-    """σ_t = √(1 − ᾱ_t), the VP noise std of the detectors spec (code ``sigma`` elsewhere is the VE σ)."""
+    """σ_t = √(1 − ᾱ_t), the VP noise std (``docs/notation.md``; code ``sigma`` elsewhere is the VE σ)."""
     return float(1.0 - float(alpha_bar)) ** 0.5
 
 
