@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "write_arrays", "read_arrays",
-           "new_run_dir", "strict_json", "file_mode", "check_safetensors", "remove_stale_tmp", "check_out_dir",
+           "new_run_dir", "strict_json", "file_mode", "resumable_unit", "safe_name",
+           "check_safetensors", "remove_stale_tmp", "check_out_dir",
            "mark_stale", "file_lock", "claim_out_dir", "check_device"]
 
 _UMASK_LOCK = threading.Lock()
@@ -312,3 +313,26 @@ def check_device(device: str | torch.device | None) -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"device {str(device)!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+def resumable_unit(path: str | os.PathLike, settings: dict, compute, tally: dict) -> dict:
+    """The unit of work saved at ``path`` if it was made under ``settings``, else ``{"settings": settings,
+    **compute()}`` written there atomically; ``tally`` counts ``computed``, ``reused`` and ``recomputed`` units.
+
+    Units made under other settings are recomputed, never reused, so a resumed job cannot mix settings."""
+    path = Path(path)
+    if path.exists():
+        stored = read_json(path)
+        if stored.get("settings") == settings:
+            tally["reused"] += 1
+            return stored
+        tally["recomputed"] += 1
+    unit = {"settings": settings, **compute()}
+    write_json(path, unit)
+    tally["computed"] += 1
+    return unit
+
+
+def safe_name(name: str) -> str:
+    """``name`` with every character outside ``[A-Za-z0-9_.+-]`` replaced by ``_`` (a file or folder name)."""
+    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)

@@ -18,7 +18,6 @@ unit keeps the cost measured when it was made; samples already on disk are not r
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ import torch
 from diffmem.detectors.base import Detector, generation_seeds, make_detector
 from diffmem.detectors.counting import measure_call
 from diffmem.detectors.harness import score_units, write_csv
-from diffmem.io import read_arrays, read_json, write_arrays, write_json
+from diffmem.io import read_arrays, read_json, safe_name, write_arrays, write_json
 from diffmem.results import Record, package_version
 from diffmem.sampling.trajectory import Recorder
 from diffmem.similarity.criteria import nn_ratio
@@ -91,13 +90,9 @@ def _oriented(det: Detector, s: np.ndarray) -> np.ndarray:
     return s if det.higher_is_memorized else -s
 
 
-def _safe(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
-
-
 def _samples(subject: Subject, prompts: Sequence[Prompt], seed: int, guidance: float, out: Path) -> tuple[dict, int]:
     """One sample per prompt in pixels ({id: [C, H, W]}), cached under ``out/samples``; and the NFE it cost."""
-    paths = {p.id: out / "samples" / f"{_safe(p.id)}.safetensors" for p in prompts}
+    paths = {p.id: out / "samples" / f"{safe_name(p.id)}.safetensors" for p in prompts}
     todo = [p for p in prompts if not paths[p.id].exists()]
     nfe = 0
     if todo:
@@ -195,7 +190,7 @@ def _rank(prompts, s_or: np.ndarray, e_or: dict, threshold, out: Path, images: d
         score = e_or.get(p.id)
         verdict = ("screened out" if score is None else "escalated" if threshold is None
                    else "memorized" if score > threshold else "clear")
-        sample = str(out / "samples" / f"{_safe(p.id)}.png") if p.id in images else None
+        sample = str(out / "samples" / f"{safe_name(p.id)}.png") if p.id in images else None
         n = near.get(p.id, (None, None))
         rows.append(AuditRow(rank, p.id, p.text, verdict, score, float(s_or[j]), score is not None, sample, *n))
     return rows

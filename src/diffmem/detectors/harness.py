@@ -26,7 +26,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -56,7 +55,7 @@ from diffmem.evaluation.detection import (
     tpr_at_fpr,
     tpr_at_fpr_closest,
 )
-from diffmem.io import atomic_write_text, read_json, write_json
+from diffmem.io import atomic_write_text, resumable_unit, safe_name, write_json
 from diffmem.results import Record, package_version
 from diffmem.subject import Prompt, Subject
 
@@ -151,28 +150,10 @@ def unit_settings(subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[i
                    "prompt_texts": [p.text for p in prompts], "package": package_version()})
 
 
-def _unit(path: Path, settings: dict, compute: Callable[[], dict], tally: dict) -> dict:
-    """The unit at ``path`` if it was made under ``settings``, else ``compute()`` written there atomically."""
-    if path.exists():
-        stored = read_json(path)
-        if stored.get("settings") == settings:
-            tally["reused"] += 1
-            return stored
-        tally["recomputed"] += 1
-    unit = {"settings": settings, **compute()}
-    write_json(path, unit)
-    tally["computed"] += 1
-    return unit
-
-
 def _chunks(prompts: Sequence[Prompt], size: int) -> list[tuple[int, Sequence[Prompt]]]:
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {size!r}")
     return [(k // size, prompts[k:k + size]) for k in range(0, len(prompts), size)]
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", name)
 
 
 def score_units(subject: Subject, detector: Detector, prompts: Sequence[Prompt], seeds: Sequence[int], out: Path,
@@ -187,8 +168,8 @@ def score_units(subject: Subject, detector: Detector, prompts: Sequence[Prompt],
             s, cost = measure(detector, subject, chunk, seeds)
             return {"scores": s.tolist(), "cost": cost.to_dict()}
 
-        unit = _unit(out / "units" / _safe(detector.name) / f"n{len(seeds)}" / f"{k:05d}.json", settings, compute,
-                     tally)
+        path = out / "units" / safe_name(detector.name) / f"n{len(seeds)}" / f"{k:05d}.json"
+        unit = resumable_unit(path, settings, compute, tally)
         scores += unit["scores"]
         costs.append(Cost.from_dict(unit["cost"]))
     return np.asarray(scores, dtype=np.float64), costs
@@ -206,7 +187,7 @@ def _measured(subject: Subject, out: Path, seeds: Sequence[int], guidance: float
             judged, cost = measure_call(subject, lambda s: copy_judgement(s, chunk, seeds, guidance=guidance))
             return {**judged, "cost": cost.to_dict()}
 
-        unit = _unit(out / "units" / "_labels" / f"n{len(seeds)}" / f"{k:05d}.json", settings, compute, tally)
+        unit = resumable_unit(out / "units" / "_labels" / f"n{len(seeds)}" / f"{k:05d}.json", settings, compute, tally)
         rates += unit["copy_rate"]
         judged += unit["judged"]
         costs.append(Cost.from_dict(unit["cost"]))
@@ -236,7 +217,7 @@ def fit_calibrated(subject: Subject, det: Detector, split: np.ndarray, seeds: Se
     def compute():
         return {"params": det.fit(subject, negatives, seeds).describe()["params"]}
 
-    unit = _unit(out / "units" / _safe(det.name) / "fit.json", settings, compute, tally)
+    unit = resumable_unit(out / "units" / safe_name(det.name) / "fit.json", settings, compute, tally)
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in unit["params"].items()}
     how = {"prompts": [p.id for p in negatives], "split": "calibration", "label": "planted negatives",
            "seeds": list(seeds)}

@@ -34,12 +34,12 @@ from torch import Tensor
 
 from diffmem.detectors.base import Detector, generation_seeds, make_detector
 from diffmem.detectors.counting import Cost, measure, measure_call
-from diffmem.detectors.harness import _safe, _unit, unit_settings, write_csv
+from diffmem.detectors.harness import unit_settings, write_csv
 from diffmem.detectors.labels import NEGATIVE_KINDS, POSITIVE_KINDS, _paired_index, assign_splits
 from diffmem.evaluation.detection import calibrate_threshold
 from diffmem.evaluation.fid import fid
 from diffmem.evaluation.precision_recall import precision_recall
-from diffmem.io import write_json
+from diffmem.io import resumable_unit, safe_name, write_json
 from diffmem.mitigations.base import InferenceMitigation, make_mitigation
 from diffmem.results import Record, package_version
 from diffmem.sampling.trajectory import Recorder
@@ -342,7 +342,8 @@ def _gate(subject, detector: Detector, fpr: float, trig, gen, cal, seeds, out, t
             s, cost = measure(detector, subject, prompts, seeds)
             return {"scores": s.tolist(), "cost": cost.to_dict()}
 
-        unit = _unit(out / "units" / "_gate" / _safe(detector.name) / f"{name}.json", settings, compute, tally)
+        path = out / "units" / "_gate" / safe_name(detector.name) / f"{name}.json"
+        unit = resumable_unit(path, settings, compute, tally)
         sign = 1.0 if detector.higher_is_memorized else -1.0
         scores[name] = sign * np.asarray(unit["scores"], dtype=np.float64)
         if name != "calibration":
@@ -364,7 +365,7 @@ def _gate(subject, detector: Detector, fpr: float, trig, gen, cal, seeds, out, t
 # --- the run -------------------------------------------------------------------------------------------------------
 
 def _set_unit(subject, prompts, seeds, what: dict, path: Path, tally, compute) -> dict:
-    return _unit(path, unit_settings(subject, prompts, seeds, what), compute, tally)
+    return resumable_unit(path, unit_settings(subject, prompts, seeds, what), compute, tally)
 
 
 def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitigation] | Mapping, *,
@@ -413,7 +414,7 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
                                                      "threshold": gate_info["threshold"].value,
                                                      "flags": [bool(f) for f in flags]},
                 "evaluator": evaluator.describe}
-        tag = "plain" if m is None else f"{_safe(m.name)}/{_safe(label)}{'-gated' if flags is not None else ''}"
+        tag = "plain" if m is None else f"{safe_name(m.name)}/{safe_name(label)}{'-gated' if flags is not None else ''}"
         return _set_unit(subject, prompts, seeds, what, out / "units" / tag / f"{set_name}.json", tally,
                          lambda: _run_set(subject, prompts, seeds, m, flags, guidance, batch_size, evaluator))
 
