@@ -13,6 +13,9 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _deterministic():
+    # Commands run in-process set torch's threads from the machine's free cores; a later test that compares bits
+    # with a one-thread subprocess must not inherit that count (a reduction split over 2 threads rounds differently).
+    torch.set_num_threads(1)
     torch.manual_seed(0)
 
 
