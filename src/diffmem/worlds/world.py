@@ -133,7 +133,7 @@ def _training_set(data: WorldData, tokenizer: WordTokenizer | None, null_label: 
 def checkpoint_dir(config: RunConfig, data: WorldData | None = None) -> Path:
     """``$DIFFMEM_HOME/worlds/<name>-<hash of config and data>``."""
     data = data or build_data(config.world)
-    return diffmem_home("worlds", f"{config.world.name}-{config.key(data.fingerprint())}")
+    return diffmem_home("worlds", f"{config.world.name}-{config.key(data.fingerprint())}", create=False)
 
 
 def bundled_dir(config: RunConfig, data: WorldData | None = None) -> Path:
