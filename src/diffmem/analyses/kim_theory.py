@@ -59,7 +59,8 @@ class TheoryTrace:
     """Per step S and seed B (float64 [S, B] unless noted) for one prompt; Theorem 7 fields are [B].
 
     ``lemma4_residual`` ‖x_{t−1} − A x_t − κ m_g‖ and ``lemma4_tol`` its round-off allowance; ``lemma4_affine``
-    whether the solver's step is the affine one (False where a clip of x̂₀ acted). ``delta``, ``bound_code``,
+    whether the solver's step is the affine one (False where a clip of x̂₀ acted);
+    ``lemma4_residual_solver`` the residual with the solver's own x̂₀ (the clipped m_g of a clipping solver). ``delta``, ``bound_code``,
     ``bound_paper``: ‖Δ_t‖ and Lemma 6's e_par + R(1 − p_t) and e_c + e_u + R(1 − p_t). ``margin`` (NaN at the
     terminal step), ``margin_paper``, ``quad_err``, ``gain`` H on the affine guided point and ``gain_obs`` on the
     recorded next state; ``saturated`` where p_{t−1} > 1 − 1e−9 at both ends (H is round-off there: unresolved). ``dist_model``, ``dist_exact``: ‖m_u − μ‖/√d and ‖x̄_K − μ‖/√d; ``ghat``, ``ghat_resid``.
@@ -76,6 +77,7 @@ class TheoryTrace:
     lemma4_residual: Tensor
     lemma4_tol: Tensor
     lemma4_affine: Tensor
+    lemma4_residual_solver: Tensor
     margin: Tensor
     margin_paper: Tensor
     quad_err: Tensor
@@ -142,6 +144,8 @@ def theory_trace(traj: Trajectory, x_star: Tensor, law: FiniteLaw, *, solver=Non
         scale = A * _norm(x) + abs(kappa) * (_norm(x) + (1 - ab) ** 0.5 * _norm(eps_g)) / ab**0.5 + _norm(x_next)
         o["lemma4_tol"][j] = 64 * eps_dtype * scale
         o["lemma4_affine"][j] = (torch.ones(B) if bound is None else (m_g.abs() <= bound).all(1)).to(_F64)
+        m_s = m_g if bound is None else m_g.clamp(-bound, bound)
+        o["lemma4_residual_solver"][j] = _norm(x_next - A * x - kappa * m_s)
         # Lemma 6 and the posterior quantities
         xbar = law.posterior_mean(x, ab)
         log_p = law.log_mass(x, ab, j_star) if j_star >= 0 else torch.full((B,), -math.inf, dtype=_F64)

@@ -37,20 +37,22 @@ from diffmem.schedules import DiscreteSchedule, snr
 from diffmem.subject import Subject
 
 __all__ = ["KimTheoryConfig", "TheoryPrompt", "KimTheorySummary", "KimTheoryResult", "run_kim_theory",
-           "AUTHORS_SD", "RESULTS"]
+           "AUTHORS_SD", "RESULTS", "TRACE_ARRAYS", "END_ARRAYS"]
 
 # the authors' measured outcome on Stable Diffusion (837 prompts × 20 seeds, four model/sampler pairs)
 AUTHORS_SD = {"prop5_condition_met": "0 / 820,260", "prop5_gain_positive": 0.504, "thm7_clean_endpoints": 0}
 RESULTS = ("thm1", "lemma2", "cor3", "lemma4", "lemma6", "prop5", "thm7")
-TRACE_ARRAYS = ("e_c", "log_p", "delta", "bound_code", "lemma4_residual", "margin", "gain", "dist_model",
-                "dist_exact", "ghat", "ghat_resid")  # [P, S, B] kept for the figures
+TRACE_ARRAYS = ("e_c", "log_p", "delta", "bound_code", "lemma4_residual", "lemma4_residual_solver", "margin",
+                "gain", "dist_model", "dist_exact", "ghat", "ghat_resid")  # [P, S, B] kept for the figures
+END_ARRAYS = ("E_end", "B_ref", "B_paper", "delta_sched", "E_end_unclean", "delta_sched_unclean")  # [P, B]
 
 
 @dataclass(frozen=True)
 class KimTheoryConfig:
     """Settings: seeds 0…n_seeds−1 per prompt, CFG weight, forward draws of Theorem 1, the RMS recovery radius ρ,
-    the tolerance of ĝ_T/g, Gauss–Legendre nodes, prompts per sampling batch, and whether Theorem 7 also replays
-    the last step onto the schedule's first ᾱ (a final update that is not clean, like SD's DDIM)."""
+    the tolerance of ĝ_T/g, Gauss–Legendre nodes, prompts per sampling batch, whether Theorem 7 also replays
+    the last step onto the schedule's first ᾱ (a final update that is not clean, like SD's DDIM), and whether to
+    sample with plain DDIM (η = 0, no clip of x̂₀: the affine update Lemma 4 assumes) instead of the subject's own."""
 
     n_seeds: int = 8
     guidance: float = 7.5
@@ -60,6 +62,7 @@ class KimTheoryConfig:
     nodes: int = QUAD_NODES
     batch_prompts: int = 16
     unclean: bool = True
+    plain_ddim: bool = False
 
     def __post_init__(self):
         if isinstance(self.n_seeds, bool) or not isinstance(self.n_seeds, int) or self.n_seeds < 1:
@@ -91,6 +94,7 @@ class TheoryPrompt:
     dist_exact_T: float
     lemma4_max_residual: float
     lemma4_max_residual_affine: float
+    lemma4_max_residual_solver: float
     lemma6_violations: int
     lemma6_violations_paper: int
     prop5_transitions: int
@@ -134,6 +138,7 @@ class KimTheorySummary(Record):
     rho: float
     lemma4_max_residual: float
     lemma4_max_residual_affine: float
+    lemma4_max_residual_solver: float
     lemma4_affine_fraction: float
     lemma6_violations: int
     lemma6_violations_paper: int
@@ -157,7 +162,8 @@ class KimTheorySummary(Record):
 
 @dataclass(frozen=True)
 class KimTheoryResult(Result):
-    """Rows per prompt, the summary, per-step arrays [P, S, B] (``arrays``: the :data:`TRACE_ARRAYS`), the grid
+    """Rows per prompt, the summary, per-step arrays [P, S, B] and terminal arrays [P, B] (``arrays``: the
+    :data:`TRACE_ARRAYS` and :data:`END_ARRAYS`, float32), the grid
     (t, ᾱ, SNR per step), Theorem 1's e_T [P, B], Lemma 2's exact curve and the provenance."""
 
     prompts: list[TheoryPrompt]
@@ -213,6 +219,7 @@ def _row(p, tr, lr, cfg: KimTheoryConfig, clean: bool, atom: bool, d: int) -> Th
         ghat_resid_T=float(tr.ghat_resid[0].mean()), dist_model_T=float(tr.dist_model[0].median()),
         dist_exact_T=float(tr.dist_exact[0].median()), lemma4_max_residual=float(tr.lemma4_residual.max()),
         lemma4_max_residual_affine=float(aff_res.max()) if aff_res.numel() else math.nan,
+        lemma4_max_residual_solver=float(tr.lemma4_residual_solver.max()),
         lemma6_violations=int((~ok6).sum()), lemma6_violations_paper=int((~ok6p).sum()),
         prop5_transitions=int(live.sum()), prop5_condition=int((M > 0).sum()),
         prop5_condition_paper=int((tr.margin_paper[live] > 0).sum()), prop5_gain_positive=int((H > 0).sum()),
@@ -280,9 +287,11 @@ def run_kim_theory(subject: Subject, cfg: KimTheoryConfig = KimTheoryConfig(), *
     if not prompts:
         raise ValueError(f"subject {subject.name!r} has no prompt with a paired training sample (x*)")
     law = law or finite_law(subject)
+    if cfg.plain_ddim:
+        subject = replace(subject, sampler=lambda n, own=subject.sampler: replace(own(n), solver="ddim"))
     solver = resolve_solver(subject.spec.solver)
     ab_unclean = _unclean_alpha_bar(subject) if cfg.unclean else None
-    B, rows, flags, arrays, e_T, traj = cfg.n_seeds, [], [], {k: [] for k in TRACE_ARRAYS}, [], None
+    B, rows, flags, arrays, e_T, traj = cfg.n_seeds, [], [], {k: [] for k in TRACE_ARRAYS + END_ARRAYS}, [], None
     d = law.dim
     if progress:
         progress(0, len(prompts))
@@ -299,7 +308,7 @@ def run_kim_theory(subject: Subject, cfg: KimTheoryConfig = KimTheoryConfig(), *
             atom = law.index(p.x) >= 0
             rows.append(_row(p, tr, lr, cfg, clean, atom, d))
             flags.append(_flags(tr, lr, cfg, clean, atom, d))
-            for k in TRACE_ARRAYS:
+            for k in TRACE_ARRAYS + END_ARRAYS:
                 arrays[k].append(getattr(tr, k).to(torch.float32))
             e_T.append(lr.e_T)
         if progress:
@@ -325,6 +334,7 @@ def _summary(rows: list[TheoryPrompt], flags: dict, cfg: KimTheoryConfig, clean:
         n_prompts=len(rows), n_seeds=cfg.n_seeds, guidance=cfg.guidance, rho=cfg.rho,
         lemma4_max_residual=max(r.lemma4_max_residual for r in rows),
         lemma4_max_residual_affine=max(aff) if aff else math.nan,
+        lemma4_max_residual_solver=max(r.lemma4_max_residual_solver for r in rows),
         lemma4_affine_fraction=float(pool("lemma4", 0).mean()),
         lemma6_violations=s("lemma6_violations"), lemma6_violations_paper=s("lemma6_violations_paper"),
         lemma6_transitions=int(pool("lemma6", 1).numel()), prop5_transitions=n5,
