@@ -59,11 +59,12 @@ class TheoryTrace:
     """Per step S and seed B (float64 [S, B] unless noted) for one prompt; Theorem 7 fields are [B].
 
     ``lemma4_residual`` ‖x_{t−1} − A x_t − κ m_g‖ and ``lemma4_tol`` its round-off allowance; ``lemma4_affine``
-    whether the solver's step is the affine one (False where a clip of x̂₀ acted);
-    ``lemma4_residual_solver`` the residual with the solver's own x̂₀ (the clipped m_g of a clipping solver). ``delta``, ``bound_code``,
+    whether the solver's step is the affine one (False where a clip of x̂₀ acted); ``lemma4_residual_solver`` the
+    residual with the solver's own x̂₀ (the clipped m_g of a clipping solver). ``delta``, ``bound_code``,
     ``bound_paper``: ‖Δ_t‖ and Lemma 6's e_par + R(1 − p_t) and e_c + e_u + R(1 − p_t). ``margin`` (NaN at the
     terminal step), ``margin_paper``, ``quad_err``, ``gain`` H on the affine guided point and ``gain_obs`` on the
-    recorded next state; ``saturated`` where p_{t−1} > 1 − 1e−9 at both ends (H is round-off there: unresolved). ``dist_model``, ``dist_exact``: ‖m_u − μ‖/√d and ‖x̄_K − μ‖/√d; ``ghat``, ``ghat_resid``.
+    recorded next state; ``saturated`` where p_{t−1} > 1 − 1e−9 at both ends (H is round-off there: unresolved).
+    ``dist_model``, ``dist_exact``: ‖m_u − μ‖/√d and ‖x̄_K − μ‖/√d; ``ghat``, ``ghat_resid``.
     """
 
     e_c: Tensor

@@ -130,7 +130,9 @@ class TheoryPrompt:
 @dataclass(frozen=True)
 class KimTheorySummary(Record):
     """Headline numbers (``summary.json``): the oracles' tallies, the pooled counts to set beside the authors'
-    (``authors_sd``), and ``by_group[group][result] = {"n", "premise", "holds", "holds_given_premise"}``."""
+    (``authors_sd``), Theorem 7's median slack (B_ref − E_end)/√d as sampled and (B_ref + δ_sched − E_end)/√d with the
+    last step replayed onto ᾱ < 1, and ``by_group[group][result]`` = {"n", "premise", "holds",
+    "holds_given_premise"}."""
 
     n_prompts: int
     n_seeds: int
@@ -156,6 +158,8 @@ class KimTheorySummary(Record):
     thm7_coverage_unclean: float
     thm7_coverage_unclean_delta: float
     median_delta_sched_unclean: float
+    thm7_median_gap: float
+    thm7_median_gap_unclean: float
     by_group: dict
     authors_sd: dict = field(default_factory=lambda: dict(AUTHORS_SD))
 
@@ -195,46 +199,46 @@ def _frac(x: Tensor) -> float:
     return float(x.to(torch.float64).mean()) if x.numel() else math.nan
 
 
-def _row(p, tr, lr, cfg: KimTheoryConfig, clean: bool, atom: bool, d: int) -> TheoryPrompt:
-    """Reduce one prompt's trace to its row (the definitions of "premise" and "holds" are the module's)."""
-    rho, g, rd = cfg.rho, cfg.guidance, d**0.5
-    affine = tr.lemma4_affine.bool()
-    ok4 = tr.lemma4_residual <= tr.lemma4_tol
-    ok6 = tr.delta <= tr.bound_code + tr.lemma6_tol
-    ok6p = tr.delta <= tr.bound_paper + tr.lemma6_tol
+def _row(p, tr, lr, cfg: KimTheoryConfig, flags: dict, atom: bool, d: int) -> TheoryPrompt:
+    """Reduce one prompt's trace to its row; ``flags`` are its (premise, conclusion) rows from :func:`_flags`."""
+    rd = d**0.5
     live = ~torch.isnan(tr.margin)
     M, H = tr.margin[live], tr.gain[live]
-    resolved = (tr.quad_err[live] < M.abs()) & (tr.saturated[live] == 0)
-    bound1 = min(1.0, lr.A_c**2 / rho**2 + lr.tv)
-    far = _frac(lr.e_T > rho)
-    l2_prem, l2_ok = tr.dist_exact[0] <= rho, tr.dist_model[0] <= rho
-    c3_prem = (tr.e_c[0] / rd <= rho) & l2_ok
-    c3_ok = (tr.ghat[0] / g - 1).abs() <= cfg.ghat_tol
-    cover = tr.E_end <= tr.B_ref + tr.thm7_tol
+    resolved = _resolved(tr, live)
     med = lambda v: float(v.median()) / rd
-    aff_res = tr.lemma4_residual[affine]
+    aff_res = tr.lemma4_residual[tr.lemma4_affine.bool()]
+    unclean = lambda v: _frac(v) if cfg.unclean else math.nan
+    shares = {f"{name}_{part}": _frac(flags[name][k]) for name in RESULTS
+              for k, part in enumerate(("premise", "holds"))}
     return TheoryPrompt(
         id=p.id, kind=p.kind, group=_group(p), m=p.meta.get("m"), atom=atom, A_c=lr.A_c, A_u=lr.A_u, Y_c=lr.Y_c,
-        U_c=lr.U_c, tv=lr.tv, thm1_bound=bound1, thm1_frac_far=far, ghat_T=float(tr.ghat[0].mean()),
-        ghat_resid_T=float(tr.ghat_resid[0].mean()), dist_model_T=float(tr.dist_model[0].median()),
-        dist_exact_T=float(tr.dist_exact[0].median()), lemma4_max_residual=float(tr.lemma4_residual.max()),
+        U_c=lr.U_c, tv=lr.tv, thm1_bound=_thm1_bound(lr, cfg.rho), thm1_frac_far=_frac(lr.e_T > cfg.rho),
+        ghat_T=float(tr.ghat[0].mean()), ghat_resid_T=float(tr.ghat_resid[0].mean()),
+        dist_model_T=float(tr.dist_model[0].median()), dist_exact_T=float(tr.dist_exact[0].median()),
+        lemma4_max_residual=float(tr.lemma4_residual.max()),
         lemma4_max_residual_affine=float(aff_res.max()) if aff_res.numel() else math.nan,
         lemma4_max_residual_solver=float(tr.lemma4_residual_solver.max()),
-        lemma6_violations=int((~ok6).sum()), lemma6_violations_paper=int((~ok6p).sum()),
+        lemma6_violations=int((~flags["lemma6"][1]).sum()),
+        lemma6_violations_paper=int((tr.delta > tr.bound_paper + tr.lemma6_tol).sum()),
         prop5_transitions=int(live.sum()), prop5_condition=int((M > 0).sum()),
         prop5_condition_paper=int((tr.margin_paper[live] > 0).sum()), prop5_gain_positive=int((H > 0).sum()),
-        prop5_gain_obs_positive=int((tr.gain_obs[live] > 0).sum()), prop5_violations=int(((M > 0) & (H <= 0) & resolved).sum()),
-        prop5_unresolved=int((~resolved).sum()),
+        prop5_gain_obs_positive=int((tr.gain_obs[live] > 0).sum()),
+        prop5_violations=int(((M > 0) & (H <= 0) & resolved).sum()), prop5_unresolved=int((~resolved).sum()),
         E_end=med(tr.E_end), B_ref=med(tr.B_ref), B_paper=med(tr.B_paper), delta_sched=med(tr.delta_sched),
         delta_sched_unclean=med(tr.delta_sched_unclean) if cfg.unclean else math.nan,
-        thm7_cover_unclean=_frac(tr.E_end_unclean <= tr.B_ref + tr.thm7_tol) if cfg.unclean else math.nan,
-        thm7_cover_unclean_delta=(_frac(tr.E_end_unclean <= tr.B_ref + tr.delta_sched_unclean + tr.thm7_tol)
-                                  if cfg.unclean else math.nan),
-        thm1_premise=float(lr.A_c**2 / rho**2 + lr.tv < 1), thm1_holds=float(far <= bound1),
-        lemma2_premise=_frac(l2_prem), lemma2_holds=_frac(l2_ok), cor3_premise=_frac(c3_prem),
-        cor3_holds=_frac(c3_ok), lemma4_premise=_frac(affine), lemma4_holds=_frac(ok4),
-        lemma6_premise=float(atom), lemma6_holds=_frac(ok6), prop5_premise=_frac((M > 0) & resolved), prop5_holds=_frac(H > 0),
-        thm7_premise=float(clean and atom), thm7_holds=_frac(cover))
+        thm7_cover_unclean=unclean(tr.E_end_unclean <= tr.B_ref + tr.thm7_tol),
+        thm7_cover_unclean_delta=unclean(tr.E_end_unclean <= tr.B_ref + tr.delta_sched_unclean + tr.thm7_tol),
+        **shares)
+
+
+def _resolved(tr, live: Tensor) -> Tensor:
+    """Transitions whose margin exceeds its quadrature error and whose posterior is not saturated on x*."""
+    return (tr.quad_err[live] < tr.margin[live].abs()) & (tr.saturated[live] == 0)
+
+
+def _thm1_bound(lr, rho: float) -> float:
+    """Theorem 1's bound on P(e_T/√d > ρ): A_c²/ρ² + δ_TV, at most 1."""
+    return min(1.0, lr.A_c**2 / rho**2 + lr.tv)
 
 
 def _cond(prem: Tensor, ok: Tensor) -> float:
@@ -259,8 +263,8 @@ def _flags(tr, lr, cfg: KimTheoryConfig, clean: bool, atom: bool, d: int) -> dic
     """(premise, conclusion) boolean rows of every result for one prompt (the same definitions as :func:`_row`)."""
     rho, rd = cfg.rho, d**0.5
     live = ~torch.isnan(tr.margin)
-    resolved = (tr.quad_err[live] < tr.margin[live].abs()) & (tr.saturated[live] == 0)
-    bound1 = min(1.0, lr.A_c**2 / rho**2 + lr.tv)
+    resolved = _resolved(tr, live)
+    bound1 = _thm1_bound(lr, rho)
     l2_ok = tr.dist_model[0] <= rho
     B = tr.E_end.numel()
     return {
@@ -306,25 +310,27 @@ def run_kim_theory(subject: Subject, cfg: KimTheoryConfig = KimTheoryConfig(), *
             tr = theory_trace(tp, p.x, law, solver=solver, alpha_bar_unclean=ab_unclean, nodes=cfg.nodes)
             lr = loss_recovery(subject, p, tp, draws=cfg.draws)
             atom = law.index(p.x) >= 0
-            rows.append(_row(p, tr, lr, cfg, clean, atom, d))
             flags.append(_flags(tr, lr, cfg, clean, atom, d))
+            rows.append(_row(p, tr, lr, cfg, flags[-1], atom, d))
             for k in TRACE_ARRAYS + END_ARRAYS:
                 arrays[k].append(getattr(tr, k).to(torch.float32))
             e_T.append(lr.e_T)
         if progress:
             progress(min(lo + len(chunk), len(prompts)), len(prompts))
     flag_lists = {k: [f[k] for f in flags] for k in RESULTS}
-    summary = _summary(rows, flag_lists, cfg, clean)
+    arrays = {k: torch.stack(v) for k, v in arrays.items()}
+    summary = _summary(rows, flag_lists, cfg, clean, arrays, d)
     curve_snr, curve_dist = lemma2_curve(law, float(snr(traj.alpha_bar[0])))
     prov = Provenance(model=traj.provenance.model, solver=traj.provenance.solver, grid=traj.provenance.grid,
                       guidance=traj.provenance.guidance, seeds=list(range(B)),
                       extra={"subject": subject.name, "law_atoms": len(law.atoms), "dim": d,
                              "alpha_bar_unclean": ab_unclean})
-    return KimTheoryResult(rows, summary, {k: torch.stack(v) for k, v in arrays.items()}, traj.t, traj.alpha_bar,
+    return KimTheoryResult(rows, summary, arrays, traj.t, traj.alpha_bar,
                            snr(traj.alpha_bar), torch.stack(e_T), curve_snr, curve_dist, prov, cfg)
 
 
-def _summary(rows: list[TheoryPrompt], flags: dict, cfg: KimTheoryConfig, clean: bool) -> KimTheorySummary:
+def _summary(rows: list[TheoryPrompt], flags: dict, cfg: KimTheoryConfig, clean: bool, arrays: dict,
+             d: int) -> KimTheorySummary:
     pool = lambda name, k: torch.cat([f[k].flatten().to(torch.float64) for f in flags[name]])
     n5 = sum(r.prop5_transitions for r in rows)
     s = lambda attr: sum(getattr(r, attr) for r in rows)
@@ -347,4 +353,7 @@ def _summary(rows: list[TheoryPrompt], flags: dict, cfg: KimTheoryConfig, clean:
         thm7_coverage_unclean_delta=cover("thm7_cover_unclean_delta"),
         median_delta_sched_unclean=(float(torch.tensor([r.delta_sched_unclean for r in rows]).median())
                                     if cfg.unclean else math.nan),
+        thm7_median_gap=float((arrays["B_ref"] - arrays["E_end"]).double().median()) / d**0.5,
+        thm7_median_gap_unclean=float((arrays["B_ref"] + arrays["delta_sched_unclean"] - arrays["E_end_unclean"])
+                                      .double().nanmedian()) / d**0.5,
         by_group=_by_group(rows, flags))
