@@ -64,7 +64,7 @@ class TheoryTrace:
     ``bound_paper``: ‖Δ_t‖ and Lemma 6's e_par + R(1 − p_t) and e_c + e_u + R(1 − p_t). ``margin`` (NaN at the
     terminal step), ``margin_paper``, ``quad_err``, ``gain`` H on the affine guided point and ``gain_obs`` on the
     recorded next state; ``saturated`` where p_{t−1} > 1 − 1e−9 at both ends (H is round-off there: unresolved).
-    ``dist_model``, ``dist_exact``: ‖m_u − μ‖/√d and ‖x̄_K − μ‖/√d; ``ghat``, ``ghat_resid``.
+    ``dist_model``, ``dist_exact``: ‖m_u − μ‖/√d and ‖x̄_K − μ‖/√d; ``ghat``, ``ghat_resid``; ``radius`` R [B].
     """
 
     e_c: Tensor
@@ -97,6 +97,7 @@ class TheoryTrace:
     delta_sched_unclean: Tensor
     saturated: Tensor
     thm7_tol: Tensor
+    radius: Tensor
 
 
 def _norm(v: Tensor) -> Tensor:
@@ -167,7 +168,8 @@ def theory_trace(traj: Trajectory, x_star: Tensor, law: FiniteLaw, *, solver=Non
             _feedback(o, j, x, m_u, delta, w, u, n_delta, e_par, xbar, law, j_star, ab, ab_n, x_next, nodes)
         if j == S - 1:
             _terminal(o, traj, x, m_c, m_u, m_g, delta, w, e_par, p, R, xs, ab, solver, alpha_bar_unclean)
-    end = ("E_end", "B_obs", "B_ref", "B_paper", "delta_sched", "E_end_unclean", "delta_sched_unclean", "thm7_tol")
+    end = ("E_end", "B_obs", "B_ref", "B_paper", "delta_sched", "E_end_unclean", "delta_sched_unclean", "thm7_tol",
+           "radius")
     return TheoryTrace(**{k: (v[-1] if k in end else v) for k, v in out.items()})
 
 
@@ -210,6 +212,7 @@ def _terminal(o, traj, x, m_c, m_u, m_g, delta, w, e_par, p, R, xs, ab, solver, 
     o["B_ref"][-1] = e_c + (w - 1) * (e_par + R * (1 - p))
     o["B_paper"][-1] = w * e_c + (w - 1) * (o["e_u"][-1] + R * (1 - p))
     o["delta_sched"][-1] = _norm(x_0 - m_g)
+    o["radius"][-1] = R
     if ab_unclean is not None and solver is not None:
         eps = lambda m: (x - ab**0.5 * m) / (1 - ab) ** 0.5
         pred = Prediction(eps(m_c), eps(m_u), eps(m_g), m_g)

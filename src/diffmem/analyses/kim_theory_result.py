@@ -44,7 +44,7 @@ AUTHORS_SD = {"prop5_condition_met": "0 / 820,260", "prop5_gain_positive": 0.504
 RESULTS = ("thm1", "lemma2", "cor3", "lemma4", "lemma6", "prop5", "thm7")
 TRACE_ARRAYS = ("e_c", "log_p", "delta", "bound_code", "lemma4_residual", "lemma4_residual_solver", "margin",
                 "gain", "dist_model", "dist_exact", "ghat", "ghat_resid")  # [P, S, B] kept for the figures
-END_ARRAYS = ("E_end", "B_ref", "B_paper", "delta_sched", "E_end_unclean", "delta_sched_unclean")  # [P, B]
+END_ARRAYS = ("E_end", "B_ref", "B_paper", "delta_sched", "E_end_unclean", "delta_sched_unclean", "radius")  # [P, B]
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,8 @@ class TheoryPrompt:
 class KimTheorySummary(Record):
     """Headline numbers (``summary.json``): the oracles' tallies, the pooled counts to set beside the authors'
     (``authors_sd``), Theorem 7's median slack (B_ref − E_end)/√d as sampled and (B_ref + δ_sched − E_end)/√d with the
-    last step replayed onto ᾱ < 1, and ``by_group[group][result]`` = {"n", "premise", "holds",
+    last step replayed onto ᾱ < 1, the share of endpoints where B_ref < R (the bound is tighter than the
+    law's radius around x*; where p ≈ 0 it is ≈ (g − 1) R and says nothing), and ``by_group[group][result]`` = {"n", "premise", "holds",
     "holds_given_premise"}."""
 
     n_prompts: int
@@ -160,6 +161,7 @@ class KimTheorySummary(Record):
     median_delta_sched_unclean: float
     thm7_median_gap: float
     thm7_median_gap_unclean: float
+    thm7_informative_fraction: float
     by_group: dict
     authors_sd: dict = field(default_factory=lambda: dict(AUTHORS_SD))
 
@@ -356,4 +358,5 @@ def _summary(rows: list[TheoryPrompt], flags: dict, cfg: KimTheoryConfig, clean:
         thm7_median_gap=float((arrays["B_ref"] - arrays["E_end"]).double().median()) / d**0.5,
         thm7_median_gap_unclean=float((arrays["B_ref"] + arrays["delta_sched_unclean"] - arrays["E_end_unclean"])
                                       .double().nanmedian()) / d**0.5,
+        thm7_informative_fraction=float((arrays["B_ref"] < arrays["radius"]).double().mean()),
         by_group=_by_group(rows, flags))

@@ -108,7 +108,9 @@ def plot_feedback(res, ax=None):
     ok = ~(torch.isnan(M) | torch.isnan(H))
     ax.scatter(M[ok] / _rd(res), H[ok], s=3, alpha=0.4)
     ax.axvline(0, color="k", lw=0.8), ax.axhline(0, color="k", lw=0.8)
-    ax.set(xscale="symlog", yscale="symlog", xlabel="M / √d", ylabel="H = Δ log p(x*)", title="Prop. 5")
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_yscale("symlog", linthresh=1e-2)
+    ax.set(xlabel="M / √d", ylabel="H = Δ log p(x*)", title="Prop. 5")
     return ax
 
 
