@@ -130,10 +130,10 @@ class TheoryPrompt:
 @dataclass(frozen=True)
 class KimTheorySummary(Record):
     """Headline numbers (``summary.json``): the oracles' tallies, the pooled counts to set beside the authors'
-    (``authors_sd``), Theorem 7's median slack (B_ref − E_end)/√d as sampled and (B_ref + δ_sched − E_end)/√d with the
-    last step replayed onto ᾱ < 1, the share of endpoints where B_ref < R (the bound is tighter than the
-    law's radius around x*; where p ≈ 0 it is ≈ (g − 1) R and says nothing), and ``by_group[group][result]`` = {"n", "premise", "holds",
-    "holds_given_premise"}."""
+    (``authors_sd``), Theorem 7's median slack (B_ref − E_end)/√d as sampled and (B_ref + δ_sched − E_end)/√d with
+    the last step replayed onto ᾱ < 1, the share of endpoints where B_ref < R (tighter than the law's radius around
+    x*; where p ≈ 0 the bound is ≈ (g − 1) R and says nothing), and ``by_group[group][result]`` = {"n", "premise",
+    "holds", "holds_given_premise"}."""
 
     n_prompts: int
     n_seeds: int
