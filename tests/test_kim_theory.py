@@ -118,6 +118,7 @@ def test_run_summary_oracles_and_round_trip(tmp_path):
     res = run_kim_theory(s, KimTheoryConfig(n_seeds=3, draws=8, batch_prompts=4))
     sm = res.summary
     assert sm.lemma6_violations == 0 and sm.lemma4_max_residual < 1e-13 and sm.thm7_coverage == 1.0
+    assert sm.prop5_violations == 0 and sm.prop5_condition_met > 0  # resolved positive margins all gain
     assert sm.thm7_clean_endpoints == sm.thm7_endpoints == 18
     assert set(sm.by_group["planted"]) == {"thm1", "lemma2", "cor3", "lemma4", "lemma6", "prop5", "thm7"}
     assert res.arrays["delta"].shape == (6, 12, 3)

@@ -63,7 +63,7 @@ class TheoryTrace:
     residual with the solver's own x̂₀ (the clipped m_g of a clipping solver). ``delta``, ``bound_code``,
     ``bound_paper``: ‖Δ_t‖ and Lemma 6's e_par + R(1 − p_t) and e_c + e_u + R(1 − p_t). ``margin`` (NaN at the
     terminal step), ``margin_paper``, ``quad_err``, ``gain`` H on the affine guided point and ``gain_obs`` on the
-    recorded next state; ``saturated`` where p_{t−1} > 1 − 1e−9 at both ends (H is round-off there: unresolved).
+    recorded next state; ``saturated`` where H is round-off (|H| ≤ 64 ε d, or p_{t−1} > 1 − 1e−9 at both ends).
     ``dist_model``, ``dist_exact``: ‖m_u − μ‖/√d and ‖x̄_K − μ‖/√d; ``ghat``, ``ghat_resid``; ``radius`` R [B].
     """
 
@@ -196,7 +196,9 @@ def _feedback(o, j, x, m_u, delta, w, u, n_delta, e_par, xbar, law, j_star, ab, 
     lp_g = law.log_mass(x_cf + step, ab_n, j_star)
     o["gain"][j] = lp_g - lp_cf
     o["gain_obs"][j] = law.log_mass(x_next, ab_n, j_star) - lp_cf
-    o["saturated"][j] = ((lp_cf > -SATURATED) & (lp_g > -SATURATED)).to(_F64)
+    # H below the round-off of two O(d) log densities, or a posterior already on x* at both ends: H is no signal
+    noise = (o["gain"][j].abs() <= 64 * torch.finfo(_F64).eps * law.dim)
+    o["saturated"][j] = (noise | ((lp_cf > -SATURATED) & (lp_g > -SATURATED))).to(_F64)
 
 
 def _terminal(o, traj, x, m_c, m_u, m_g, delta, w, e_par, p, R, xs, ab, solver, ab_unclean) -> None:

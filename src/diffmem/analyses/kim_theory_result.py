@@ -13,8 +13,8 @@ What "holds" means for each result (ρ the RMS recovery radius, ``rho``):
 * Cor. 3, per seed at T: premise e_T(c)/√d ≤ ρ and ‖m_u − μ‖/√d ≤ ρ; conclusion |ĝ_T/g − 1| ≤ ``ghat_tol``.
 * Lemma 4, per transition: premise the step is affine (no clip acted); conclusion residual ≤ round-off.
 * Lemma 6, per transition: premise x* is an atom of the law; conclusion ‖Δ_t‖ ≤ e_par + R(1 − p_t).
-* Prop. 5, per non-terminal transition: premise M > 0 and resolved (M larger than its quadrature error and the
-  posterior not saturated on x*); conclusion H > 0; a violation is a resolved M > 0 with H ≤ 0.
+* Prop. 5, per non-terminal transition: premise M > 0 and resolved (M larger than its quadrature error, H above
+  round-off and the posterior not saturated on x*); conclusion H > 0; a violation is a resolved M > 0 with H ≤ 0.
 * Thm 7, per seed: premise clean final update (ᾱ_final = 1) and x* an atom; conclusion E_end ≤ B_ref.
 """
 
