@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from diffmem.cli.common import add_command, add_common, emit, progress_enabled
 from diffmem.runners.kim import analyze_kim
+from diffmem.runners.kim_theory import analyze_kim_theory
 
 __all__ = ["add_parser"]
 
@@ -26,7 +27,8 @@ PRINTED = ("n_prompts", "n_seeds", "n_memorized", "n_nonmemorized", "primary_sev
 
 def add_parser(sub) -> None:
     p = add_command(sub, "analyze", __doc__)
-    p.add_argument("analysis", choices=["kim"], help="which study")
+    p.add_argument("analysis", choices=["kim", "kim-theory"], help="which study (kim-theory: the authors' revised "
+                   "theorems against the exact training law; default world digits-bench)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--world", default=None, help="embedded world (default: digits-t2i)")
     src.add_argument("--model", default=None, help="local diffusers directory (Stable Diffusion or PixArt)")
@@ -56,7 +58,9 @@ def _cli(args) -> int:
                 "refs": args.refs, "steps": args.steps, "per_kind": args.per_kind, "primary": args.primary,
                 "quick": args.quick, "device": args.device, "dtype": args.dtype}
     if args.dry_run:
-        return emit(args, {**settings, **overrides, "out": str(args.out)})
+        return emit(args, {**settings, **overrides, "analysis": args.analysis, "out": str(args.out)})
+    if args.analysis == "kim-theory":
+        return _theory(args, settings, overrides)
     run = analyze_kim(args.out, **settings, progress=progress_enabled(args), **overrides)
     summary = {k: getattr(run.summary, k) for k in PRINTED} if run.summary else {}
     if run.selfref:
@@ -65,3 +69,19 @@ def _cli(args) -> int:
     for what, why in (run.skipped or {}).items():
         summary[f"skipped: {what}"] = why
     return emit(args, {**summary, "wall_seconds": run.wall_seconds, "threads": args.threads, "out": str(args.out)})
+
+
+THEORY_PRINTED = ("n_prompts", "lemma4_max_residual", "lemma4_max_residual_solver", "lemma6_violations",
+                  "prop5_condition_met", "prop5_transitions", "prop5_gain_positive_fraction", "prop5_violations",
+                  "thm7_clean_endpoints", "thm7_coverage", "thm7_coverage_unclean")
+
+
+def _theory(args, settings: dict, overrides: dict) -> int:
+    """``analyze kim-theory``: the revised theorems of Kim et al. on the same subject sources."""
+    extra = [f for f in ("refs", "per_kind", "primary") if settings[f] is not None]
+    if extra:
+        raise ValueError(f"--{extra[0].replace('_', '-')} belongs to 'analyze kim', not 'analyze kim-theory'; drop it")
+    keep = ("world", "model", "model_kind", "prompts", "steps", "quick", "device", "dtype")
+    s = analyze_kim_theory(args.out, **{k: settings[k] for k in keep}, progress=progress_enabled(args), **overrides)
+    return emit(args, {**{k: s[k] for k in THEORY_PRINTED}, "wall_seconds": s["wall_seconds"],
+                       "threads": args.threads, "out": str(args.out)})

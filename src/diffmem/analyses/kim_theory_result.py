@@ -1,0 +1,362 @@
+"""Kim, Kim & Lee (2025)'s seven formal results on a subject: where each premise and conclusion holds, by rung.
+
+One run samples every prompt with CFG recording both branches, computes :class:`~diffmem.analyses.kim_theory.
+TheoryTrace` and Theorem 1's :class:`~diffmem.analyses.kim_theory.LossRecovery` against the exact training law, and
+reduces them to one row per prompt (:class:`TheoryPrompt`) and the fraction of rows where each result's premise and
+conclusion hold by group (kind / caption regime / duplication rung m), next to the authors' Stable Diffusion numbers.
+
+What "holds" means for each result (ρ the RMS recovery radius, ``rho``):
+* Thm 1, per prompt: premise A_c²/ρ² + δ_TV < 1 (the bound says something); conclusion: the share of seeds with
+  e_T/√d > ρ is at most that bound.
+* Lemma 2, per seed at T: premise ‖x̄_K − μ‖/√d ≤ ρ (the exact law is already at its mean); conclusion
+  ‖m_u − μ‖/√d ≤ ρ.
+* Cor. 3, per seed at T: premise e_T(c)/√d ≤ ρ and ‖m_u − μ‖/√d ≤ ρ; conclusion |ĝ_T/g − 1| ≤ ``ghat_tol``.
+* Lemma 4, per transition: premise the step is affine (no clip acted); conclusion residual ≤ round-off.
+* Lemma 6, per transition: premise x* is an atom of the law; conclusion ‖Δ_t‖ ≤ e_par + R(1 − p_t).
+* Prop. 5, per non-terminal transition: premise M > 0 and resolved (M larger than its quadrature error, H above
+  round-off and the posterior not saturated on x*); conclusion H > 0; a violation is a resolved M > 0 with H ≤ 0.
+* Thm 7, per seed: premise clean final update (ᾱ_final = 1) and x* an atom; conclusion E_end ≤ B_ref.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import torch
+from torch import Tensor
+
+from diffmem.analyses.finite_law import FiniteLaw, finite_law
+from diffmem.analyses.kim_theory import QUAD_NODES, lemma2_curve, loss_recovery, theory_trace
+from diffmem.results import Provenance, Record, Result
+from diffmem.sampling.guidance import Constant
+from diffmem.sampling.solvers import resolve_solver
+from diffmem.sampling.trajectory import Recorder, Trajectory
+from diffmem.schedules import DiscreteSchedule, snr
+from diffmem.subject import Subject
+
+__all__ = ["KimTheoryConfig", "TheoryPrompt", "KimTheorySummary", "KimTheoryResult", "run_kim_theory",
+           "AUTHORS_SD", "RESULTS", "TRACE_ARRAYS", "END_ARRAYS"]
+
+# the authors' measured outcome on Stable Diffusion (837 prompts × 20 seeds, four model/sampler pairs)
+AUTHORS_SD = {"prop5_condition_met": "0 / 820,260", "prop5_gain_positive": 0.504, "thm7_clean_endpoints": 0}
+RESULTS = ("thm1", "lemma2", "cor3", "lemma4", "lemma6", "prop5", "thm7")
+TRACE_ARRAYS = ("e_c", "log_p", "delta", "bound_code", "lemma4_residual", "lemma4_residual_solver", "margin",
+                "gain", "dist_model", "dist_exact", "ghat", "ghat_resid")  # [P, S, B] kept for the figures
+END_ARRAYS = ("E_end", "B_ref", "B_paper", "delta_sched", "E_end_unclean", "delta_sched_unclean", "radius")  # [P, B]
+
+
+@dataclass(frozen=True)
+class KimTheoryConfig:
+    """Settings: seeds 0…n_seeds−1 per prompt, CFG weight, forward draws of Theorem 1, the RMS recovery radius ρ,
+    the tolerance of ĝ_T/g, Gauss–Legendre nodes, prompts per sampling batch, whether Theorem 7 also replays
+    the last step onto the schedule's first ᾱ (a final update that is not clean, like SD's DDIM), and whether to
+    sample with plain DDIM (η = 0, no clip of x̂₀: the affine update Lemma 4 assumes) instead of the subject's own."""
+
+    n_seeds: int = 8
+    guidance: float = 7.5
+    draws: int = 64
+    rho: float = 0.1
+    ghat_tol: float = 0.1
+    nodes: int = QUAD_NODES
+    batch_prompts: int = 16
+    unclean: bool = True
+    plain_ddim: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.n_seeds, bool) or not isinstance(self.n_seeds, int) or self.n_seeds < 1:
+            raise ValueError(f"n_seeds must be an int >= 1, got {self.n_seeds!r}")
+        if not self.rho > 0 or not self.ghat_tol > 0:
+            raise ValueError(f"rho and ghat_tol must be > 0, got {self.rho!r} and {self.ghat_tol!r}")
+
+
+@dataclass(frozen=True)
+class TheoryPrompt:
+    """One prompt's row: identity, Theorem 1's numbers, and for each result the fraction of its rows (seeds or
+    transitions) where premise and conclusion hold (``<result>_premise``, ``<result>_holds``, over all rows)."""
+
+    id: str
+    kind: str
+    group: str
+    m: int | None
+    atom: bool
+    A_c: float
+    A_u: float
+    Y_c: float
+    U_c: float
+    tv: float
+    thm1_bound: float
+    thm1_frac_far: float
+    ghat_T: float
+    ghat_resid_T: float
+    dist_model_T: float
+    dist_exact_T: float
+    lemma4_max_residual: float
+    lemma4_max_residual_affine: float
+    lemma4_max_residual_solver: float
+    lemma6_violations: int
+    lemma6_violations_paper: int
+    prop5_transitions: int
+    prop5_condition: int
+    prop5_condition_paper: int
+    prop5_gain_positive: int
+    prop5_gain_obs_positive: int
+    prop5_violations: int
+    prop5_unresolved: int
+    E_end: float  # medians over seeds, divided by √d
+    B_ref: float
+    B_paper: float
+    delta_sched: float
+    delta_sched_unclean: float
+    thm7_cover_unclean: float  # E_end ≤ B_ref without δ_sched on the replayed unclean last step
+    thm7_cover_unclean_delta: float
+    thm1_premise: float = 0.0
+    thm1_holds: float = 0.0
+    lemma2_premise: float = 0.0
+    lemma2_holds: float = 0.0
+    cor3_premise: float = 0.0
+    cor3_holds: float = 0.0
+    lemma4_premise: float = 0.0
+    lemma4_holds: float = 0.0
+    lemma6_premise: float = 0.0
+    lemma6_holds: float = 0.0
+    prop5_premise: float = 0.0
+    prop5_holds: float = 0.0
+    thm7_premise: float = 0.0
+    thm7_holds: float = 0.0
+
+
+@dataclass(frozen=True)
+class KimTheorySummary(Record):
+    """Headline numbers (``summary.json``): the oracles' tallies, the pooled counts to set beside the authors'
+    (``authors_sd``), Theorem 7's median slack (B_ref − E_end)/√d as sampled and (B_ref + δ_sched − E_end)/√d with
+    the last step replayed onto ᾱ < 1, the share of endpoints where B_ref < R (tighter than the law's radius around
+    x*; where p ≈ 0 the bound is ≈ (g − 1) R and says nothing), and ``by_group[group][result]`` = {"n", "premise",
+    "holds", "holds_given_premise"}."""
+
+    n_prompts: int
+    n_seeds: int
+    guidance: float
+    rho: float
+    lemma4_max_residual: float
+    lemma4_max_residual_affine: float
+    lemma4_max_residual_solver: float
+    lemma4_affine_fraction: float
+    lemma6_violations: int
+    lemma6_violations_paper: int
+    lemma6_transitions: int
+    prop5_transitions: int
+    prop5_condition_met: int
+    prop5_condition_met_paper: int
+    prop5_gain_positive_fraction: float
+    prop5_gain_obs_positive_fraction: float
+    prop5_violations: int
+    prop5_unresolved: int
+    thm7_clean_endpoints: int
+    thm7_endpoints: int
+    thm7_coverage: float
+    thm7_coverage_unclean: float
+    thm7_coverage_unclean_delta: float
+    median_delta_sched_unclean: float
+    thm7_median_gap: float
+    thm7_median_gap_unclean: float
+    thm7_informative_fraction: float
+    by_group: dict
+    authors_sd: dict = field(default_factory=lambda: dict(AUTHORS_SD))
+
+
+@dataclass(frozen=True)
+class KimTheoryResult(Result):
+    """Rows per prompt, the summary, per-step arrays [P, S, B] and terminal arrays [P, B] (``arrays``: the
+    :data:`TRACE_ARRAYS` and :data:`END_ARRAYS`, float32), the grid
+    (t, ᾱ, SNR per step), Theorem 1's e_T [P, B], Lemma 2's exact curve and the provenance."""
+
+    prompts: list[TheoryPrompt]
+    summary: KimTheorySummary
+    arrays: dict
+    t: Tensor
+    alpha_bar: Tensor
+    snr: Tensor
+    e_T: Tensor
+    curve_snr: Tensor
+    curve_dist: Tensor
+    provenance: Provenance
+    config: KimTheoryConfig
+
+
+def _group(p) -> str:
+    parts = [p.kind] + ([str(p.meta["regime"])] if p.meta.get("regime") else [])
+    return "/".join(parts + ([f"m={p.meta['m']}"] if p.meta.get("m") is not None else []))
+
+
+def _split(traj: Trajectory, lo: int, hi: int) -> Trajectory:
+    """Rows lo…hi−1 of a batched trajectory."""
+    per_step = {k: getattr(traj, k)[:, lo:hi] for k in ("w", "d_t", "x_t", "eps_c", "eps_u", "eps", "x0_hat")
+                if getattr(traj, k) is not None}
+    return replace(traj, x_T=traj.x_T[lo:hi], x_0=traj.x_0[lo:hi], **per_step)
+
+
+def _frac(x: Tensor) -> float:
+    return float(x.to(torch.float64).mean()) if x.numel() else math.nan
+
+
+def _row(p, tr, lr, cfg: KimTheoryConfig, flags: dict, atom: bool, d: int) -> TheoryPrompt:
+    """Reduce one prompt's trace to its row; ``flags`` are its (premise, conclusion) rows from :func:`_flags`."""
+    rd = d**0.5
+    live = ~torch.isnan(tr.margin)
+    M, H = tr.margin[live], tr.gain[live]
+    resolved = _resolved(tr, live)
+    med = lambda v: float(v.median()) / rd
+    aff_res = tr.lemma4_residual[tr.lemma4_affine.bool()]
+    unclean = lambda v: _frac(v) if cfg.unclean else math.nan
+    shares = {f"{name}_{part}": _frac(flags[name][k]) for name in RESULTS
+              for k, part in enumerate(("premise", "holds"))}
+    return TheoryPrompt(
+        id=p.id, kind=p.kind, group=_group(p), m=p.meta.get("m"), atom=atom, A_c=lr.A_c, A_u=lr.A_u, Y_c=lr.Y_c,
+        U_c=lr.U_c, tv=lr.tv, thm1_bound=_thm1_bound(lr, cfg.rho), thm1_frac_far=_frac(lr.e_T > cfg.rho),
+        ghat_T=float(tr.ghat[0].mean()), ghat_resid_T=float(tr.ghat_resid[0].mean()),
+        dist_model_T=float(tr.dist_model[0].median()), dist_exact_T=float(tr.dist_exact[0].median()),
+        lemma4_max_residual=float(tr.lemma4_residual.max()),
+        lemma4_max_residual_affine=float(aff_res.max()) if aff_res.numel() else math.nan,
+        lemma4_max_residual_solver=float(tr.lemma4_residual_solver.max()),
+        lemma6_violations=int((~flags["lemma6"][1]).sum()),
+        lemma6_violations_paper=int((tr.delta > tr.bound_paper + tr.lemma6_tol).sum()),
+        prop5_transitions=int(live.sum()), prop5_condition=int((M > 0).sum()),
+        prop5_condition_paper=int((tr.margin_paper[live] > 0).sum()), prop5_gain_positive=int((H > 0).sum()),
+        prop5_gain_obs_positive=int((tr.gain_obs[live] > 0).sum()),
+        prop5_violations=int(((M > 0) & (H <= 0) & resolved).sum()), prop5_unresolved=int((~resolved).sum()),
+        E_end=med(tr.E_end), B_ref=med(tr.B_ref), B_paper=med(tr.B_paper), delta_sched=med(tr.delta_sched),
+        delta_sched_unclean=med(tr.delta_sched_unclean) if cfg.unclean else math.nan,
+        thm7_cover_unclean=unclean(tr.E_end_unclean <= tr.B_ref + tr.thm7_tol),
+        thm7_cover_unclean_delta=unclean(tr.E_end_unclean <= tr.B_ref + tr.delta_sched_unclean + tr.thm7_tol),
+        **shares)
+
+
+def _resolved(tr, live: Tensor) -> Tensor:
+    """Transitions whose margin exceeds its quadrature error and whose posterior is not saturated on x*."""
+    return (tr.quad_err[live] < tr.margin[live].abs()) & (tr.saturated[live] == 0)
+
+
+def _thm1_bound(lr, rho: float) -> float:
+    """Theorem 1's bound on P(e_T/√d > ρ): A_c²/ρ² + δ_TV, at most 1."""
+    return min(1.0, lr.A_c**2 / rho**2 + lr.tv)
+
+
+def _cond(prem: Tensor, ok: Tensor) -> float:
+    return _frac(ok[prem]) if bool(prem.any()) else math.nan
+
+
+def _by_group(rows: list[TheoryPrompt], flags: dict) -> dict:
+    """Per group and result: rows, premise share, conclusion share, conclusion share where the premise held."""
+    out: dict[str, dict] = {}
+    for grp in dict.fromkeys(r.group for r in rows):
+        idx = [i for i, r in enumerate(rows) if r.group == grp]
+        out[grp] = {}
+        for name in RESULTS:
+            prem = torch.cat([flags[name][i][0].flatten() for i in idx])
+            ok = torch.cat([flags[name][i][1].flatten() for i in idx])
+            out[grp][name] = {"n": int(prem.numel()), "premise": _frac(prem), "holds": _frac(ok),
+                              "holds_given_premise": _cond(prem, ok)}
+    return out
+
+
+def _flags(tr, lr, cfg: KimTheoryConfig, clean: bool, atom: bool, d: int) -> dict:
+    """(premise, conclusion) boolean rows of every result for one prompt (the same definitions as :func:`_row`)."""
+    rho, rd = cfg.rho, d**0.5
+    live = ~torch.isnan(tr.margin)
+    resolved = _resolved(tr, live)
+    bound1 = _thm1_bound(lr, rho)
+    l2_ok = tr.dist_model[0] <= rho
+    B = tr.E_end.numel()
+    return {
+        "thm1": (torch.tensor([lr.A_c**2 / rho**2 + lr.tv < 1]), torch.tensor([_frac(lr.e_T > rho) <= bound1])),
+        "lemma2": (tr.dist_exact[0] <= rho, l2_ok),
+        "cor3": ((tr.e_c[0] / rd <= rho) & l2_ok, (tr.ghat[0] / cfg.guidance - 1).abs() <= cfg.ghat_tol),
+        "lemma4": (tr.lemma4_affine.bool(), tr.lemma4_residual <= tr.lemma4_tol),
+        "lemma6": (torch.full(tr.delta.shape, atom), tr.delta <= tr.bound_code + tr.lemma6_tol),
+        "prop5": ((tr.margin[live] > 0) & resolved, tr.gain[live] > 0),
+        "thm7": (torch.full((B,), clean and atom), tr.E_end <= tr.B_ref + tr.thm7_tol),
+    }
+
+
+def _unclean_alpha_bar(subject: Subject) -> float | None:
+    """The final ᾱ of a DDIM without a clean final update (diffusers' set_alpha_to_one=False): the schedule's first."""
+    schedule = subject.spec.schedule
+    return float(schedule.alphas_cumprod[0]) if isinstance(schedule, DiscreteSchedule) else None
+
+
+def run_kim_theory(subject: Subject, cfg: KimTheoryConfig = KimTheoryConfig(), *, law: FiniteLaw | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> KimTheoryResult:
+    """Test the seven results on every prompt of ``subject`` that has a paired training sample."""
+    prompts = [p for p in subject.prompts if p.x is not None]
+    if not prompts:
+        raise ValueError(f"subject {subject.name!r} has no prompt with a paired training sample (x*)")
+    law = law or finite_law(subject)
+    if cfg.plain_ddim:
+        subject = replace(subject, sampler=lambda n, own=subject.sampler: replace(own(n), solver="ddim"))
+    solver = resolve_solver(subject.spec.solver)
+    ab_unclean = _unclean_alpha_bar(subject) if cfg.unclean else None
+    B, rows, flags, arrays, e_T, traj = cfg.n_seeds, [], [], {k: [] for k in TRACE_ARRAYS + END_ARRAYS}, [], None
+    d = law.dim
+    if progress:
+        progress(0, len(prompts))
+    for lo in range(0, len(prompts), cfg.batch_prompts):
+        chunk = prompts[lo:lo + cfg.batch_prompts]
+        cond = subject.cond(chunk).select(torch.arange(len(chunk)).repeat_interleave(B))
+        traj = subject.sample(cond, list(range(B)) * len(chunk), guidance=Constant(cfg.guidance, always_uncond=True),
+                              recorder=Recorder(keep=("x_t", "eps_c", "eps_u")))
+        clean = float(traj.alpha_bar_next[-1]) == 1.0
+        for i, p in enumerate(chunk):
+            tp = _split(traj, i * B, (i + 1) * B)
+            tr = theory_trace(tp, p.x, law, solver=solver, alpha_bar_unclean=ab_unclean, nodes=cfg.nodes)
+            lr = loss_recovery(subject, p, tp, draws=cfg.draws)
+            atom = law.index(p.x) >= 0
+            flags.append(_flags(tr, lr, cfg, clean, atom, d))
+            rows.append(_row(p, tr, lr, cfg, flags[-1], atom, d))
+            for k in TRACE_ARRAYS + END_ARRAYS:
+                arrays[k].append(getattr(tr, k).to(torch.float32))
+            e_T.append(lr.e_T)
+        if progress:
+            progress(min(lo + len(chunk), len(prompts)), len(prompts))
+    flag_lists = {k: [f[k] for f in flags] for k in RESULTS}
+    arrays = {k: torch.stack(v) for k, v in arrays.items()}
+    summary = _summary(rows, flag_lists, cfg, clean, arrays, d)
+    curve_snr, curve_dist = lemma2_curve(law, float(snr(traj.alpha_bar[0])))
+    prov = Provenance(model=traj.provenance.model, solver=traj.provenance.solver, grid=traj.provenance.grid,
+                      guidance=traj.provenance.guidance, seeds=list(range(B)),
+                      extra={"subject": subject.name, "law_atoms": len(law.atoms), "dim": d,
+                             "alpha_bar_unclean": ab_unclean})
+    return KimTheoryResult(rows, summary, arrays, traj.t, traj.alpha_bar,
+                           snr(traj.alpha_bar), torch.stack(e_T), curve_snr, curve_dist, prov, cfg)
+
+
+def _summary(rows: list[TheoryPrompt], flags: dict, cfg: KimTheoryConfig, clean: bool, arrays: dict,
+             d: int) -> KimTheorySummary:
+    pool = lambda name, k: torch.cat([f[k].flatten().to(torch.float64) for f in flags[name]])
+    n5 = sum(r.prop5_transitions for r in rows)
+    s = lambda attr: sum(getattr(r, attr) for r in rows)
+    aff = [r.lemma4_max_residual_affine for r in rows if not math.isnan(r.lemma4_max_residual_affine)]
+    cover = lambda attr: sum(getattr(r, attr) for r in rows) / len(rows) if cfg.unclean else math.nan
+    return KimTheorySummary(
+        n_prompts=len(rows), n_seeds=cfg.n_seeds, guidance=cfg.guidance, rho=cfg.rho,
+        lemma4_max_residual=max(r.lemma4_max_residual for r in rows),
+        lemma4_max_residual_affine=max(aff) if aff else math.nan,
+        lemma4_max_residual_solver=max(r.lemma4_max_residual_solver for r in rows),
+        lemma4_affine_fraction=float(pool("lemma4", 0).mean()),
+        lemma6_violations=s("lemma6_violations"), lemma6_violations_paper=s("lemma6_violations_paper"),
+        lemma6_transitions=int(pool("lemma6", 1).numel()), prop5_transitions=n5,
+        prop5_condition_met=s("prop5_condition"), prop5_condition_met_paper=s("prop5_condition_paper"),
+        prop5_gain_positive_fraction=s("prop5_gain_positive") / n5 if n5 else math.nan,
+        prop5_gain_obs_positive_fraction=s("prop5_gain_obs_positive") / n5 if n5 else math.nan,
+        prop5_violations=s("prop5_violations"), prop5_unresolved=s("prop5_unresolved"),
+        thm7_clean_endpoints=cfg.n_seeds * len(rows) if clean else 0, thm7_endpoints=cfg.n_seeds * len(rows),
+        thm7_coverage=float(pool("thm7", 1).mean()), thm7_coverage_unclean=cover("thm7_cover_unclean"),
+        thm7_coverage_unclean_delta=cover("thm7_cover_unclean_delta"),
+        median_delta_sched_unclean=(float(torch.tensor([r.delta_sched_unclean for r in rows]).median())
+                                    if cfg.unclean else math.nan),
+        thm7_median_gap=float((arrays["B_ref"] - arrays["E_end"]).double().median()) / d**0.5,
+        thm7_median_gap_unclean=float((arrays["B_ref"] + arrays["delta_sched_unclean"] - arrays["E_end_unclean"])
+                                      .double().nanmedian()) / d**0.5,
+        thm7_informative_fraction=float((arrays["B_ref"] < arrays["radius"]).double().mean()),
+        by_group=_by_group(rows, flags))
