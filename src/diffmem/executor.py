@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -166,7 +167,7 @@ class RayExecutor:
     def imap(self, tasks: Sequence[Callable[[Any], dict]], state: Any = None) -> Iterator[tuple[int, dict]]:
         """``(i, tasks[i](worker state))`` in completion order; ``state`` (the driver's) is not used."""
         import ray
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
         self.start()
         refs = [ray.put(t) for t in tasks]  # each task into the object store once, whatever the retries
@@ -191,8 +192,12 @@ class RayExecutor:
                 value = ray.get(ref)
             except RayTaskError as err:  # the task itself failed: the job's error, not the worker's
                 raise err.as_instanceof_cause() from None
-            except RayActorError:  # the worker died: its units go again, a ping tells when it is back
-                if i is None:  # the ping failed: the worker is gone for good (no restart left)
+            except RayActorError as err:  # the worker died: its units go again, a ping tells when it is back
+                if i is None and not isinstance(err, ActorDiedError):  # still restarting: ask again shortly
+                    time.sleep(0.2)
+                    running[self.actors[a].pid.remote()] = (None, a)
+                    load[a] += 1
+                elif i is None:  # the worker is gone for good (no restart left)
                     if self.alive() == 0 and not any(j is None for j, _ in running.values()):
                         raise RuntimeError("every Ray worker died; see the Ray logs") from None
                 else:

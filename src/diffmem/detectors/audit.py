@@ -135,8 +135,11 @@ def audit(subject: Subject, *, out: str | Path, screen: str | Detector = "wen-st
           expensive: str | Detector = "wen-all", fraction: float = 0.1, n_gen: int = 1, base_seed: int = 0,
           threshold: float | None = None, refs: str | Path | None = None, samples: bool = True,
           compare_full: bool = False, chunk_size: int = 64,
-          progress: Callable[[str], None] | None = None) -> AuditResult:
-    """Screen every prompt, escalate the top ``fraction``, rank, judge; write ``audit.csv`` and ``audit.json``."""
+          progress: Callable[[str], None] | None = None, executor=None) -> AuditResult:
+    """Screen every prompt, escalate the top ``fraction``, rank, judge; write ``audit.csv`` and ``audit.json``.
+
+    The screening and escalation units run on ``executor`` (:mod:`diffmem.executor`; default: here); the samples
+    of the escalated prompts are drawn here."""
     start, out, say = time.perf_counter(), Path(out), progress or (lambda msg: None)
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction!r}")
@@ -146,13 +149,15 @@ def audit(subject: Subject, *, out: str | Path, screen: str | Detector = "wen-st
     scr, exp = (make_detector(d) if isinstance(d, str) else d for d in (screen, expensive))
     prompts, seeds = list(subject.prompts), generation_seeds(n_gen, base_seed)
     say(f"screen {scr.name} on {len(prompts)} prompts")
-    s_scores, s_costs = score_units(subject, scr, prompts, seeds, out / "screen", chunk_size=chunk_size)
+    s_scores, s_costs = score_units(subject, scr, prompts, seeds, out / "screen", chunk_size=chunk_size,
+                                    executor=executor, progress=progress is not None)
     s_or = _oriented(scr, s_scores)
     k = max(1, math.ceil(fraction * len(prompts)))
     top = np.argsort(-s_or, kind="stable")[:k]
     escalated = [prompts[j] for j in sorted(top)]
     say(f"escalate {len(escalated)} prompts to {exp.name}")
-    e_scores, e_costs = score_units(subject, exp, escalated, seeds, out / "escalate", chunk_size=chunk_size)
+    e_scores, e_costs = score_units(subject, exp, escalated, seeds, out / "escalate", chunk_size=chunk_size,
+                                    executor=executor, progress=progress is not None)
     e_or = dict(zip([p.id for p in escalated], _oriented(exp, e_scores).tolist(), strict=True))
     images, sample_nfe = (_samples(subject, escalated, base_seed, float(getattr(exp, "guidance", 7.5)), out)
                           if samples else ({}, 0))
@@ -165,7 +170,8 @@ def audit(subject: Subject, *, out: str | Path, screen: str | Detector = "wen-st
     full = None
     if compare_full:
         say(f"full-cost ranking: {exp.name} on {len(prompts)} prompts")
-        f_scores, f_costs = score_units(subject, exp, prompts, seeds, out / "full", chunk_size=chunk_size)
+        f_scores, f_costs = score_units(subject, exp, prompts, seeds, out / "full", chunk_size=chunk_size,
+                                        executor=executor, progress=progress is not None)
         kept = {r.prompt_id for r in rows if r.escalated and (threshold is None or r.verdict == "memorized")}
         full = {"nfe": sum(c.nfe + c.jvp + c.vjp for c in f_costs),
                 **_recall(kept, _oriented(exp, f_scores), [p.id for p in prompts], threshold, k)}

@@ -1,0 +1,137 @@
+"""``detect`` on a local two-worker Ray cluster gives the records of one process, bit for bit — also when a worker is
+killed mid-run, and when the driver is killed and the job resumed from the units on disk."""
+
+import json
+import time
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from diffmem.cli.detect import build_subject  # noqa: E402
+from diffmem.cli.main import main  # noqa: E402
+from diffmem.detectors.harness import run_detection  # noqa: E402
+from diffmem.executor import RayExecutor  # noqa: E402
+from diffmem.worlds.world import load_world  # noqa: E402
+from test_training import tiny  # noqa: E402
+
+DETECTORS = "wen-step1,chen-stability-band"  # one plain, one fitted on the calibration split first
+STEPS = 4
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DIFFMEM_HOME", str(tmp_path_factory.mktemp("home")))
+        yield load_world(tiny(steps=4).with_overrides(world={"planted": 4, "prompts_per_kind": 6}), progress=False)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """One local cluster of two CPUs for the module (the executors join it and leave it running)."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def _args(world, out, *extra):
+    return ["detect", "--world", str(world.directory), "--out", str(out), "--quick", "--steps", str(STEPS),
+            "--detectors", DETECTORS, "--n-gen", "1,2", "--chunk", "3", "--threads", "1", "--no-progress", "--json",
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def serial(world, tmp_path_factory):
+    """The one-process run: its scores.csv bytes and its summary."""
+    out = tmp_path_factory.mktemp("serial")
+    assert main(_args(world, out)) == 0
+    return (out / "scores.csv").read_bytes(), json.loads((out / "summary.json").read_text())
+
+
+def _unit_count(summary) -> int:
+    return sum(summary["units"].values())
+
+
+def test_two_workers_give_the_serial_records_bitwise(world, serial, cluster, tmp_path, capsys):
+    assert main(_args(world, tmp_path, "--workers", "2")) == 0
+    assert (tmp_path / "scores.csv").read_bytes() == serial[0]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["units"]["computed"] == _unit_count(serial[1]) > 4
+    assert summary["provenance"]["calibration_fits"] == serial[1]["provenance"]["calibration_fits"]
+    assert [r["auc"] for r in summary["rows"]] == [r["auc"] for r in serial[1]["rows"]]
+
+
+class KillOneWorker(RayExecutor):
+    """Kills worker 0 (Ray restarts it) as soon as the first unit arrives, while it still holds queued units."""
+
+    def imap(self, tasks, state=None):
+        for n, item in enumerate(super().imap(tasks, state)):
+            if n == 0 and len(tasks) > 4 and self.pids is None:  # in the scoring phase, all queued
+                self.pids = _pids(self.actors)
+                ray.kill(self.actors[0], no_restart=False)
+            yield item
+
+    pids = None
+
+
+def _pids(actors, timeout_s=60.0):
+    """The workers' process ids, waiting for a restarting one to come back."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return ray.get([a.pid.remote() for a in actors])
+        except ray.exceptions.ActorUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _recipe(world):
+    from functools import partial
+
+    return partial(build_subject, str(world.directory), None, None, STEPS, True)
+
+
+def _run(world, out, executor):
+    run_detection(_recipe(world)(), DETECTORS.split(","), n_gen=(1, 2), out=out, n_label=2, chunk_size=3,
+                  n_boot=200, executor=executor)
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_a_killed_worker_loses_no_unit(world, serial, cluster, tmp_path):
+    with KillOneWorker(_recipe(world), workers=2) as executor:
+        summary = _run(world, tmp_path, executor)
+        assert executor.pids is not None
+        after = _pids(executor.actors)
+    assert after[0] != executor.pids[0] and after[1] == executor.pids[1]  # worker 0 was restarted, 1 untouched
+    assert summary["units"] == {"computed": _unit_count(serial[1]), "reused": 0, "recomputed": 0}
+    assert (tmp_path / "scores.csv").read_bytes() == serial[0]
+
+
+class KillDriverAfter(RayExecutor):
+    """The driver dies after ``after`` units arrived (and were written)."""
+
+    after = 3
+
+    def imap(self, tasks, state=None):
+        for n, item in enumerate(super().imap(tasks, state)):
+            if n == self.after:
+                raise Killed
+            yield item
+
+
+def test_a_killed_driver_resumes_from_the_units_on_disk(world, serial, cluster, tmp_path):
+    with pytest.raises(Killed), KillDriverAfter(_recipe(world), workers=2) as executor:
+        _run(world, tmp_path, executor)
+    written = sorted(p for p in (tmp_path / "units").rglob("*.json"))
+    fits = 1  # the fit unit is written before the driver dies in the scoring phase
+    assert len(written) == fits + KillDriverAfter.after
+    with RayExecutor(_recipe(world), workers=2) as executor:
+        summary = _run(world, tmp_path, executor)
+    total = _unit_count(serial[1])
+    assert summary["units"] == {"computed": total - len(written), "reused": len(written), "recomputed": 0}
+    assert (tmp_path / "scores.csv").read_bytes() == serial[0]
