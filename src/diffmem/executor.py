@@ -229,9 +229,10 @@ def make_executor(build: Callable[[], Any] | None = None, *, workers: int | None
 
 
 def run_units(units: Sequence[Unit], tally: dict, *, executor=None, state: Any = None, progress: bool = False,
-              description: str = "units") -> list[dict]:
+              description: str = "units", on_unit: Callable[[Unit], None] | None = None) -> list[dict]:
     """Every unit's saved dict, in the order of ``units``: reused from disk when made under the same settings, else
-    computed by ``executor`` (default: serial, on ``state``) and written atomically as it arrives.
+    computed by ``executor`` (default: serial, on ``state``) and written atomically as it arrives (then
+    ``on_unit(unit)`` is called).
 
     ``tally`` counts ``computed``, ``reused`` and ``recomputed`` units as :func:`diffmem.io.resumable_unit` does."""
     executor = executor or SerialExecutor()
@@ -246,5 +247,7 @@ def run_units(units: Sequence[Unit], tally: dict, *, executor=None, state: Any =
             done[todo[j]] = {"settings": unit.settings, **payload}
             write_json(unit.path, done[todo[j]])
             tally["computed"] += 1
+            if on_unit is not None:
+                on_unit(unit)
             bar.update(job, advance=1, alive=executor.alive())
     return done

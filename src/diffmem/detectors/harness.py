@@ -63,7 +63,7 @@ from diffmem.subject import Prompt, Subject
 
 __all__ = ["run_detection", "DetectionRun", "DetectionSummary", "DetectionRow", "CSV_COLUMNS", "LABELS",
            "resolve_detectors", "score_units", "score_plan", "fit_plan", "fitted", "fit_calibrated", "unit_settings",
-           "write_csv"]
+           "write_csv", "prompt_refs", "pick", "score_task"]
 
 CSV_COLUMNS = ("prompt_id", "prompt", "split", "label_planted", "label_measured", "kind", "m", "detector", "n_gen",
                "score")
@@ -159,29 +159,32 @@ def _chunks(prompts: Sequence[Prompt], size: int) -> list[tuple[int, Sequence[Pr
     return [(k // size, prompts[k:k + size]) for k in range(0, len(prompts), size)]
 
 
-def _pick(subject: Subject, ids: Sequence[str]) -> list[Prompt]:
-    """The prompts of ``subject`` with ``ids``, in that order (a worker's own copy of the unit's prompts)."""
+def prompt_refs(subject: Subject, prompts: Sequence[Prompt]) -> tuple[str | Prompt, ...]:
+    """What a unit carries of its prompts: the id of each prompt that is the subject's own (a worker holds it),
+    the prompt itself otherwise."""
     index = {p.id: p for p in subject.prompts}
-    return [index[i] for i in ids]
+    return tuple(p.id if index.get(p.id) is p else p for p in prompts)
 
 
-def _ids(prompts: Sequence[Prompt]) -> tuple[str, ...]:
-    return tuple(p.id for p in prompts)
+def pick(subject: Subject, refs: Sequence[str | Prompt]) -> list[Prompt]:
+    """The prompts of ``refs`` (:func:`prompt_refs`), the ids looked up in ``subject`` (a worker's own copy)."""
+    index = {p.id: p for p in subject.prompts}
+    return [index[r] if isinstance(r, str) else r for r in refs]
 
 
-def _score_task(detector: Detector, ids: Sequence[str], seeds: Sequence[int], subject: Subject) -> dict:
-    s, cost = measure(detector, subject, _pick(subject, ids), seeds)
+def score_task(detector: Detector, ids: Sequence[str], seeds: Sequence[int], subject: Subject) -> dict:
+    s, cost = measure(detector, subject, pick(subject, ids), seeds)
     return {"scores": s.tolist(), "cost": cost.to_dict()}
 
 
 def _label_task(ids: Sequence[str], seeds: Sequence[int], guidance: float, subject: Subject) -> dict:
-    chunk = _pick(subject, ids)
+    chunk = pick(subject, ids)
     judged, cost = measure_call(subject, lambda s: copy_judgement(s, chunk, seeds, guidance=guidance))
     return {**judged, "cost": cost.to_dict()}
 
 
 def _fit_task(detector: Detector, ids: Sequence[str], seeds: Sequence[int], subject: Subject) -> dict:
-    return {"params": detector.fit(subject, _pick(subject, ids), seeds).describe()["params"]}
+    return {"params": detector.fit(subject, pick(subject, ids), seeds).describe()["params"]}
 
 
 def score_plan(subject: Subject, detector: Detector, prompts: Sequence[Prompt], seeds: Sequence[int], out: Path,
@@ -190,7 +193,7 @@ def score_plan(subject: Subject, detector: Detector, prompts: Sequence[Prompt], 
     ``out/units/<detector>/n<n>/<chunk>.json``."""
     return [Unit(out / "units" / safe_name(detector.name) / f"n{len(seeds)}" / f"{k:05d}.json",
                  unit_settings(subject, chunk, seeds, {"detector": detector.describe()}),
-                 partial(_score_task, detector, _ids(chunk), tuple(seeds)))
+                 partial(score_task, detector, prompt_refs(subject, chunk), tuple(seeds)))
             for k, chunk in _chunks(prompts, chunk_size)]
 
 
@@ -214,7 +217,8 @@ def _label_plan(subject: Subject, out: Path, seeds: Sequence[int], guidance: flo
     what = {"labels": "paired 1/3 rule", "region_rule": None if REGION_RULE is None else REGION_RULE.__name__,
             "guidance": guidance, "steps": subject.steps}
     return [Unit(out / "units" / "_labels" / f"n{len(seeds)}" / f"{k:05d}.json",
-                 unit_settings(subject, chunk, seeds, what), partial(_label_task, _ids(chunk), tuple(seeds), guidance))
+                 unit_settings(subject, chunk, seeds, what),
+                 partial(_label_task, prompt_refs(subject, chunk), tuple(seeds), guidance))
             for k, chunk in _chunks(subject.prompts, chunk_size)]
 
 
@@ -246,7 +250,7 @@ def fit_plan(subject: Subject, det: Detector, split: np.ndarray, seeds: Sequence
         raise ValueError(f"detector {det.name!r} needs calibration, but the calibration split has no negatives")
     return Unit(out / "units" / safe_name(det.name) / "fit.json",
                 unit_settings(subject, negatives, seeds, {"fit": det.describe()}),
-                partial(_fit_task, det, _ids(negatives), tuple(seeds)))
+                partial(_fit_task, det, prompt_refs(subject, negatives), tuple(seeds)))
 
 
 def fitted(det: Detector, unit: dict) -> tuple[Detector, dict]:
