@@ -55,11 +55,14 @@ def load() -> str:
     return f"load average {one:.2f} (1 min) {five:.2f} (5 min); other processes used {busy:.2f} CPUs just now"
 
 
-def detect_seconds(subject, executor, out: Path) -> tuple[float, bytes]:
+def detect_seconds(subject, executor, out: Path) -> tuple[float, bytes, float]:
+    """Seconds of the run, its scores.csv and the denoiser rows it counted (NFE + JVP + VJP)."""
     start = time.perf_counter()
-    run_detection(subject, DETECTORS, n_gen=(1,), labels=("planted",), out=out, chunk_size=16, n_boot=200,
-                  executor=executor)
-    return time.perf_counter() - start, (out / "scores.csv").read_bytes()
+    run = run_detection(subject, DETECTORS, n_gen=(1,), labels=("planted",), out=out, chunk_size=16, n_boot=200,
+                        executor=executor)
+    rows = sum((r.nfe_per_generation + r.jvp_per_generation + r.vjp_per_generation) * len(subject.prompts)
+               for r in run.summary.rows)
+    return time.perf_counter() - start, (out / "scores.csv").read_bytes(), rows
 
 
 def dispatch_seconds(executor, n: int) -> float:
@@ -97,14 +100,14 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     root = Path(tempfile.mkdtemp(prefix="bench_scale-"))
     secs, csv = {}, {}
-    secs["serial"], csv["serial"] = detect_seconds(subject, SerialExecutor(), root / "serial")
+    secs["serial"], csv["serial"], rows = detect_seconds(subject, SerialExecutor(), root / "serial")
     starts = {}
     for w in (1, 2):
         with RayExecutor(recipe, workers=w) as ex:
             t = time.perf_counter()
             ex.start()
             starts[w] = time.perf_counter() - t
-            secs[f"ray-{w}"], csv[f"ray-{w}"] = detect_seconds(subject, ex, root / f"ray{w}")
+            secs[f"ray-{w}"], csv[f"ray-{w}"], _ = detect_seconds(subject, ex, root / f"ray{w}")
     assert csv["ray-1"] == csv["serial"] == csv["ray-2"], "Ray's records differ from the serial run's"
     n = args.noop_units
     noop_s, send_s = noop_seconds(SerialExecutor(), root / "noop-serial", n), dispatch_seconds(SerialExecutor(), n)
@@ -119,6 +122,8 @@ def main() -> None:
     print(f"speed-up of 2 workers over 1: {s_ray:.2f}x (over the serial run: {s_serial:.2f}x; goal >= {GOAL}x) — "
           f"{'met' if s_ray >= GOAL else 'NOT met'}; records bitwise equal: yes")
     per_unit = secs["serial"] / units
+    print(f"one process, one thread: {rows / secs['serial']:.0f} denoiser rows (NFE) per second "
+          f"({rows} rows in {secs['serial']:.1f} s)")
     print(f"no-op tasks ({n}), sent and returned: serial {1e3 * send_s / n:.3f} ms, 2 Ray workers "
           f"{1e3 * send_r / n:.3f} ms per task; Ray adds {1e3 * (send_r - send_s) / n:.2f} ms per unit "
           f"({100 * (send_r - send_s) / n / per_unit:.2f} % of a detect unit here)")
