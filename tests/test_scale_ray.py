@@ -125,13 +125,40 @@ class KillDriverAfter(RayExecutor):
 
 
 def test_a_killed_driver_resumes_from_the_units_on_disk(world, serial, cluster, tmp_path):
-    with pytest.raises(Killed), KillDriverAfter(_recipe(world), workers=2) as executor:
-        _run(world, tmp_path, executor)
-    written = sorted(p for p in (tmp_path / "units").rglob("*.json"))
-    fits = 1  # the fit unit is written before the driver dies in the scoring phase
-    assert len(written) == fits + KillDriverAfter.after
-    with RayExecutor(_recipe(world), workers=2) as executor:
+    with KillDriverAfter(_recipe(world), workers=2) as executor:
+        with pytest.raises(Killed):
+            _run(world, tmp_path, executor)
+        written = sorted(p for p in (tmp_path / "units").rglob("*.json"))
+        assert len(written) == 1 + KillDriverAfter.after  # the fit, then the units that arrived before the kill
+        executor.after = None  # the resumed driver (on the same workers, to keep the test short) runs to the end
         summary = _run(world, tmp_path, executor)
     total = _unit_count(serial[1])
     assert summary["units"] == {"computed": total - len(written), "reused": len(written), "recomputed": 0}
     assert (tmp_path / "scores.csv").read_bytes() == serial[0]
+
+
+def _units(root):
+    """Every unit file under ``root`` without its measured cost and times (they differ between runs)."""
+    timing = {"cost", "train_s", "sample_s", "cpu_s"}
+    return {str(p.relative_to(root)): {k: v for k, v in json.loads(p.read_text()).items() if k not in timing}
+            for p in sorted(root.rglob("units/**/*.json")) + sorted(root.rglob("rows/*.json"))}
+
+
+def test_mitigate_on_two_workers_equals_one_process(world, cluster, tmp_path, capsys):
+    args = ["mitigate", "--world", str(world.directory), "--quick", "--steps", str(STEPS), "--methods",
+            "jain-og,jain-stp", "--gate", "wen-step1", "--threads", "1", "--no-progress"]
+    assert main([*args, "--out", str(tmp_path / "serial")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ray"), "--workers", "2"]) == 0
+    serial, on_ray = _units(tmp_path / "serial"), _units(tmp_path / "ray")
+    assert len(serial) == 13 and serial == on_ray  # 3 gate, 2 plain, 2 methods x ungated/gated x 2 sets
+
+
+def test_theory_sweep_on_two_workers_equals_one_process(cluster, tmp_path):
+    from diffmem.theory.sweeps import run_sweep
+    from test_theory_nets import TINY
+
+    serial = run_sweep(TINY, tmp_path / "serial")
+    with RayExecutor(None, workers=2) as executor:
+        on_ray = run_sweep(TINY, tmp_path / "ray", executor=executor)
+    assert _units(tmp_path / "serial") == _units(tmp_path / "ray") and len(_units(tmp_path / "ray")) > 5
+    assert serial["findings"] == on_ray["findings"]

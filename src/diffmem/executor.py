@@ -75,7 +75,7 @@ class _Worker:
         import torch
 
         torch.set_num_threads(threads)
-        self.state = build()
+        self.state = None if build is None else build()
 
     def run(self, task):
         return task(self.state)
@@ -90,6 +90,7 @@ class RayExecutor:
     Args:
         build: picklable zero-argument recipe of the state (the subject), run once in each worker (again after a
             restart). A ``functools.partial`` of a module-level function over names and numbers, not tensors.
+            None: the tasks need no state (they get None).
         workers: actors to start; with no ``address`` a local cluster of that many CPUs is started. None: one per
             GPU of the cluster, else one per CPU.
         address: a running cluster's address (``ray start --head`` prints it; ``auto`` finds the local one).
@@ -101,7 +102,7 @@ class RayExecutor:
 
     threads = 1
 
-    def __init__(self, build: Callable[[], Any], *, workers: int | None = None, address: str | None = None,
+    def __init__(self, build: Callable[[], Any] | None, *, workers: int | None = None, address: str | None = None,
                  threads: int = 1, max_restarts: int = 3, in_flight: int = 2):
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be an int >= 1, got {workers!r}")
@@ -219,12 +220,10 @@ class RayExecutor:
 
 def make_executor(build: Callable[[], Any] | None = None, *, workers: int | None = None,
                   address: str | None = None):
-    """``SerialExecutor()`` when neither ``workers`` nor ``address`` is given, else a :class:`RayExecutor` over
-    ``build`` (needed then)."""
+    """``SerialExecutor()`` when neither ``workers`` nor ``address`` is given, else a :class:`RayExecutor` whose
+    workers each hold ``build()`` (None: no state)."""
     if workers is None and address is None:
         return SerialExecutor()
-    if build is None:
-        raise ValueError("running on Ray needs a recipe of the subject (build); this job has none")
     return RayExecutor(build, workers=workers, address=address)
 
 
