@@ -162,3 +162,22 @@ def test_theory_sweep_on_two_workers_equals_one_process(cluster, tmp_path):
         on_ray = run_sweep(TINY, tmp_path / "ray", executor=executor)
     assert _units(tmp_path / "serial") == _units(tmp_path / "ray") and len(_units(tmp_path / "ray")) > 5
     assert serial["findings"] == on_ray["findings"]
+
+
+def test_kim_analyses_on_two_workers_equal_one_process(world, cluster):
+    from functools import partial
+
+    import torch
+
+    from diffmem.analyses.kim import KimConfig, run_kim
+    from diffmem.runners.kim import _subject_only, kim_subject
+
+    recipe = partial(kim_subject, str(world.directory), None, "sd", None, STEPS, 2, True, None, "cpu", "float32")
+    cfg = KimConfig(n_seeds=2, draws=2, n_boot=10, sweep=(7.5,), primary="l2_sim")
+    subject = recipe()[0]
+    serial = run_kim(subject, cfg).to_dict()
+    with RayExecutor(partial(_subject_only, recipe), workers=2) as executor:
+        on_ray = run_kim(subject, cfg, executor=executor).to_dict()
+    same = json.dumps(serial[0], sort_keys=True, default=str) == json.dumps(on_ray[0], sort_keys=True, default=str)
+    assert same and serial[1].keys() == on_ray[1].keys()  # (as JSON: NaN, an undefined correlation, != NaN)
+    assert all(torch.equal(serial[1][k], on_ray[1][k]) for k in serial[1])

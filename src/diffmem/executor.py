@@ -31,7 +31,7 @@ from typing import Any
 from diffmem.io import saved_unit, write_json
 from diffmem.progress import progress_bar
 
-__all__ = ["Unit", "SerialExecutor", "RayExecutor", "make_executor", "run_units"]
+__all__ = ["Unit", "SerialExecutor", "RayExecutor", "make_executor", "run_units", "prompt_refs", "pick"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,19 @@ class Unit:
     path: Path
     settings: dict
     task: Callable[[Any], dict]
+
+
+def prompt_refs(subject, prompts: Sequence) -> tuple:
+    """What a unit carries of its prompts: the id of each prompt that is the subject's own (every worker holds it),
+    the prompt itself otherwise (a :class:`~diffmem.subject.Prompt` given from outside the subject)."""
+    index = {p.id: p for p in subject.prompts}
+    return tuple(p.id if index.get(p.id) is p else p for p in prompts)
+
+
+def pick(subject, refs: Sequence) -> list:
+    """The prompts of ``refs`` (:func:`prompt_refs`), each id looked up in ``subject`` (a worker's own copy)."""
+    index = {p.id: p for p in subject.prompts}
+    return [index[r] if isinstance(r, str) else r for r in refs]
 
 
 class SerialExecutor:

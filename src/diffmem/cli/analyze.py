@@ -13,7 +13,7 @@ replaces the reference set of the copy rule (default: the manifest's or world's 
 
 from __future__ import annotations
 
-from diffmem.cli.common import add_command, add_common, emit, progress_enabled
+from diffmem.cli.common import add_command, add_common, add_scale, emit, progress_enabled
 from diffmem.runners.kim import analyze_kim
 
 __all__ = ["add_parser"]
@@ -44,6 +44,7 @@ def add_parser(sub) -> None:
     p.add_argument("--primary", default=None,
                    help="primary severity metric: ssim (default), l2_sim, cosine or copy_rate")
     p.add_argument("--quick", action="store_true", help="4 seeds, 8 noise draws, 3 guidance weights, 8 prompts/kind")
+    add_scale(p)
     p.set_defaults(run=_cli)
 
 
@@ -57,7 +58,8 @@ def _cli(args) -> int:
                 "quick": args.quick, "device": args.device, "dtype": args.dtype}
     if args.dry_run:
         return emit(args, {**settings, **overrides, "out": str(args.out)})
-    run = analyze_kim(args.out, **settings, progress=progress_enabled(args), **overrides)
+    run = analyze_kim(args.out, **settings, progress=progress_enabled(args), workers=args.workers, address=args.ray,
+                      **overrides)
     summary = {k: getattr(run.summary, k) for k in PRINTED} if run.summary else {}
     if run.selfref:
         summary["n_prompts_without_image"] = len(run.selfref)

@@ -56,14 +56,14 @@ from diffmem.evaluation.detection import (
     tpr_at_fpr,
     tpr_at_fpr_closest,
 )
-from diffmem.executor import Unit, run_units
+from diffmem.executor import Unit, pick, prompt_refs, run_units
 from diffmem.io import atomic_write_text, safe_name, write_json
 from diffmem.results import Record, package_version
 from diffmem.subject import Prompt, Subject
 
 __all__ = ["run_detection", "DetectionRun", "DetectionSummary", "DetectionRow", "CSV_COLUMNS", "LABELS",
            "resolve_detectors", "score_units", "score_plan", "fit_plan", "fitted", "fit_calibrated", "unit_settings",
-           "write_csv", "prompt_refs", "pick", "score_task"]
+           "write_csv", "score_task"]
 
 CSV_COLUMNS = ("prompt_id", "prompt", "split", "label_planted", "label_measured", "kind", "m", "detector", "n_gen",
                "score")
@@ -157,19 +157,6 @@ def _chunks(prompts: Sequence[Prompt], size: int) -> list[tuple[int, Sequence[Pr
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"chunk_size must be an int >= 1, got {size!r}")
     return [(k // size, prompts[k:k + size]) for k in range(0, len(prompts), size)]
-
-
-def prompt_refs(subject: Subject, prompts: Sequence[Prompt]) -> tuple[str | Prompt, ...]:
-    """What a unit carries of its prompts: the id of each prompt that is the subject's own (a worker holds it),
-    the prompt itself otherwise."""
-    index = {p.id: p for p in subject.prompts}
-    return tuple(p.id if index.get(p.id) is p else p for p in prompts)
-
-
-def pick(subject: Subject, refs: Sequence[str | Prompt]) -> list[Prompt]:
-    """The prompts of ``refs`` (:func:`prompt_refs`), the ids looked up in ``subject`` (a worker's own copy)."""
-    index = {p.id: p for p in subject.prompts}
-    return [index[r] if isinstance(r, str) else r for r in refs]
 
 
 def score_task(detector: Detector, ids: Sequence[str], seeds: Sequence[int], subject: Subject) -> dict:

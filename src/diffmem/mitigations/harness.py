@@ -35,12 +35,12 @@ from torch import Tensor
 
 from diffmem.detectors.base import Detector, generation_seeds, make_detector
 from diffmem.detectors.counting import Cost, measure_call
-from diffmem.detectors.harness import pick, prompt_refs, score_task, unit_settings, write_csv
+from diffmem.detectors.harness import score_task, unit_settings, write_csv
 from diffmem.detectors.labels import NEGATIVE_KINDS, POSITIVE_KINDS, _paired_index, assign_splits
 from diffmem.evaluation.detection import calibrate_threshold
 from diffmem.evaluation.fid import fid
 from diffmem.evaluation.precision_recall import precision_recall
-from diffmem.executor import Unit, run_units
+from diffmem.executor import Unit, pick, prompt_refs, run_units
 from diffmem.io import safe_name, write_json
 from diffmem.mitigations.base import InferenceMitigation, make_mitigation
 from diffmem.results import Record, package_version
