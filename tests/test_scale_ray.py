@@ -145,12 +145,12 @@ def _units(root):
 
 
 def test_mitigate_on_two_workers_equals_one_process(world, cluster, tmp_path, capsys):
-    args = ["mitigate", "--world", str(world.directory), "--quick", "--steps", str(STEPS), "--methods",
-            "jain-og,jain-stp", "--gate", "wen-step1", "--threads", "1", "--no-progress"]
+    args = ["mitigate", "--world", str(world.directory), "--quick", "--steps", str(STEPS), "--methods", "jain-og",
+            "--gate", "wen-step1", "--threads", "1", "--no-progress"]
     assert main([*args, "--out", str(tmp_path / "serial")]) == 0
     assert main([*args, "--out", str(tmp_path / "ray"), "--workers", "2"]) == 0
     serial, on_ray = _units(tmp_path / "serial"), _units(tmp_path / "ray")
-    assert len(serial) == 13 and serial == on_ray  # 3 gate, 2 plain, 2 methods x ungated/gated x 2 sets
+    assert len(serial) == 9 and serial == on_ray  # 3 gate, 2 plain, 1 method x ungated/gated x 2 sets
 
 
 def test_theory_sweep_on_two_workers_equals_one_process(cluster, tmp_path):
@@ -181,3 +181,19 @@ def test_kim_analyses_on_two_workers_equal_one_process(world, cluster):
     same = json.dumps(serial[0], sort_keys=True, default=str) == json.dumps(on_ray[0], sort_keys=True, default=str)
     assert same and serial[1].keys() == on_ray[1].keys()  # (as JSON: NaN, an undefined correlation, != NaN)
     assert all(torch.equal(serial[1][k], on_ray[1][k]) for k in serial[1])
+
+
+def test_without_the_flags_ray_is_never_imported(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from diffmem.executor import Unit, make_executor, run_units\n"
+            "ex = make_executor(None)\n"
+            f"got = run_units([Unit(__import__('pathlib').Path({str(tmp_path)!r}) / f'{{i}}.json', {{'i': i}}, "
+            "lambda state, i=i: {'v': i}) for i in range(3)], {'computed': 0, 'reused': 0, 'recomputed': 0}, "
+            "executor=ex)\n"
+            "assert [g['v'] for g in got] == [0, 1, 2]\n"
+            "import diffmem.cli.main, diffmem.cli.detect, diffmem.detectors.harness\n"
+            "print('ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

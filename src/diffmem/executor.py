@@ -229,6 +229,8 @@ class RayExecutor:
             else:
                 yield i, value
             feed()
+        if todo:  # every worker is gone for good with units left
+            raise RuntimeError(f"{len(todo)} unit(s) left and no Ray worker alive; see the Ray logs")
 
 
 def make_executor(build: Callable[[], Any] | None = None, *, workers: int | None = None,
