@@ -18,7 +18,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffmem"
 
 LAYERS = (
-    ("version", "types", "schedules", "seeding", "io", "home", "images", "progress"),  # data, conversions, files
+    ("version", "types", "schedules", "seeding", "io", "home", "images", "progress", "executor"),  # data, files, units
     ("denoiser", "results"),  # the denoiser contract; results as data
     ("mixtures",),  # Gaussian mixtures: closed-form laws and Ye et al.'s data
     ("sampling",),  # the one loop, solvers, guidance, hooks, trajectories

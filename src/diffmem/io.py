@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "write_arrays", "read_arrays",
-           "new_run_dir", "strict_json", "file_mode", "resumable_unit", "safe_name",
+           "new_run_dir", "strict_json", "file_mode", "resumable_unit", "saved_unit", "safe_name",
            "check_safetensors", "remove_stale_tmp", "check_out_dir",
            "mark_stale", "file_lock", "claim_out_dir", "check_device"]
 
@@ -315,18 +315,28 @@ def check_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+def saved_unit(path: str | os.PathLike, settings: dict, tally: dict) -> dict | None:
+    """The unit saved at ``path`` if it was made under ``settings`` (counted ``reused``), else None (counted
+    ``recomputed`` when a unit made under other settings is there)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    stored = read_json(path)
+    if stored.get("settings") == settings:
+        tally["reused"] += 1
+        return stored
+    tally["recomputed"] += 1
+    return None
+
+
 def resumable_unit(path: str | os.PathLike, settings: dict, compute, tally: dict) -> dict:
     """The unit of work saved at ``path`` if it was made under ``settings``, else ``{"settings": settings,
     **compute()}`` written there atomically; ``tally`` counts ``computed``, ``reused`` and ``recomputed`` units.
 
     Units made under other settings are recomputed, never reused, so a resumed job cannot mix settings."""
-    path = Path(path)
-    if path.exists():
-        stored = read_json(path)
-        if stored.get("settings") == settings:
-            tally["reused"] += 1
-            return stored
-        tally["recomputed"] += 1
+    stored = saved_unit(path, settings, tally)
+    if stored is not None:
+        return stored
     unit = {"settings": settings, **compute()}
     write_json(path, unit)
     tally["computed"] += 1

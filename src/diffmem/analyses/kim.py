@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from diffmem.analyses.kim_summary import KimSummary, summarize
 from diffmem.analyses.noise_content import noise_content
 from diffmem.analyses.overestimation import guided_loss
 from diffmem.analyses.severity import seed_severity, severity, template_copy
+from diffmem.executor import SerialExecutor, pick, prompt_refs
 from diffmem.results import Provenance, Result
 from diffmem.sampling.guidance import Constant
 from diffmem.sampling.trajectory import Recorder
@@ -229,46 +231,50 @@ def _settings(subject: Subject, p: Prompt, cfg: KimConfig) -> dict:
                                   "references": None if refs is None else list(refs.shape)}))
 
 
-def _unit(subject: Subject, p: Prompt, cfg: KimConfig, units: Path | None, index: int) -> tuple[_Unit, bool]:
-    """The prompt's analysis: loaded from ``units`` when saved with the same settings, else computed (and saved)."""
+def _saved(subject: Subject, p: Prompt, cfg: KimConfig, units: Path | None, index: int) -> _Unit | None:
+    """The prompt's analysis saved in ``units`` (None when absent); one saved with other settings is refused."""
     settings, name = _settings(subject, p, cfg), f"prompt-{index:05d}"
-    if units is not None and (units / f"{name}.json").exists():
-        unit = _Unit.load(units, name)
-        if unit.settings != settings:
-            diff = {k: (unit.settings.get(k), v) for k, v in settings.items() if unit.settings.get(k) != v}
-            raise ValueError(f"{units} holds prompt {index} made with other settings (saved, requested): {diff}; "
-                             "use another --out or delete it")
-        return unit, True
+    if units is None or not (units / f"{name}.json").exists():
+        return None
+    unit = _Unit.load(units, name)
+    if unit.settings != settings:
+        diff = {k: (unit.settings.get(k), v) for k, v in settings.items() if unit.settings.get(k) != v}
+        raise ValueError(f"{units} holds prompt {index} made with other settings (saved, requested): {diff}; "
+                         "use another --out or delete it")
+    return unit
+
+
+def _analyze(ref, cfg: KimConfig, subject: Subject) -> _Unit:
+    """One prompt's analysis (a unit of :mod:`diffmem.executor`: ``ref`` is its id in the worker's subject)."""
+    [p] = pick(subject, [ref])
     if p.x is not None:
         pa, prov = analyze_prompt(subject, p, cfg)
-        unit = _Unit(settings, prov, paired=pa)
-    else:
-        sr, prov = analyze_unpaired(subject, p, cfg)
-        unit = _Unit(settings, prov, unpaired=sr)
-    if units is not None:
-        unit.save(units, name)  # arrays first, then the JSON: a unit exists once its JSON does
-    return unit, False
+        return _Unit(_settings(subject, p, cfg), prov, paired=pa)
+    sr, prov = analyze_unpaired(subject, p, cfg)
+    return _Unit(_settings(subject, p, cfg), prov, unpaired=sr)
 
 
 def run_kim(subject: Subject, cfg: KimConfig = KimConfig(), *, progress: Callable[[int, int], None] | None = None,
-            units: str | Path | None = None) -> KimResult:
-    """Run the study on every prompt of ``subject``, in order. ``units``: a folder where each prompt is saved as it
-    finishes and found again by a rerun (resume after a kill). ``progress(k, todo)`` is called before the first
-    prompt (k = 0) and after each prompt computed in this call (not after those found in ``units``)."""
+            units: str | Path | None = None, executor=None) -> KimResult:
+    """Run the study on every prompt of ``subject``. ``units``: a folder where each prompt is saved as it finishes
+    and found again by a rerun (resume after a kill). ``progress(k, todo)`` is called before the first prompt
+    (k = 0) and after each prompt computed in this call (not after those found in ``units``). The prompts run on
+    ``executor`` (:mod:`diffmem.executor`; default: here, in order); seeds are fixed per prompt, so the result does
+    not depend on where each ran."""
     _check(subject)
     units = None if units is None else Path(units)
-    found = [units is not None and (units / f"prompt-{i:05d}.json").exists() for i in range(len(subject.prompts))]
-    todo, k = len(found) - sum(found), 0
+    done = [_saved(subject, p, cfg, units, i) for i, p in enumerate(subject.prompts)]
+    todo = [i for i, u in enumerate(done) if u is None]
     if progress:
-        progress(0, todo)
-    done = []
-    for i, p in enumerate(subject.prompts):
-        unit, cached = _unit(subject, p, cfg, units, i)
-        done.append(unit)
-        if not cached:
-            k += 1
-            if progress:
-                progress(k, todo)
+        progress(0, len(todo))
+    refs = prompt_refs(subject, [subject.prompts[i] for i in todo])
+    tasks = [partial(_analyze, ref, cfg) for ref in refs]
+    for k, (j, unit) in enumerate((executor or SerialExecutor()).imap(tasks, subject), start=1):
+        if units is not None:
+            unit.save(units, f"prompt-{todo[j]:05d}")  # arrays first, then the JSON: a unit exists once its JSON does
+        done[todo[j]] = unit
+        if progress:
+            progress(k, len(todo))
     rows = [u.paired for u in done if u.paired is not None]
     selfref = [u.unpaired for u in done if u.unpaired is not None]
     return _result(subject, cfg, rows, selfref, done[-1].provenance)

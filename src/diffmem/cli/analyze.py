@@ -13,7 +13,7 @@ replaces the reference set of the copy rule (default: the manifest's or world's 
 
 from __future__ import annotations
 
-from diffmem.cli.common import add_command, add_common, emit, progress_enabled
+from diffmem.cli.common import add_command, add_common, add_scale, emit, progress_enabled
 from diffmem.runners.kim import analyze_kim
 from diffmem.runners.kim_theory import analyze_kim_theory
 
@@ -46,6 +46,7 @@ def add_parser(sub) -> None:
     p.add_argument("--primary", default=None,
                    help="primary severity metric: ssim (default), l2_sim, cosine or copy_rate")
     p.add_argument("--quick", action="store_true", help="4 seeds, 8 noise draws, 3 guidance weights, 8 prompts/kind")
+    add_scale(p)
     p.set_defaults(run=_cli)
 
 
@@ -61,7 +62,8 @@ def _cli(args) -> int:
         return emit(args, {**settings, **overrides, "analysis": args.analysis, "out": str(args.out)})
     if args.analysis == "kim-theory":
         return _theory(args, settings, overrides)
-    run = analyze_kim(args.out, **settings, progress=progress_enabled(args), **overrides)
+    run = analyze_kim(args.out, **settings, progress=progress_enabled(args), workers=args.workers, address=args.ray,
+                      **overrides)
     summary = {k: getattr(run.summary, k) for k in PRINTED} if run.summary else {}
     if run.selfref:
         summary["n_prompts_without_image"] = len(run.selfref)
@@ -81,6 +83,8 @@ def _theory(args, settings: dict, overrides: dict) -> int:
     extra = [f for f in ("refs", "per_kind", "primary") if settings[f] is not None]
     if extra:
         raise ValueError(f"--{extra[0].replace('_', '-')} belongs to 'analyze kim', not 'analyze kim-theory'; drop it")
+    if args.workers or args.ray:
+        raise ValueError("--workers/--ray: 'analyze kim-theory' runs in this process only; drop the flag")
     keep = ("world", "model", "model_kind", "prompts", "steps", "quick", "device", "dtype")
     s = analyze_kim_theory(args.out, **{k: settings[k] for k in keep}, progress=progress_enabled(args), **overrides)
     return emit(args, {**{k: s[k] for k in THEORY_PRINTED}, "wall_seconds": s["wall_seconds"],

@@ -15,7 +15,7 @@ import sys
 from rich.table import Table
 
 from diffmem.cli.common import progress_enabled
-from diffmem.cli.detect import add_subject_args, subject_from_args, wide_console
+from diffmem.cli.detect import add_subject_args, executor_from_args, subject_from_args, wide_console
 from diffmem.detectors.audit import AuditResult, audit, threshold_from_summary
 
 __all__ = ["add_parser"]
@@ -55,11 +55,12 @@ def _cli(args) -> int:
     threshold = args.threshold
     if args.calibration:
         threshold = threshold_from_summary(args.calibration, args.expensive, args.n_gen)
-    result = audit(subject, out=args.out, screen=args.screen, expensive=args.expensive, fraction=args.fraction,
-                   n_gen=args.n_gen, base_seed=args.seed, threshold=threshold, refs=args.refs,
-                   samples=not args.no_samples, compare_full=args.compare_full,
-                   progress=None if not progress_enabled(args) else lambda msg: print(msg, file=sys.stderr,
-                                                                                      flush=True))
+    with executor_from_args(args) as executor:
+        result = audit(subject, out=args.out, screen=args.screen, expensive=args.expensive, fraction=args.fraction,
+                       n_gen=args.n_gen, base_seed=args.seed, threshold=threshold, refs=args.refs,
+                       samples=not args.no_samples, compare_full=args.compare_full, executor=executor,
+                       progress=None if not progress_enabled(args) else lambda msg: print(msg, file=sys.stderr,
+                                                                                          flush=True))
     if not (args.json or args.quiet):  # --json / -q: only the closing JSON line
         _print(result, args.top)
     print(json.dumps({"out": str(args.out), "nfe": result.nfe, "full": result.full,

@@ -14,6 +14,7 @@ Shared options (each command takes those that apply; the same flag always means 
 - ``-q``: no progress and no tables, only the summary; ``-v``: tracebacks of internal errors; ``--json``: the
   summary as one JSON object on stdout; ``--no-progress``: no progress bars (they go to stderr).
 - ``--dry-run``: print the resolved settings as one JSON object and stop; nothing is written or trained.
+- ``--workers N`` | ``--ray ADDRESS`` (long jobs, :func:`add_scale`): their units on a Ray cluster.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["HELP", "add_command", "add_common", "default_threads", "idle_cpus", "physical_cores", "prepare",
-           "resolve_device", "emit", "handle_error", "progress_enabled", "USER_ERRORS"]
+__all__ = ["HELP", "add_command", "add_common", "add_scale", "default_threads", "idle_cpus", "physical_cores",
+           "prepare", "resolve_device", "emit", "handle_error", "progress_enabled", "USER_ERRORS"]
 
 # one-line help of every command, here so that ``diffmem --help`` lists them without importing their modules
 HELP = {
@@ -109,6 +110,16 @@ def add_common(p, *, out: str | None = "required", threads: bool = True, model: 
     g.add_argument("-v", "--verbose", action="store_true", help="tracebacks of internal errors")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def add_scale(p) -> None:
+    """Add ``--workers N`` (a local Ray cluster of N workers) and ``--ray ADDRESS`` (join a running one): where a
+    long job's units run (:mod:`diffmem.executor`). Neither: in this process, and Ray is not imported."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--workers", type=_positive, metavar="N", help="run the units on a local Ray cluster of N "
+                   "workers, each holding the model once (needs the ray extra; results equal one process's)")
+    g.add_argument("--ray", metavar="ADDRESS", help="run the units on the running Ray cluster at ADDRESS (auto: "
+                   "the local one); one worker per GPU, else per CPU")
 
 
 # --- threads ----------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,14 +18,16 @@ from rich.console import Console
 from rich.table import Table
 
 from diffmem.adapters.subject import ADAPTER_KINDS, diffusers_subject
-from diffmem.cli.common import add_common, progress_enabled
+from diffmem.cli.common import add_common, add_scale, progress_enabled
 from diffmem.detectors.harness import DetectionSummary, resolve_detectors, run_detection
+from diffmem.executor import make_executor
 from diffmem.reports.html import finish_report
 from diffmem.subject import Subject
 from diffmem.worlds.subject import world_subject
 from diffmem.worlds.world import load_world
 
-__all__ = ["add_parser", "add_subject_args", "subject_from_args", "print_table", "wide_console", "QUICK"]
+__all__ = ["add_parser", "add_subject_args", "subject_from_args", "subject_recipe", "build_subject",
+           "executor_from_args", "print_table", "wide_console", "QUICK"]
 
 # --quick: at most per_kind prompts per kind (and rung m, caption regime), one generation, two label
 # generations, a short bootstrap
@@ -52,6 +55,7 @@ def add_subject_args(p) -> None:
     src.add_argument("--model", metavar="DIR", help="local diffusers model directory (needs --prompts)")
     p.add_argument("--prompts", metavar="FILE", help="JSONL prompt manifest for --model")
     add_common(p, seed=0, steps=50, dry_run=False)  # generation j uses seed SEED + j
+    add_scale(p)
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
 
 
@@ -68,24 +72,41 @@ def add_parser(sub) -> None:
     p.set_defaults(run=_cli)
 
 
-def subject_from_args(args) -> Subject:
-    """The subject of ``--world`` or ``--model``/``--prompts`` (all prompts; at most ``QUICK["per_kind"]`` per kind
-    with ``--quick``)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.model is not None:
-        subject = model_subject(args.model, args.prompts, steps=args.steps)
-    elif args.prompts is not None:
+def build_subject(world: str | None, model: str | None, prompts: str | None, steps: int, quick: bool,
+                  progress: bool = False) -> Subject:
+    """The subject of a world or a model directory with its manifest (at most ``QUICK["per_kind"]`` prompts per
+    kind with ``quick``): a module-level recipe, so that a Ray worker builds the same subject from these names."""
+    if model is not None:
+        subject = model_subject(model, prompts, steps=steps)
+    elif prompts is not None:
         raise ValueError("--prompts goes with --model; a --world brings its own prompts")
     else:
-        subject = world_subject(load_world(args.world, progress=not args.no_progress), steps=args.steps)
-    if args.quick:  # at most per_kind prompts of each kind, rung and caption regime, in manifest order
+        subject = world_subject(load_world(world, progress=progress), steps=steps)
+    if quick:  # at most per_kind prompts of each kind, rung and caption regime, in manifest order
         strata: dict[tuple, list[str]] = {}
         for p in subject.prompts:
             strata.setdefault((p.kind, p.meta.get("m"), p.meta.get("regime")), []).append(p.id)
         keep = {i for ids in strata.values() for i in ids[:QUICK["per_kind"]]}
         subject = subject.select(ids=[p.id for p in subject.prompts if p.id in keep])
     return subject
+
+
+def subject_recipe(args) -> partial:
+    """``build_subject`` over the flags: what each Ray worker runs once to hold the subject."""
+    return partial(build_subject, args.world, args.model, args.prompts, args.steps, args.quick)
+
+
+def subject_from_args(args) -> Subject:
+    """The subject of ``--world`` or ``--model``/``--prompts`` (all prompts; at most ``QUICK["per_kind"]`` per kind
+    with ``--quick``)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return subject_recipe(args)(progress=not args.no_progress)
+
+
+def executor_from_args(args):
+    """Serial unless ``--workers``/``--ray`` (then Ray workers that each build the subject once)."""
+    return make_executor(subject_recipe(args), workers=args.workers, address=args.ray)
 
 
 def model_kind(model: str | Path) -> str:
@@ -140,10 +161,11 @@ def _cli(args) -> int:
     if args.dry_run:
         dets = [d.name for d in resolve_detectors(args.detectors)]
         print(json.dumps({"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
-                          "detectors": dets, **kw}, default=str))
+                          "detectors": dets, "workers": args.workers, "ray": args.ray, **kw}, default=str))
         return 0
-    run = run_detection(subject, args.detectors, **kw, progress=None if not progress_enabled(args) else
-                        lambda msg: print(f"scoring {msg}", file=sys.stderr, flush=True))
+    with executor_from_args(args) as executor:
+        run = run_detection(subject, args.detectors, **kw, executor=executor, progress=None if not
+                            progress_enabled(args) else lambda msg: print(msg, file=sys.stderr, flush=True))
     if not (args.json or args.quiet):  # --json / -q: only the closing JSON line
         print_table(run.summary)
         for s in run.summary.skipped:

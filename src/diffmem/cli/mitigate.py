@@ -14,7 +14,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from diffmem.cli.detect import add_subject_args, names, subject_from_args, wide_console
+from diffmem.cli.detect import add_subject_args, executor_from_args, names, subject_from_args, wide_console
 from diffmem.runners.mitigate import QUICK, format_table, inference_methods, run_mitigate
 
 __all__ = ["add_parser"]
@@ -59,10 +59,12 @@ def _cli(args) -> int:
         raise ValueError(f"--grid names {unknown[0]!r}, which is not among the methods run; add it to --methods")
     if grids:
         methods = {m: grids.get(m, () if args.quick else None) for m in methods}
-    run = run_mitigate(subject, args.out, methods=methods, gate=args.gate,
-                       gate_fpr=args.gate_fpr, n_gen=args.n_gen or quick.get("n_gen", 4), base_seed=args.seed,
-                       guidance=args.guidance, grid=quick.get("grid", True), n_boot=quick.get("n_boot", 1000),
-                       progress=None if args.no_progress else lambda msg: print(f"running {msg}", flush=True))
+    with executor_from_args(args) as executor:
+        run = run_mitigate(subject, args.out, methods=methods, gate=args.gate,
+                           gate_fpr=args.gate_fpr, n_gen=args.n_gen or quick.get("n_gen", 4), base_seed=args.seed,
+                           guidance=args.guidance, grid=quick.get("grid", True), n_boot=quick.get("n_boot", 1000),
+                           progress=None if args.no_progress else lambda msg: print(f"running {msg}", flush=True),
+                           executor=executor)
     head, *lines = format_table(run)
     t = Table(title=f"mitigations on {run.summary.provenance['subject']['subject']} (trigger set; general-set deltas)")
     for col in head:

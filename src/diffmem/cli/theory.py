@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from diffmem.cli.common import add_command, add_common, emit, progress_enabled
+from diffmem.cli.common import add_command, add_common, add_scale, emit, progress_enabled
+from diffmem.executor import make_executor
 from diffmem.reports.html import finish_report
 from diffmem.theory import lab
 from diffmem.theory.sweeps import PRESETS, plan
@@ -31,6 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", choices=("quick", "default"), default=None,
                    help="sweep grid (default: 'quick' with --quick, else 'default'); 'paper' needs a GPU")
     p.add_argument("--no-figures", action="store_true", help="write summary.json only")
+    add_scale(p)  # the sweep's runs
     p.set_defaults(run=_cli)
 
 
@@ -39,6 +41,8 @@ def _cli(args) -> int:
     preset = args.preset or ("quick" if args.quick else "default")
     if args.dry_run:
         return emit(args, {"out": str(args.out), **_settings(args.experiment, preset)})
+    if args.experiment != "sweep" and (args.workers or args.ray):
+        raise ValueError(f"--workers/--ray run the runs of 'theory sweep'; {args.experiment!r} runs in one process")
     if args.experiment == "loss-gap":
         s = lab.run_loss_gap(args.out, quick=args.quick, figures=figures)
         summary = {"reference": s.reference, "prop41_all_agree": s.prop41_all_agree,
@@ -49,9 +53,10 @@ def _cli(args) -> int:
                    "t_collapse": [(r["dim"], r["n"], r["t_collapse"]) for r in s.collapse["rows"]]}
     elif args.experiment == "sweep":
         show = progress_enabled(args)
-        s = lab.run_sweep_preset(args.out, preset=preset, figures=figures,
-                                 progress=lambda k, n, key: show and print(f"[{k}/{n}] {key}", file=sys.stderr,
-                                                                           flush=True))
+        with make_executor(workers=args.workers, address=args.ray) as executor:
+            s = lab.run_sweep_preset(args.out, preset=preset, figures=figures, executor=executor,
+                                     progress=lambda k, n, key: show and print(f"[{k}/{n}] {key}", file=sys.stderr,
+                                                                               flush=True))
         summary = {"findings": list(s.findings)}
     else:
         s = lab.run_teaser(args.out, quick=args.quick, figures=figures)

@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 from diffmem.detectors.base import Detector, generation_seeds, make_detector
 from diffmem.detectors.counting import measure_call
 from diffmem.detectors.harness import score_units, write_csv
+from diffmem.executor import SerialExecutor, pick, prompt_refs
 from diffmem.io import read_arrays, read_json, safe_name, write_arrays, write_json
 from diffmem.results import Record, package_version
 from diffmem.sampling.trajectory import Recorder
@@ -90,19 +92,30 @@ def _oriented(det: Detector, s: np.ndarray) -> np.ndarray:
     return s if det.higher_is_memorized else -s
 
 
-def _samples(subject: Subject, prompts: Sequence[Prompt], seed: int, guidance: float, out: Path) -> tuple[dict, int]:
-    """One sample per prompt in pixels ({id: [C, H, W]}), cached under ``out/samples``; and the NFE it cost."""
+def _draw(refs, seed: int, guidance: float, subject: Subject) -> dict:
+    """One sample per prompt of ``refs`` in pixels [k, C, H, W], and the NFE it cost (a unit of the executor)."""
+    todo = pick(subject, refs)
+    traj, cost = measure_call(subject, lambda s: s.sample(s.cond(todo), [seed] * len(todo), guidance=guidance,
+                                                          recorder=Recorder(keep=())))
+    x = traj.x_0 if subject.decode is None else subject.decode(traj.x_0)
+    return {"x": x.clamp(-1, 1), "nfe": cost.nfe}
+
+
+def _samples(subject: Subject, prompts: Sequence[Prompt], seed: int, guidance: float, out: Path, *,
+             chunk_size: int = 64, executor=None) -> tuple[dict, int]:
+    """One sample per prompt in pixels ({id: [C, H, W]}), cached under ``out/samples``; and the NFE it cost. Drawn in
+    chunks of ``chunk_size`` prompts (fixed by the prompts' order, so a sample does not depend on what was cached)
+    on ``executor`` (default: here)."""
     paths = {p.id: out / "samples" / f"{safe_name(p.id)}.safetensors" for p in prompts}
-    todo = [p for p in prompts if not paths[p.id].exists()]
+    chunks = [prompts[k:k + chunk_size] for k in range(0, len(prompts), chunk_size)]
+    todo = [c for c in chunks if not all(paths[p.id].exists() for p in c)]
+    tasks = [partial(_draw, prompt_refs(subject, c), seed, guidance) for c in todo]
     nfe = 0
-    if todo:
-        traj, cost = measure_call(subject, lambda s: s.sample(s.cond(todo), [seed] * len(todo), guidance=guidance,
-                                                              recorder=Recorder(keep=())))
-        x = traj.x_0 if subject.decode is None else subject.decode(traj.x_0)
-        for p, xi in zip(todo, x.clamp(-1, 1), strict=True):
+    for j, drawn in (executor or SerialExecutor()).imap(tasks, subject):
+        for p, xi in zip(todo[j], drawn["x"], strict=True):
             save_grid(paths[p.id].with_suffix(".png"), xi[None, None])
             write_arrays(paths[p.id], {"x": xi})
-        nfe = cost.nfe
+        nfe += drawn["nfe"]
     return {p.id: read_arrays(paths[p.id])["x"] for p in prompts}, nfe
 
 
@@ -135,8 +148,10 @@ def audit(subject: Subject, *, out: str | Path, screen: str | Detector = "wen-st
           expensive: str | Detector = "wen-all", fraction: float = 0.1, n_gen: int = 1, base_seed: int = 0,
           threshold: float | None = None, refs: str | Path | None = None, samples: bool = True,
           compare_full: bool = False, chunk_size: int = 64,
-          progress: Callable[[str], None] | None = None) -> AuditResult:
-    """Screen every prompt, escalate the top ``fraction``, rank, judge; write ``audit.csv`` and ``audit.json``."""
+          progress: Callable[[str], None] | None = None, executor=None) -> AuditResult:
+    """Screen every prompt, escalate the top ``fraction``, rank, judge; write ``audit.csv`` and ``audit.json``.
+
+    The screening, escalation and sample units run on ``executor`` (:mod:`diffmem.executor`; default: here)."""
     start, out, say = time.perf_counter(), Path(out), progress or (lambda msg: None)
     if not 0 < fraction <= 1:
         raise ValueError(f"fraction must lie in (0, 1], got {fraction!r}")
@@ -146,16 +161,18 @@ def audit(subject: Subject, *, out: str | Path, screen: str | Detector = "wen-st
     scr, exp = (make_detector(d) if isinstance(d, str) else d for d in (screen, expensive))
     prompts, seeds = list(subject.prompts), generation_seeds(n_gen, base_seed)
     say(f"screen {scr.name} on {len(prompts)} prompts")
-    s_scores, s_costs = score_units(subject, scr, prompts, seeds, out / "screen", chunk_size=chunk_size)
+    s_scores, s_costs = score_units(subject, scr, prompts, seeds, out / "screen", chunk_size=chunk_size,
+                                    executor=executor, progress=progress is not None)
     s_or = _oriented(scr, s_scores)
     k = max(1, math.ceil(fraction * len(prompts)))
     top = np.argsort(-s_or, kind="stable")[:k]
     escalated = [prompts[j] for j in sorted(top)]
     say(f"escalate {len(escalated)} prompts to {exp.name}")
-    e_scores, e_costs = score_units(subject, exp, escalated, seeds, out / "escalate", chunk_size=chunk_size)
+    e_scores, e_costs = score_units(subject, exp, escalated, seeds, out / "escalate", chunk_size=chunk_size,
+                                    executor=executor, progress=progress is not None)
     e_or = dict(zip([p.id for p in escalated], _oriented(exp, e_scores).tolist(), strict=True))
-    images, sample_nfe = (_samples(subject, escalated, base_seed, float(getattr(exp, "guidance", 7.5)), out)
-                          if samples else ({}, 0))
+    images, sample_nfe = (_samples(subject, escalated, base_seed, float(getattr(exp, "guidance", 7.5)), out,
+                                   chunk_size=chunk_size, executor=executor) if samples else ({}, 0))
     near = _nearest(images, references)
     rows = _rank(prompts, s_or, e_or, threshold, out, images, near)
     nfe = {"screen": sum(c.nfe + c.jvp + c.vjp for c in s_costs),
@@ -165,7 +182,8 @@ def audit(subject: Subject, *, out: str | Path, screen: str | Detector = "wen-st
     full = None
     if compare_full:
         say(f"full-cost ranking: {exp.name} on {len(prompts)} prompts")
-        f_scores, f_costs = score_units(subject, exp, prompts, seeds, out / "full", chunk_size=chunk_size)
+        f_scores, f_costs = score_units(subject, exp, prompts, seeds, out / "full", chunk_size=chunk_size,
+                                        executor=executor, progress=progress is not None)
         kept = {r.prompt_id for r in rows if r.escalated and (threshold is None or r.verdict == "memorized")}
         full = {"nfe": sum(c.nfe + c.jvp + c.vjp for c in f_costs),
                 **_recall(kept, _oriented(exp, f_scores), [p.id for p in prompts], threshold, k)}

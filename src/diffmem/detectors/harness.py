@@ -29,6 +29,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from itertools import combinations
 from pathlib import Path
 
@@ -55,12 +56,14 @@ from diffmem.evaluation.detection import (
     tpr_at_fpr,
     tpr_at_fpr_closest,
 )
-from diffmem.io import atomic_write_text, resumable_unit, safe_name, write_json
+from diffmem.executor import Unit, pick, prompt_refs, run_units
+from diffmem.io import atomic_write_text, safe_name, write_json
 from diffmem.results import Record, package_version
 from diffmem.subject import Prompt, Subject
 
 __all__ = ["run_detection", "DetectionRun", "DetectionSummary", "DetectionRow", "CSV_COLUMNS", "LABELS",
-           "resolve_detectors", "score_units", "unit_settings", "write_csv"]
+           "resolve_detectors", "score_units", "score_plan", "fit_plan", "fitted", "fit_calibrated", "unit_settings",
+           "write_csv", "score_task"]
 
 CSV_COLUMNS = ("prompt_id", "prompt", "split", "label_planted", "label_measured", "kind", "m", "detector", "n_gen",
                "score")
@@ -156,38 +159,59 @@ def _chunks(prompts: Sequence[Prompt], size: int) -> list[tuple[int, Sequence[Pr
     return [(k // size, prompts[k:k + size]) for k in range(0, len(prompts), size)]
 
 
+def score_task(detector: Detector, ids: Sequence[str], seeds: Sequence[int], subject: Subject) -> dict:
+    s, cost = measure(detector, subject, pick(subject, ids), seeds)
+    return {"scores": s.tolist(), "cost": cost.to_dict()}
+
+
+def _label_task(ids: Sequence[str], seeds: Sequence[int], guidance: float, subject: Subject) -> dict:
+    chunk = pick(subject, ids)
+    judged, cost = measure_call(subject, lambda s: copy_judgement(s, chunk, seeds, guidance=guidance))
+    return {**judged, "cost": cost.to_dict()}
+
+
+def _fit_task(detector: Detector, ids: Sequence[str], seeds: Sequence[int], subject: Subject) -> dict:
+    return {"params": detector.fit(subject, pick(subject, ids), seeds).describe()["params"]}
+
+
+def score_plan(subject: Subject, detector: Detector, prompts: Sequence[Prompt], seeds: Sequence[int], out: Path,
+               *, chunk_size: int = 16) -> list[Unit]:
+    """The units that score ``prompts`` with ``detector``: one per chunk of ``chunk_size`` prompts, saved under
+    ``out/units/<detector>/n<n>/<chunk>.json``."""
+    return [Unit(out / "units" / safe_name(detector.name) / f"n{len(seeds)}" / f"{k:05d}.json",
+                 unit_settings(subject, chunk, seeds, {"detector": detector.describe()}),
+                 partial(score_task, detector, prompt_refs(subject, chunk), tuple(seeds)))
+            for k, chunk in _chunks(prompts, chunk_size)]
+
+
+def _scores(units: Sequence[dict]) -> tuple[np.ndarray, list[Cost]]:
+    scores = [v for u in units for v in u["scores"]]
+    return np.asarray(scores, dtype=np.float64), [Cost.from_dict(u["cost"]) for u in units]
+
+
 def score_units(subject: Subject, detector: Detector, prompts: Sequence[Prompt], seeds: Sequence[int], out: Path,
-                *, chunk_size: int = 16, tally: dict | None = None) -> tuple[np.ndarray, list[Cost]]:
-    """Scores [P] of ``detector`` on ``prompts`` (own direction) and the cost of each unit, resumable under ``out``."""
+                *, chunk_size: int = 16, tally: dict | None = None, executor=None,
+                progress: bool = False) -> tuple[np.ndarray, list[Cost]]:
+    """Scores [P] of ``detector`` on ``prompts`` (own direction) and the cost of each unit, resumable under ``out``;
+    the units run on ``executor`` (default: here, one after the other)."""
     tally = {"computed": 0, "reused": 0, "recomputed": 0} if tally is None else tally
-    scores, costs = [], []
-    for k, chunk in _chunks(prompts, chunk_size):
-        settings = unit_settings(subject, chunk, seeds, {"detector": detector.describe()})
-
-        def compute(chunk=chunk):
-            s, cost = measure(detector, subject, chunk, seeds)
-            return {"scores": s.tolist(), "cost": cost.to_dict()}
-
-        path = out / "units" / safe_name(detector.name) / f"n{len(seeds)}" / f"{k:05d}.json"
-        unit = resumable_unit(path, settings, compute, tally)
-        scores += unit["scores"]
-        costs.append(Cost.from_dict(unit["cost"]))
-    return np.asarray(scores, dtype=np.float64), costs
+    units = run_units(score_plan(subject, detector, prompts, seeds, out, chunk_size=chunk_size), tally,
+                      executor=executor, state=subject, progress=progress, description=f"scoring {detector.name}")
+    return _scores(units)
 
 
-def _measured(subject: Subject, out: Path, seeds: Sequence[int], guidance: float, chunk_size: int,
-              tally: dict) -> tuple[list[float], list[Cost], list[str]]:
+def _label_plan(subject: Subject, out: Path, seeds: Sequence[int], guidance: float, chunk_size: int) -> list[Unit]:
+    what = {"labels": "paired 1/3 rule", "region_rule": None if REGION_RULE is None else REGION_RULE.__name__,
+            "guidance": guidance, "steps": subject.steps}
+    return [Unit(out / "units" / "_labels" / f"n{len(seeds)}" / f"{k:05d}.json",
+                 unit_settings(subject, chunk, seeds, what),
+                 partial(_label_task, prompt_refs(subject, chunk), tuple(seeds), guidance))
+            for k, chunk in _chunks(subject.prompts, chunk_size)]
+
+
+def _measured(units: Sequence[dict]) -> tuple[list[float], list[Cost], list[str]]:
     rates, costs, judged = [], [], []
-    for k, chunk in _chunks(subject.prompts, chunk_size):
-        what = {"labels": "paired 1/3 rule", "region_rule": None if REGION_RULE is None else REGION_RULE.__name__,
-                "guidance": guidance, "steps": subject.steps}
-        settings = unit_settings(subject, chunk, seeds, what)
-
-        def compute(chunk=chunk):
-            judged, cost = measure_call(subject, lambda s: copy_judgement(s, chunk, seeds, guidance=guidance))
-            return {**judged, "cost": cost.to_dict()}
-
-        unit = resumable_unit(out / "units" / "_labels" / f"n{len(seeds)}" / f"{k:05d}.json", settings, compute, tally)
+    for unit in units:
         rates += unit["copy_rate"]
         judged += unit["judged"]
         costs.append(Cost.from_dict(unit["cost"]))
@@ -203,25 +227,35 @@ def _label_guidance(dets: Sequence[Detector], given: float | None) -> float:
     return ws[0] if len(ws) == 1 else 7.5
 
 
-def fit_calibrated(subject: Subject, det: Detector, split: np.ndarray, seeds: Sequence[int], out: Path,
-                   tally: dict) -> tuple[Detector, dict]:
-    """``det`` fitted (when it needs calibration) on the calibration split's planted negatives over ``seeds``, which
-    no scoring or label generation uses; the fit is a resumable unit. Returns (detector, how it was fitted)."""
+def fit_plan(subject: Subject, det: Detector, split: np.ndarray, seeds: Sequence[int], out: Path) -> Unit | None:
+    """The unit that fits ``det`` (None when it needs no calibration) on the calibration split's planted negatives
+    over ``seeds``, which no scoring or label generation uses."""
     if "calibration" not in det.needs:
-        return det, {}
+        return None
     negatives = [p for p, s in zip(subject.prompts, split, strict=True) if s == "calibration" and planted_label(p) == 0]
     if not negatives:
         raise ValueError(f"detector {det.name!r} needs calibration, but the calibration split has no negatives")
-    settings = unit_settings(subject, negatives, seeds, {"fit": det.describe()})
+    return Unit(out / "units" / safe_name(det.name) / "fit.json",
+                unit_settings(subject, negatives, seeds, {"fit": det.describe()}),
+                partial(_fit_task, det, prompt_refs(subject, negatives), tuple(seeds)))
 
-    def compute():
-        return {"params": det.fit(subject, negatives, seeds).describe()["params"]}
 
-    unit = resumable_unit(out / "units" / safe_name(det.name) / "fit.json", settings, compute, tally)
+def fitted(det: Detector, unit: dict) -> tuple[Detector, dict]:
+    """``det`` with the parameters its fit unit found, and how it was fitted."""
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in unit["params"].items()}
-    how = {"prompts": [p.id for p in negatives], "split": "calibration", "label": "planted negatives",
-           "seeds": list(seeds)}
+    how = {"prompts": unit["settings"]["prompt_ids"], "split": "calibration", "label": "planted negatives",
+           "seeds": unit["settings"]["seeds"]}
     return type(det)(**params), how
+
+
+def fit_calibrated(subject: Subject, det: Detector, split: np.ndarray, seeds: Sequence[int], out: Path,
+                   tally: dict, executor=None) -> tuple[Detector, dict]:
+    """``det`` fitted (when it needs calibration) on the calibration split's planted negatives over ``seeds``, which
+    no scoring or label generation uses; the fit is a resumable unit. Returns (detector, how it was fitted)."""
+    unit = fit_plan(subject, det, split, seeds, out)
+    if unit is None:
+        return det, {}
+    return fitted(det, run_units([unit], tally, executor=executor, state=subject)[0])
 
 
 # --- metrics -------------------------------------------------------------------------------------------------------
@@ -330,15 +364,14 @@ def write_csv(path: Path, records: Sequence[dict], columns: Sequence[str] = CSV_
     return atomic_write_text(path, buf.getvalue())
 
 
-def _label_info(subject, dets, labels, n_label, label_guidance, base_seed, out, chunk_size, tally) -> tuple:
+def _label_info(subject, labels, guidance, seeds, units: Sequence[dict]) -> tuple:
     values = {}
     info = {"planted": {"positive_kinds": list(POSITIVE_KINDS), "negative_kinds": list(NEGATIVE_KINDS),
                         "other_kinds": "left out"}}
     if "planted" in labels:
         values["planted"] = [planted_label(p) for p in subject.prompts]
     if "measured" in labels:
-        w, seeds = _label_guidance(dets, label_guidance), generation_seeds(n_label, base_seed)
-        rates, costs, judged = _measured(subject, out, seeds, w, chunk_size, tally)
+        rates, costs, judged = _measured(units)
         values["measured"] = [int(r >= MEASURED_RATE) for r in rates]
         info["measured"] = {"rule": f"copy rate >= {MEASURED_RATE} over the generations; a copy: NN ratio <= 1/3 "
                                     "over the distinct references, a1 the paired image when there is one; on the "
@@ -346,7 +379,7 @@ def _label_info(subject, dets, labels, n_label, label_guidance, base_seed, out, 
                             "region_rule": None if REGION_RULE is None else
                             f"{REGION_RULE.__module__}.{REGION_RULE.__name__}",
                             "judged": {k: judged.count(k) for k in sorted(set(judged))},
-                            "guidance": w, "steps": subject.steps, "seeds": seeds,
+                            "guidance": guidance, "steps": subject.steps, "seeds": seeds,
                             "nfe": sum(c.nfe for c in costs), "seconds": sum(c.seconds for c in costs)}
     for k, v in values.items():
         info[k] = {**info.get(k, {}), "positives": sum(x == 1 for x in v), "negatives": sum(x == 0 for x in v)}
@@ -357,7 +390,7 @@ def run_detection(subject: Subject, detectors: Sequence[str | Detector] | None =
                   n_gen: Sequence[int] = (1, 4), base_seed: int = 0, out: str | Path,
                   labels: Sequence[str] = LABELS, n_label: int = 4, label_guidance: float | None = None,
                   chunk_size: int = 16, n_boot: int = 2000, n_fit: int = 8,
-                  progress: Callable[[str], None] | None = None) -> DetectionRun:
+                  progress: Callable[[str], None] | bool | None = None, executor=None) -> DetectionRun:
     """Score every prompt of ``subject`` with every detector at each n, label, calibrate, evaluate; write ``out``.
 
     Args:
@@ -370,10 +403,14 @@ def run_detection(subject: Subject, detectors: Sequence[str | Detector] | None =
         n_boot: bootstrap resamples of the AUC interval.
         n_fit: generations per calibration negative that fit a detector that needs calibration (seeds after every
             scoring and label seed, so none is shared).
+        progress: a callable gets one line per phase, and a progress bar of the units shows; True: the bar only.
+        executor: where the units run (:mod:`diffmem.executor`; default: here, one after the other). The fits
+            run first, then every label and scoring unit at once; records do not depend on it.
     Returns:
         A :class:`DetectionRun`; ``out`` gets ``summary.json``, ``scores.csv`` and ``units/``.
     """
-    start, out, say = time.perf_counter(), Path(out), progress or (lambda msg: None)
+    start, out = time.perf_counter(), Path(out)
+    say, bar = progress if callable(progress) else (lambda msg: None), bool(progress)
     if not subject.prompts:
         raise ValueError(f"subject {subject.name!r} has no prompts to score")
     if not set(labels) <= set(LABELS) or not labels:
@@ -382,32 +419,45 @@ def run_detection(subject: Subject, detectors: Sequence[str | Detector] | None =
     seeds = {n: generation_seeds(n, base_seed) for n in sorted(set(n_gen))}
     split, how = assign_splits(subject.prompts)
     split = np.array(split)
-    values, label_info = _label_info(subject, dets, labels, n_label, label_guidance, base_seed, out, chunk_size,
-                                     tally)
-    scores, oriented, rows, skipped, fits, used = {}, {}, [], [], {}, {}
+    run = partial(run_units, tally=tally, executor=executor, state=subject, progress=bar)
     fit_seeds = generation_seeds(n_fit, base_seed + max(max(seeds), n_label))
-    for det in list(dets):
+    plans, fit_errors = {}, {}
+    for det in dets:
         try:
-            det, fits[det.name] = fit_calibrated(subject, det, split, fit_seeds, out, tally)
-            used[det.name] = det
+            plans[det.name] = fit_plan(subject, det, split, fit_seeds, out)
         except ValueError as err:
-            skipped.append({"detector": det.name, "n_gen": None, "reason": str(err)})
+            fit_errors[det.name] = str(err)
+    to_fit = [name for name, unit in plans.items() if unit is not None]
+    say(f"fitting {len(to_fit)} detector(s)" if to_fit else "no detector to fit")
+    fit_units = dict(zip(to_fit, run([plans[name] for name in to_fit], description="fitting"), strict=True))
+    skipped, fits, used, jobs = [], {}, {}, []
+    for det in dets:
+        if det.name in fit_errors:
+            skipped.append({"detector": det.name, "n_gen": None, "reason": fit_errors[det.name]})
             continue
+        det, fits[det.name] = fitted(det, fit_units[det.name]) if det.name in fit_units else (det, {})
+        used[det.name] = det
         for n, s in seeds.items():
             try:
                 det.check(subject, subject.prompts, s)
             except ValueError as err:
                 skipped.append({"detector": det.name, "n_gen": n, "reason": str(err)})
                 continue
-            say(f"{det.name} n={n}")
-            scores[det.name, n], costs = score_units(subject, det, subject.prompts, s, out, chunk_size=chunk_size,
-                                                     tally=tally)
-            oriented[det.name, n] = scores[det.name, n] * (1.0 if det.higher_is_memorized else -1.0)
-            rows += [_row(subject, det.name, n, lab, oriented[det.name, n], values[lab], split, costs, n_boot)
-                     for lab in labels]
-    fitted = {name: how for name, how in fits.items() if how}
+            jobs.append((det, n, score_plan(subject, det, subject.prompts, s, out, chunk_size=chunk_size)))
+    w, label_seeds = _label_guidance(dets, label_guidance), generation_seeds(n_label, base_seed)
+    label_plan = _label_plan(subject, out, label_seeds, w, chunk_size) if "measured" in labels else []
+    say(f"labels and {', '.join(f'{det.name} n={n}' for det, n, _ in jobs)}")
+    done = run(label_plan + [u for _, _, plan in jobs for u in plan], description="units")
+    values, label_info = _label_info(subject, labels, w, label_seeds, done[:len(label_plan)])
+    scores, oriented, rows, at = {}, {}, [], len(label_plan)
+    for det, n, plan in jobs:
+        scores[det.name, n], costs = _scores(done[at:at + len(plan)])
+        at += len(plan)
+        oriented[det.name, n] = scores[det.name, n] * (1.0 if det.higher_is_memorized else -1.0)
+        rows += [_row(subject, det.name, n, lab, oriented[det.name, n], values[lab], split, costs, n_boot)
+                 for lab in labels]
     prov = {"subject": subject.describe(), "detectors": {d.name: used.get(d.name, d).describe() for d in dets},
-            "calibration_fits": fitted,
+            "calibration_fits": {name: how for name, how in fits.items() if how},
             "seeds": {str(n): s for n, s in seeds.items()}, "base_seed": base_seed, "chunk_size": chunk_size,
             "n_boot": n_boot, "package": package_version(),
             "tpr_rule": "conservative: max TPR over thresholds with FPR <= alpha on the evaluation split; "

@@ -26,6 +26,7 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +34,14 @@ import torch
 from torch import Tensor
 
 from diffmem.detectors.base import Detector, generation_seeds, make_detector
-from diffmem.detectors.counting import Cost, measure, measure_call
-from diffmem.detectors.harness import unit_settings, write_csv
+from diffmem.detectors.counting import Cost, measure_call
+from diffmem.detectors.harness import score_task, unit_settings, write_csv
 from diffmem.detectors.labels import NEGATIVE_KINDS, POSITIVE_KINDS, _paired_index, assign_splits
 from diffmem.evaluation.detection import calibrate_threshold
 from diffmem.evaluation.fid import fid
 from diffmem.evaluation.precision_recall import precision_recall
-from diffmem.io import resumable_unit, safe_name, write_json
+from diffmem.executor import Unit, pick, prompt_refs, run_units
+from diffmem.io import safe_name, write_json
 from diffmem.mitigations.base import InferenceMitigation, make_mitigation
 from diffmem.results import Record, package_version
 from diffmem.sampling.trajectory import Recorder
@@ -332,18 +334,15 @@ def meets_goal(r: MitigationRow) -> bool:
 
 # --- gating --------------------------------------------------------------------------------------------------------
 
-def _gate(subject, detector: Detector, fpr: float, trig, gen, cal, seeds, out, tally) -> dict:
+def _gate(subject, detector: Detector, fpr: float, trig, gen, cal, seeds, out, run) -> dict:
     """Scores of the detector on the three sets (units), the calibrated threshold and the flags."""
+    sets = (("calibration", cal), ("trigger", trig), ("general", gen))
+    units = run([Unit(out / "units" / "_gate" / safe_name(detector.name) / f"{name}.json",
+                      unit_settings(subject, prompts, seeds, {"gate": detector.describe()}),
+                      partial(score_task, detector, prompt_refs(subject, prompts), tuple(seeds)))
+                 for name, prompts in sets], description="gate")
     scores, cost_all, n_all = {}, [], 0
-    for name, prompts in (("calibration", cal), ("trigger", trig), ("general", gen)):
-        settings = unit_settings(subject, prompts, seeds, {"gate": detector.describe()})
-
-        def compute(prompts=prompts):
-            s, cost = measure(detector, subject, prompts, seeds)
-            return {"scores": s.tolist(), "cost": cost.to_dict()}
-
-        path = out / "units" / "_gate" / safe_name(detector.name) / f"{name}.json"
-        unit = resumable_unit(path, settings, compute, tally)
+    for (name, prompts), unit in zip(sets, units, strict=True):
         sign = 1.0 if detector.higher_is_memorized else -1.0
         scores[name] = sign * np.asarray(unit["scores"], dtype=np.float64)
         if name != "calibration":
@@ -364,8 +363,15 @@ def _gate(subject, detector: Detector, fpr: float, trig, gen, cal, seeds, out, t
 
 # --- the run -------------------------------------------------------------------------------------------------------
 
-def _set_unit(subject, prompts, seeds, what: dict, path: Path, tally, compute) -> dict:
-    return resumable_unit(path, unit_settings(subject, prompts, seeds, what), compute, tally)
+@lru_cache(maxsize=1)
+def _default_evaluator(shape: tuple) -> Evaluator:
+    return digits_evaluator() if shape == (1, 8, 8) else Evaluator()
+
+
+def _set_task(refs, seeds, mitigation, flagged, guidance, batch_size, evaluator, subject) -> dict:
+    """One set's generations under one method, judged (``evaluator`` None: the default, built once per worker)."""
+    evaluator = evaluator or _default_evaluator(tuple(subject.state_shape))
+    return _run_set(subject, pick(subject, refs), seeds, mitigation, flagged, guidance, batch_size, evaluator)
 
 
 def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitigation] | Mapping, *,
@@ -373,7 +379,7 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
                    calibration: Sequence[Prompt] | None = None, n_gen: int = 4, base_seed: int = 0,
                    guidance: float = 7.5, gate: str | Detector | None = None, gate_fpr: float = 0.01,
                    out: str | Path, evaluator: Evaluator | None = None, batch_size: int = 64, n_boot: int = 1000,
-                   progress: Callable[[str], None] | None = None) -> MitigationRun:
+                   progress: Callable[[str], None] | None = None, executor=None) -> MitigationRun:
     """Run each method at its default and along its knob, ungated (and gated by ``gate``); write ``out``.
 
     Args:
@@ -384,6 +390,8 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
         n_gen: generations per prompt (seed ``base_seed + j``); guidance: the plain CFG weight.
         gate: a detector (name or instance) whose threshold at ``gate_fpr`` decides which prompts get the remedy.
         evaluator: aligner, feature extractor and template judge (default: the digits classifier on 1×8×8 states).
+        executor: where the units run (:mod:`diffmem.executor`; default: here). The gate's units run first, then
+            every other unit at once; a given evaluator travels with each unit, the default is built per worker.
     Returns:
         A :class:`MitigationRun`; ``out`` gets ``summary.json``, ``rows.csv`` and ``units/``.
     """
@@ -395,16 +403,17 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
     cal = list(d_cal if calibration is None else calibration)
     if not trig or not gen:
         raise ValueError(f"need a trigger set and a general set, got {len(trig)} and {len(gen)} prompts")
-    if evaluator is None:
-        evaluator = digits_evaluator() if tuple(subject.state_shape) == (1, 8, 8) else Evaluator()
+    given, evaluator = evaluator, evaluator or _default_evaluator(tuple(subject.state_shape))
     items = mitigations.items() if isinstance(mitigations, Mapping) else [(m, None) for m in mitigations]
     methods = [(s, "default" if k == 0 else s.setting) for m, v in items for k, s in enumerate(settings_of(m, v))]
     seeds, tally = generation_seeds(n_gen, base_seed), {"computed": 0, "reused": 0, "recomputed": 0}
+    run = partial(run_units, tally=tally, executor=executor, state=subject, progress=progress is not None,
+                  on_unit=lambda u: say(str(u.path.relative_to(out / "units").with_suffix(""))))
     gate_info = None
     if gate is not None:
         det = make_detector(gate) if isinstance(gate, str) else gate
         say(f"gate {det.name}")
-        gate_info = _gate(subject, det, gate_fpr, trig, gen, cal, seeds, out, tally)
+        gate_info = _gate(subject, det, gate_fpr, trig, gen, cal, seeds, out, run)
     real = None if evaluator.extractor is None else evaluator.extractor(
         subject.references if subject.decode is None else subject.decode(subject.references)).double()
 
@@ -415,19 +424,23 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
                                                      "flags": [bool(f) for f in flags]},
                 "evaluator": evaluator.describe}
         tag = "plain" if m is None else f"{safe_name(m.name)}/{safe_name(label)}{'-gated' if flags is not None else ''}"
-        return _set_unit(subject, prompts, seeds, what, out / "units" / tag / f"{set_name}.json", tally,
-                         lambda: _run_set(subject, prompts, seeds, m, flags, guidance, batch_size, evaluator))
+        return Unit(out / "units" / tag / f"{set_name}.json", unit_settings(subject, prompts, seeds, what),
+                    partial(_set_task, prompt_refs(subject, prompts), tuple(seeds), m, flags, guidance, batch_size,
+                            given))
 
-    say("plain")
-    plain = {"trigger_plain": unit("trigger", trig, None, None), "general_plain": unit("general", gen, None, None)}
-    rows = []
+    plan = {"trigger_plain": unit("trigger", trig, None, None), "general_plain": unit("general", gen, None, None)}
     for m, label in methods:
         for gated in (False, True) if gate_info else (False,):
-            say(f"{m.name} {label}{' gated' if gated else ''}")
             f = gate_info["flags"] if gated else {"trigger": None, "general": None}
-            units = {**plain, "trigger": unit("trigger", trig, m, f["trigger"], label),
-                     "general": unit("general", gen, m, f["general"], label)}
-            rows.append(_row(m, label, gated, units, real, gate_info, n_boot))
+            plan[m, label, gated] = (unit("trigger", trig, m, f["trigger"], label),
+                                     unit("general", gen, m, f["general"], label))
+    say(f"plain and {len(methods)} setting(s){' ungated and gated' if gate_info else ''}")
+    flat = [u for v in plan.values() for u in (v if isinstance(v, tuple) else (v,))]
+    done = iter(run(flat, description="units"))
+    got = {k: (next(done), next(done)) if isinstance(v, tuple) else next(done) for k, v in plan.items()}
+    plain = {"trigger_plain": got["trigger_plain"], "general_plain": got["general_plain"]}
+    rows = [_row(m, label, gated, {**plain, "trigger": got[key][0], "general": got[key][1]}, real, gate_info, n_boot)
+            for key in plan if isinstance(key, tuple) for m, label, gated in [key]]
     rows, pareto = _with_pareto(rows)
     gate_out = None if gate_info is None else {
         "detector": gate_info["detector"], "threshold": asdict(gate_info["threshold"]), "how": gate_info["how"],

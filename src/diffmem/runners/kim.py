@@ -13,12 +13,14 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from diffmem.adapters.subject import ADAPTER_KINDS, adapter_subject, read_manifest
 from diffmem.analyses.kim import KimConfig, KimResult, KimSummary, run_kim
+from diffmem.executor import make_executor
 from diffmem.io import claim_out_dir, mark_stale, remove_stale_tmp, write_json
 from diffmem.progress import progress_bar
 from diffmem.reports.html import finish_report
@@ -122,10 +124,10 @@ def is_graded(world: World) -> bool:
 
 
 def run_kim_job(subject: Subject, out: str | Path, *, quick: bool = False, primary: str | None = None,
-                progress: bool = True, preset: str | None = None, **overrides) -> KimRun:
+                progress: bool = True, preset: str | None = None, executor=None, **overrides) -> KimRun:
     """Run the study on ``subject`` in ``preset`` (default: quick or full; ``overrides``: KimConfig fields, e.g.
     ``n_seeds``, ``guidance``); resume from ``out/units``; save result, summary and figures into ``out``; delete the
-    units."""
+    units. The prompts run on ``executor`` (:mod:`diffmem.executor`; default: here)."""
     preset = preset or ("quick" if quick else "full")
     if preset not in KIM_PRESETS:
         raise ValueError(f"unknown Kim preset {preset!r}; have {sorted(KIM_PRESETS)}")
@@ -136,7 +138,7 @@ def run_kim_job(subject: Subject, out: str | Path, *, quick: bool = False, prima
     start = time.perf_counter()
     with progress_bar(progress) as bar:
         task = bar.add_task("kim analyses: prompts")
-        res = run_kim(subject, cfg, units=out / "units",
+        res = run_kim(subject, cfg, units=out / "units", executor=executor,
                       progress=lambda k, todo: bar.update(task, completed=k, total=todo))
     res.save(out)
     run = KimRun(res.summary, round(time.perf_counter() - start, 1), quick, res.to_dict()[0]["provenance"],
@@ -182,14 +184,16 @@ def analyze_kim(out: str | Path, *, world: str | None = None, model: str | Path 
                 model_kind: str = "sd", prompts: str | Path | None = None, steps: int = 50,
                 per_kind: int | None = None, primary: str | None = None, quick: bool = False,
                 progress: bool = True, refs: str | Path | None = None, device: str = "cpu",
-                dtype: str = "float32", **overrides) -> KimRun:
+                dtype: str = "float32", workers: int | None = None, address: str | None = None,
+                **overrides) -> KimRun:
     """``diffmem analyze kim``: the study on an embedded world (default ``digits-t2i``) or on a local diffusers
     ``model`` with a ``prompts`` manifest (JSONL: prompt, and the paired training image where there is one);
     ``refs`` replaces the reference set of the copy rule; ``overrides`` are KimConfig fields.
 
     A graded world (with a duplication ladder, e.g. ``digits-bench``) runs on its graded prompt set
     (:func:`graded_world_subject`, evaluation split) in the ``graded`` preset, or with ``quick`` on one prompt per
-    stratum in the quick preset; ``per_kind`` caps each stratum."""
+    stratum in the quick preset; ``per_kind`` caps each stratum. ``workers``/``address``: the prompts on a Ray
+    cluster (:mod:`diffmem.executor`), each worker building the subject once."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"--steps must be a positive integer, got {steps!r}")
     if per_kind is not None and (isinstance(per_kind, bool) or not isinstance(per_kind, int) or per_kind < 1):
@@ -209,22 +213,36 @@ def analyze_kim(out: str | Path, *, world: str | None = None, model: str | Path 
         if prompts is None:
             raise ValueError("--model needs --prompts MANIFEST.jsonl (one prompt per line, with its training image "
                              "where there is one)")
-        subject = _model_subject(model, prompts, kind=model_kind, steps=steps, device=device, dtype=dtype, refs=refs)
+    elif device not in ("cpu", "auto") or dtype != "float32":
+        raise ValueError(f"an embedded world runs on the CPU in float32, got --device {device} --dtype {dtype}; "
+                         "drop them or use --model")
+    recipe = partial(kim_subject, world, model, model_kind, prompts, steps, per_kind, quick, refs, device, dtype)
+    subject, preset = recipe(progress=progress)
+    with make_executor(partial(_subject_only, recipe), workers=workers, address=address) as executor:
+        return run_kim_job(subject, out, quick=quick, primary=primary, progress=progress, preset=preset,
+                           executor=executor, **overrides)
+
+
+def kim_subject(world, model, model_kind, prompts, steps, per_kind, quick, refs, device, dtype, *,
+                progress: bool = False) -> tuple[Subject, str | None]:
+    """The subject of ``analyze kim``'s flags (checked by :func:`analyze_kim`) and its preset (None: the default);
+    module-level, so that each Ray worker builds the same subject from these names."""
+    if model is not None:
+        return _model_subject(model, prompts, kind=model_kind, steps=steps, device=device, dtype=dtype,
+                              refs=refs), None
+    w = load_world(world or "digits-t2i", progress=progress)
+    if is_graded(w):
+        subject = graded_world_subject(w, steps=steps, negatives=4 if quick else GRADED_NEGATIVES,
+                                       per_stratum=per_kind if per_kind is not None else (1 if quick else None))
+        preset = "quick" if quick else "graded"
     else:
-        if prompts is not None:
-            raise ValueError("--prompts goes with --model; a --world brings its own prompts")
-        if device not in ("cpu", "auto") or dtype != "float32":
-            raise ValueError(f"an embedded world runs on the CPU in float32, got --device {device} --dtype {dtype}; "
-                             "drop them or use --model")
-        w = load_world(world or "digits-t2i", progress=progress)
-        if is_graded(w):
-            subject = graded_world_subject(w, steps=steps, negatives=4 if quick else GRADED_NEGATIVES,
-                                           per_stratum=per_kind if per_kind is not None else (1 if quick else None))
-            preset = "quick" if quick else "graded"
-        else:
-            per_kind = per_kind if per_kind is not None else (QUICK_PER_KIND if quick else None)
-            subject, preset = kim_world_subject(w, steps=steps, per_kind=per_kind), None
-        if refs is not None:
-            subject = replace(subject, references=load_references(refs, subject.state_shape))
-        return run_kim_job(subject, out, quick=quick, primary=primary, progress=progress, preset=preset, **overrides)
-    return run_kim_job(subject, out, quick=quick, primary=primary, progress=progress, **overrides)
+        per_kind = per_kind if per_kind is not None else (QUICK_PER_KIND if quick else None)
+        subject, preset = kim_world_subject(w, steps=steps, per_kind=per_kind), None
+    if refs is not None:
+        subject = replace(subject, references=load_references(refs, subject.state_shape))
+    return subject, preset
+
+
+def _subject_only(recipe) -> Subject:
+    return recipe()[0]
+

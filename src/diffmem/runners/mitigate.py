@@ -23,9 +23,10 @@ def inference_methods() -> list[str]:
 def run_mitigate(subject: Subject, out: str | Path, *, methods: Sequence[str] | Mapping | None = None,
                  gate: str | None = None, gate_fpr: float = 0.01, n_gen: int = 4, base_seed: int = 0,
                  guidance: float = 7.5, grid: bool = True, n_boot: int = 1000,
-                 progress: Callable[[str], None] | None = None) -> MitigationRun:
+                 progress: Callable[[str], None] | None = None, executor=None) -> MitigationRun:
     """The harness on ``subject`` for ``methods`` (default: every inference-time one), each along its grid (or
-    only its default with ``grid=False``), ungated and, with ``gate``, gated; writes ``out``."""
+    only its default with ``grid=False``), ungated and, with ``gate``, gated; writes ``out``. The units run on
+    ``executor`` (:mod:`diffmem.executor`; default: here)."""
     names = inference_methods() if methods is None else methods
     unknown = [m for m in names if m not in MITIGATIONS]  # a Mapping iterates over its names
     if unknown:
@@ -33,7 +34,8 @@ def run_mitigate(subject: Subject, out: str | Path, *, methods: Sequence[str] | 
     if not isinstance(names, Mapping) and not grid:
         names = {m: () for m in names}
     return run_mitigation(subject, names, n_gen=n_gen, base_seed=base_seed, guidance=guidance, gate=gate,
-                          gate_fpr=gate_fpr, out=out, n_boot=n_boot, progress=progress)
+                          gate_fpr=gate_fpr, out=out, n_boot=n_boot, progress=progress,
+                          executor=executor)
 
 
 def _f(v, scale=1.0, fmt="{:.3f}") -> str:

@@ -187,13 +187,14 @@ def _lipschitz(seed: int, quick: bool, n: int = 200, dim: int = 32) -> dict:
 
 # --- networks -----------------------------------------------------------------------------------------------
 
-def run_sweep_preset(out: str | Path, *, preset: str = "quick", figures: bool = True, progress=None
-                     ) -> SweepSummary:
-    """The network sweeps of Fig. 3 on a preset grid (resumable: finished runs are read from ``out/rows``)."""
+def run_sweep_preset(out: str | Path, *, preset: str = "quick", figures: bool = True, progress=None,
+                     executor=None) -> SweepSummary:
+    """The network sweeps of Fig. 3 on a preset grid (resumable: finished runs are read from ``out/rows``; the runs
+    go to ``executor``, :mod:`diffmem.executor`, default: here)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown sweep preset {preset!r}; expected one of {sorted(PRESETS)}")
     cfg = PRESETS[preset]
-    summary = run_sweep(cfg, out, progress=progress)
+    summary = run_sweep(cfg, out, progress=progress, executor=executor)
     prov = _prov({"net": "ScoreMLP", "world": "gmm", "world_seed": cfg.world_seed}, {"preset": preset},
                  cfg.sampler.to_dict(), seeds=[0, cfg.n_samples - 1])
     return _save("sweep", SweepSummary(**summary), {}, prov, out, figures)

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from diffmem.io import read_json, remove_stale_tmp, write_json
+from diffmem.executor import Unit, run_units
+from diffmem.io import remove_stale_tmp
 from diffmem.mixtures import gmm_world
 from diffmem.similarity.criteria import memorization_ratio
 from diffmem.theory.mlp import NetDenoiser, TrainConfig, count_params, train_score_net
@@ -135,25 +137,26 @@ def run_one(spec: RunSpec, cfg: SweepConfig) -> dict:
             "train": train.to_dict(), "sampler": prov["sampler"], "settings": run_settings(spec, cfg)}
 
 
-def run_sweep(cfg: SweepConfig, out: str | Path, *, progress=None) -> dict:
+def _run_task(spec: RunSpec, cfg: SweepConfig, state=None) -> dict:
+    return run_one(spec, cfg)
+
+
+def run_sweep(cfg: SweepConfig, out: str | Path, *, progress=None, executor=None) -> dict:
     """Run every panel of ``cfg`` (resuming from ``out/rows``) and return the summary dict.
 
-    ``progress(done, total, key)`` is called after each run when given."""
+    ``progress(done, total, key)`` is called after each run when given. The runs are units
+    (:mod:`diffmem.executor`): on ``executor`` (default: here, one after the other), each row written as it arrives."""
     rows_dir = Path(out) / "rows"
     remove_stale_tmp(rows_dir)
     panels = plan(cfg)
     unique = list({s.key: s for specs in panels.values() for s in specs}.values())
-    rows, t0 = {}, time.perf_counter()
-    for k, spec in enumerate(unique):
-        path = rows_dir / f"{spec.key}.json"
-        saved = read_json(path) if path.exists() else None
-        if isinstance(saved, dict) and saved.get("settings") == run_settings(spec, cfg):
-            rows[spec.key] = saved
-        else:  # absent, or made under other settings (e.g. an earlier --quick run into this folder)
-            rows[spec.key] = run_one(spec, cfg)
-            write_json(path, rows[spec.key])
-        if progress:
-            progress(k + 1, len(unique), spec.key)
+    t0, tally = time.perf_counter(), {"computed": 0, "reused": 0, "recomputed": 0}
+    units = [Unit(rows_dir / f"{spec.key}.json", run_settings(spec, cfg), partial(_run_task, spec, cfg))
+             for spec in unique]
+    # a row made under other settings (e.g. an earlier --quick run into this folder) is recomputed, never reused
+    got = run_units(units, tally, executor=executor, on_unit=None if progress is None else lambda u: progress(
+        tally["computed"] + tally["reused"], len(units), u.path.stem))
+    rows = {spec.key: row for spec, row in zip(unique, got, strict=True)}
     summary = {"config": cfg.to_dict(), "panels": {p: [rows[s.key] for s in specs] for p, specs in panels.items()},
                "wall_s": round(time.perf_counter() - t0, 1),
                "run_s_total": round(sum(r["train_s"] + r["sample_s"] for r in rows.values()), 1),
