@@ -39,3 +39,9 @@ def test_kim_theory_rejects_options_of_the_kim_study(tiny_world, tmp_path, capsy
     argv = ["analyze", "kim-theory", "--world", tiny_world, "--out", str(tmp_path / "r"), "--per-kind", "2"]
     assert main(argv) == 2
     assert "belongs to 'analyze kim'" in capsys.readouterr().err
+
+
+def test_kim_theory_refuses_ray_workers(tiny_world, tmp_path, capsys):
+    argv = ["analyze", "kim-theory", "--world", tiny_world, "--out", str(tmp_path / "r"), "--workers", "2"]
+    assert main(argv) == 2
+    assert "--workers/--ray" in capsys.readouterr().err and not (tmp_path / "r" / "summary.json").exists()
