@@ -17,6 +17,8 @@ import numpy as np
 from diffmem.analyses.kim import KimResult
 from diffmem.io import read_arrays, read_json
 from diffmem.mitigations.prune_results import METRICS, PruneTable
+from diffmem.reports.detection_figures import plot_roc, roc_curves
+from diffmem.reports.mitigation_figures import plot_pareto
 from diffmem.reports.parts import Page, Raw, data_uri, drawn, figure, provenance_block, section, table, thumb
 from diffmem.reports.tables import kim_prompt_rows
 
@@ -454,8 +456,6 @@ def _mitigation_row(r: dict) -> dict:
 
 
 def _draw_pareto(folder: Path):
-    from diffmem.reports.mitigation_figures import plot_pareto
-
     return plot_pareto(folder).figure
 
 
@@ -579,8 +579,6 @@ def _detect_table(saved: list[dict]) -> list[dict]:
 
 
 def _draw_roc(folder: Path, label: str):
-    from diffmem.reports.detection_figures import plot_roc, roc_curves
-
     return plot_roc(roc_curves(folder, label))
 
 
