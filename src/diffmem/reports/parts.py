@@ -85,10 +85,20 @@ def figure(path: Path, caption: str = "") -> str:
     mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}.get(path.suffix.lower())
     if mime is None:
         return ""
-    uri = data_uri(path.read_bytes(), mime)
+    data = path.read_bytes()
+    uri = data_uri(data, mime)
     cap = html.escape(caption or path.stem.replace("_", " "))
-    return (f'<figure><img src="{uri}" alt="{html.escape(path.name)}"><figcaption>{cap} '
+    return (f'<figure{_wide(data)}><img src="{uri}" alt="{html.escape(path.name)}"><figcaption>{cap} '
             f'<span class="file">({html.escape(path.name)})</span></figcaption></figure>')
+
+
+def _wide(png: bytes) -> str:
+    """' class="wide"' for a PNG much wider than tall (panels side by side): it takes a whole row of a figure grid,
+    where half a row would shrink its text below reading size."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        return ""
+    w, h = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    return ' class="wide"' if h and w / h > 1.7 else ""
 
 
 def figure_bytes(fig, fmt: str = "png", dpi: int = 110) -> bytes:
@@ -110,8 +120,9 @@ def drawn(draw: Callable, name: str, caption: str = "") -> str:
         matplotlib.use("Agg")
     except ImportError:
         return f"<p class='empty'>{html.escape(name)}: matplotlib is not installed (pip install matplotlib).</p>"
-    uri = data_uri(figure_bytes(draw()), "image/png")
-    return (f'<figure><img src="{uri}" alt="{html.escape(name)}"><figcaption>{html.escape(caption)} '
+    png = figure_bytes(draw())
+    uri = data_uri(png, "image/png")
+    return (f'<figure{_wide(png)}><img src="{uri}" alt="{html.escape(name)}"><figcaption>{html.escape(caption)} '
             f'<span class="file">(diffmem report --format svg|pdf writes figures/{html.escape(name)}.*)</span>'
             "</figcaption></figure>")
 
