@@ -202,10 +202,10 @@ def _world_prompts(folder: Path, s: dict, arrays: dict, marks: dict | None = Non
     any_x = arrays[f"w{weights[0]}"]
     paired = _paired_tiles(folder, weights[0], rows, tuple(any_x.shape[-2:])) if paired_col else {}
     seeds = s["seeds"]
-    table_rows = []
+    table_rows, digits = [], any(r.get("label") is not None for r in rows)
     for i, r in enumerate(rows):
         row = {"#": i, "prompt": Raw(f'<span class="text">{html.escape(r["prompt"])}</span>', r["prompt"]),
-               "kind": r["kind"], **{k: r.get(k) for k in extra}, "digit": r.get("label")}
+               "kind": r["kind"], **{k: r.get(k) for k in extra}, **({"digit": r.get("label")} if digits else {})}
         if paired_col:
             row["paired"] = Raw(paired.get(i, "–"), str((r.get("paired_ids") or [""])[0]))
         for w in weights:
@@ -524,8 +524,8 @@ def _mitigate(folder: Path, page: Page) -> str:
                                                                        "on every prompt and only on flagged ones"))
     cap = (f"Trigger-set copy rate after each method (n = {n_t * (n_gen or 0)} samples, bars: 95 % bootstrap CI over "
            f"the {n_t} prompts) against the general-set alignment change (n = {n_g * (n_gen or 0)} samples, bars: its "
-           "95 % CI); hollow: gated; stars: ours; dashed: the Pareto front (fewer copies, less alignment lost); ×: "
-           "plain sampling.")
+           "95 % CI; symlog axis, linear within the goal's band); hollow: gated; stars: ours; dashed: the Pareto front "
+           "(fewer copies, less alignment lost); ×: plain sampling; green: the goal.")
     out.append(drawn(lambda: _draw_pareto(folder), "pareto", cap))
     out.append(_p("Pareto front: " + "; ".join(f"{d['method']} {d['setting']}{' gated' if d.get('gated') else ''}"
                                                for d in s["pareto"])) if s["pareto"] else "")
