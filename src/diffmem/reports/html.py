@@ -146,7 +146,7 @@ tbody tr:nth-child(even){background:#fafafa}
 .scroll{max-height:640px;overflow:auto;border:1px solid #eee;margin-bottom:1em}
 .scroll table{margin:0;display:table;overflow:visible}
 figure{display:inline-block;margin:.5em 1em .8em 0;vertical-align:top;max-width:100%}
-.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));grid-auto-flow:dense;gap:.5em 1em}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:.5em 1em}
 .figs figure{margin:0}.figs figure.wide{grid-column:1/-1}figure.wide figcaption{max-width:none}
 figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:12px;color:#444;max-width:720px}
