@@ -447,10 +447,12 @@ def _prune_runs(folder: Path) -> list[dict]:
 def _prune(folder: Path, page: Page) -> str:
     s = _summary(folder)
     rows = _prune_rows(folder)
-    runs = ", ".join(f"{r['method']}: {r['runs']}" for r in rows)
-    return (table(rows, caption=f"Mean and sample std over runs (runs per method: {runs}; std needs two); Δ: mean "
-                               "run-by-run difference to the original model")
-            + table(_prune_runs(folder), caption="Every run (runs.csv)")
+    counts = {r["runs"] for r in rows}
+    runs = (f"{counts.pop()} runs per method" if len(counts) == 1
+            else "runs per method: " + ", ".join(f"{r['method']}: {r['runs']}" for r in rows))
+    return (table(rows, caption=f"Mean and sample std over runs ({runs}; std needs two); Δ: mean run-by-run "
+                               "difference to the original model (methods.csv)", scroll=True)
+            + table(_prune_runs(folder), caption="Every run (runs.csv)", scroll=True)
             + provenance_block(None, settings=s["settings"]))
 
 
