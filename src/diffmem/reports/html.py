@@ -133,7 +133,7 @@ h2{font-size:1.3em;border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2
 h3{font-size:1.05em;margin:1.2em 0 .4em}
 .where{font-weight:normal;color:#777;font-size:.8em;font-family:ui-monospace,monospace}
 nav ol{columns:2;margin:.3em 0}
-table{border-collapse:collapse;margin:.6em 0 1em;font-size:13px;display:block;max-width:100%;overflow-x:auto}
+table{border-collapse:collapse;margin:.2em 0 1em;font-size:13px;display:block;max-width:100%;overflow-x:auto}
 caption,p.caption{caption-side:top;text-align:left;font-weight:600;padding:.3em 0}p.caption{margin:.6em 0 0}
 th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;vertical-align:middle}td{white-space:nowrap}
 th{background:#f3f3f5}.scroll th{position:sticky;top:0;z-index:1}

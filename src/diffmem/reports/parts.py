@@ -179,8 +179,7 @@ class Raw(str):
 def table(rows: Sequence[dict], columns: Sequence[str] | None = None, *, caption: str = "",
           sortable: bool = True, scroll: bool = False) -> str:
     """An HTML table of ``rows``; a click on a header of a sortable table sorts by that column (numbers as numbers).
-    ``scroll``: inside a box that scrolls both ways under sticky headers, the caption above the box (a caption inside
-    would scroll off with a wide table)."""
+    ``scroll``: inside a box that scrolls both ways under sticky headers."""
     if not rows:
         return f"<p class='empty'>{html.escape(caption)}: no rows.</p>"
     columns = list(columns or dict.fromkeys(k for r in rows for k in r))  # every key, in first-seen order
@@ -196,12 +195,11 @@ def table(rows: Sequence[dict], columns: Sequence[str] | None = None, *, caption
         body.append("<tr>" + "".join(cells) + "</tr>")
     head = "".join(('<th class="t">' if c in text_cols else "<th>") + f"{html.escape(c)}</th>" for c in columns)
     cls = ' class="sortable"' if sortable else ""
-    if scroll:
-        cap = f'<p class="caption">{html.escape(caption)}</p>' if caption else ""
-        return (f'{cap}<div class="scroll"><table{cls}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>'
-                "</table></div>")
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table{cls}>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # the caption sits above the table, as wide as the page: inside a narrow table it would wrap word by word, inside
+    # a wide one it would scroll off
+    cap = f'<p class="caption">{html.escape(caption)}</p>' if caption else ""
+    inner = f'<table{cls}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return cap + (f'<div class="scroll">{inner}</div>' if scroll else inner)
 
 
 def provenance_block(prov: dict | None, **more) -> str:

@@ -376,10 +376,11 @@ def _theory_captions(s: dict) -> dict[str, str]:
     """Figure captions with the sample sizes and error bars of each experiment's summary."""
     n = s.get("n")
     n = ", ".join(map(str, n)) if isinstance(n, list) else n
+    agree = "yes" if s.get("prop41_all_agree") else "no"
     caps = {"loss_gap": f"Prop. 4.1: DSM-loss gap between the empirical and the true denoiser vs diffusion time t "
                         f"(unitless), n = {n} training points in d = {s.get('dim')}; Monte Carlo over {s.get('draws')} "
                         "draws, bars ± 1 standard error; dashed: the small-t closed form. The gap equals the Fisher "
-                        f"divergence at every t within the MC error: {s.get('prop41_all_agree')} (max |z| = "
+                        f"divergence at every t within the MC error: {agree} (max |z| = "
                         f"{s.get('prop41_max_z', float('nan')):.2f}).",
             "scores": f"Exact empirical vs true score (n = {n}, d = {s.get('dim')}): collapse of the empirical "
                       "posterior onto one training point as t → 0, and the Lipschitz constants with their bounds."}
