@@ -311,6 +311,9 @@ def test_world_table_marks_the_saved_copy_verdicts(tiny_run):
         paired = np.array([m["kind"] == "planted" for m in manifest])[:, None]
         want += int(np.where(paired, own, other).sum())
     assert part.count(", copy\"") == want  # one red frame (and tooltip) per saved copy verdict
+    paired_kinds = [m["kind"] in ("planted", "template") for m in manifest]
+    assert arrays["has_paired"].tolist() == paired_kinds  # every paired image is saved, and shown beside its samples
+    assert part.count('title="paired training image') == sum(paired_kinds) > 0
     world = _csv(tiny_run / "world" / "prompts.csv")
     w = f"{s['weights'][-1]:g}"
     assert [float(r[f"copy_rate_w{w}"]) for r in world] == pytest.approx(

@@ -200,7 +200,12 @@ def _world_prompts(folder: Path, s: dict, arrays: dict, marks: dict | None = Non
         return ""
     weights = [f"{w:g}" for w in s["weights"]]
     any_x = arrays[f"w{weights[0]}"]
-    paired = _paired_tiles(folder, weights[0], rows, tuple(any_x.shape[-2:])) if paired_col else {}
+    paired = {}
+    if paired_col and "paired" in arrays:  # saved by the run (every prompt)
+        paired = {i: thumb(x, size=48, title=f"paired training image {rows[i]['paired_ids'][0]}")
+                  for i, (x, has) in enumerate(zip(arrays["paired"], arrays["has_paired"], strict=True)) if has}
+    elif paired_col:  # older runs: cut from the saved grid (the first 8 prompts of each kind)
+        paired = _paired_tiles(folder, weights[0], rows, tuple(any_x.shape[-2:]))
     seeds = s["seeds"]
     table_rows, digits = [], any(r.get("label") is not None for r in rows)
     for i, r in enumerate(rows):

@@ -42,7 +42,8 @@ _KINDS = ("planted", "template", "nonplanted", "novel", "class", "null")
 @dataclass(frozen=True)
 class WorldReport(Result):
     """The summary plus the samples of each weight (``samples["w7.5"]`` is [P, N, C, H, W]) and the per-sample copy
-    verdicts behind its rates (``samples["copy_paired_w7.5"]``, ``copy_any_…``, ``region_only_…``: [P, N] bool)."""
+    verdicts behind its rates (``samples["copy_paired_w7.5"]``, ``copy_any_…``, ``region_only_…``: [P, N] bool) and
+    the paired training images (``samples["paired"]``: [P, C, H, W]; ``samples["has_paired"]``: [P] bool)."""
 
     summary: dict
     samples: dict[str, Tensor]
@@ -144,6 +145,16 @@ def _alignment(rows, x0: Tensor, clf) -> dict:
     return {"alignment": _rate(hit[labelled]), "alignment_by_kind": {k: v for k, v in by_kind.items() if v is not None}}
 
 
+def _paired_images(world: World, rows) -> tuple[Tensor, Tensor]:
+    """[P, C, H, W] each prompt's paired training image (planted and template prompts; zeros for the others) and
+    [P] bool: whether it has one."""
+    has = torch.tensor([r["kind"] in ("planted", "template") for r in rows], dtype=torch.bool)
+    out = torch.zeros(len(rows), *world.data.shape)
+    for i in has.nonzero().flatten().tolist():
+        out[i] = world.data.images[rows[i]["paired_ids"][0]]
+    return out, has
+
+
 def _grid(world: World, rows, x0: Tensor, path: Path, per_kind: int = 8, cols: int = 8) -> None:
     """Rows: up to ``per_kind`` prompts of each kind; first column the paired training image (if one)."""
     pick = [i for k in _KINDS for i in [j for j, r in enumerate(rows) if r["kind"] == k][:per_kind]]
@@ -206,6 +217,7 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     prov = Provenance(model=world.denoiser.describe(), solver={"name": repr(world.solver)}, grid=world.grid(steps).spec,
                       guidance={"kind": "Constant", "w": summary["weights"]},
                       seeds=summary["seeds"], extra={"world": world.config.to_dict()})
+    arrays["paired"], arrays["has_paired"] = _paired_images(world, rows)
     write_manifest(out / "manifest.jsonl", rows)
     WorldReport(summary, arrays, prov).save(out, "world_report")
     write_json(out / "summary.json", summary)
