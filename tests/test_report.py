@@ -7,6 +7,7 @@ is missing, unless ``DIFFMEM_REQUIRE_BROWSER=1`` (set by ``.ci/run``), which mak
 
 import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 
 from diffmem.cli.main import main
+from diffmem.reports.sections import MITIGATION_COLUMNS
 from test_training import tiny
 
 
@@ -26,8 +28,8 @@ def _csv(path: Path) -> list[dict]:
 
 
 def build_tiny_run(root: Path) -> Path:
-    """A demo run (closed form + theory) with a world report, a Kim study and a detection run inside it, each on a
-    tiny trained world; then ``report.html`` over all of it."""
+    """A demo run (closed form + theory) with a world report, a Kim study, a mitigation run, a detection run and an
+    audit inside it, each on a tiny trained world; then ``report.html`` over all of it."""
     from diffmem.reports.html import write_report
     from diffmem.runners.demo import run_demo
     from diffmem.runners.kim import kim_world_subject, run_kim_job
@@ -40,6 +42,13 @@ def build_tiny_run(root: Path) -> Path:
     run_kim_job(kim_world_subject(world, steps=4, per_kind=2), run / "kim", quick=True, progress=False)
     assert main(["detect", "--world", str(world.directory), "--out", str(run / "detect"), "--quick", "--steps", "4",
                  "--detectors", "wen-step1", "--n-gen", "1", "--threads", "1", "--no-progress"]) == 0
+    assert main(["mitigate", "--world", str(world.directory), "--out", str(run / "mitigate"), "--steps", "4",
+                 "--methods", "jain-stp,ours-overshoot", "--gate", "wen-step1", "--n-gen", "2", "--quick",
+                 "--threads", "1", "--no-progress"]) == 0
+    refs = root / "refs.npz"
+    np.savez(refs, images=(world.train_images().numpy() + 1) / 2)
+    assert main(["audit", "--world", str(world.directory), "--out", str(run / "audit"), "--steps", "4",
+                 "--fraction", "0.25", "--threshold", "0.0", "--refs", str(refs), "--no-progress"]) == 0
     write_report(run)
     return run
 
@@ -55,7 +64,7 @@ def test_report_has_one_section_per_saved_result_and_needs_no_network(tiny_run):
     page = (tiny_run / "report.html").read_text(encoding="utf-8")
     ids = re.findall(r'<section id="([^"]+)"', page)
     assert ids == ["demo", "world-world", "kim-kim", "theory-theory-loss_gap", "theory-theory-scores",
-                   "detect-detect"]  # the run folder's own result, then the others in the sections' order
+                   "mitigate-mitigate", "detect-detect", "audit-audit"]  # the root's result, then the sections' order
     assert not re.search(r'(src|href)="(https?:)?//', page)  # nothing fetched from the network
     srcs = re.findall(r'<img[^>]* src="([^"]+)"', page)
     assert srcs and all(s.startswith("data:image/") for s in srcs)
@@ -226,3 +235,98 @@ def test_the_page_is_not_blank(page):
     for sid in page.eval_on_selector_all("section", "els => els.map(e => e.id)"):
         part = np.asarray(Image.open(io.BytesIO(page.locator(f"#{sid}").screenshot())).convert("L"), dtype=float)
         assert part.std() > 10, sid
+
+
+def _section_text(page: str, sid: str) -> str:
+    return page.split(f'<section id="{sid}">', 1)[1].split("</section>", 1)[0]
+
+
+def test_mitigation_section_renders_every_saved_row_and_column_and_the_pareto_figure(tiny_run):
+    page = (tiny_run / "report.html").read_text(encoding="utf-8")
+    part = _section_text(page, "mitigate-mitigate")
+    saved = json.loads((tiny_run / "mitigate" / "summary.json").read_text())
+    rows = saved["rows"]
+    assert {(r["method"], r["gated"]) for r in rows} == {(m, g) for m in ("jain-stp", "ours-overshoot")
+                                                        for g in (False, True)}
+    body = part.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    assert body.count("<tr>") == len(rows) and "ours-overshoot (ours)" in body
+    for key in rows[0]:  # every saved column is shown: under a readable header or its own name
+        assert key in MITIGATION_COLUMNS or key == "ours" or f">{key}<" in part, key
+    assert "Gated vs ungated" in part and "Pareto" in part and 'href="mitigate/rows.csv"' in part
+    assert re.search(r"n = \d+ × 2 trigger", part) and "95 % bootstrap CI" in part
+    assert len(re.findall(r'<img src="data:image/png', part)) == 1  # the Pareto figure
+
+
+def test_mitigation_table_shows_an_unknown_saved_column(tiny_run, tmp_path):
+    from diffmem.reports.html import render_report
+
+    run = tmp_path / "m"
+    shutil.copytree(tiny_run / "mitigate", run)
+    saved = json.loads((run / "summary.json").read_text())
+    for i, r in enumerate(saved["rows"]):
+        r["held_out_flag"] = i % 2 == 0  # a column a later harness may add
+    (run / "summary.json").write_text(json.dumps(saved))
+    page = render_report(run)
+    assert ">held_out_flag<" in page and page.count(">yes<") >= 1
+
+
+def test_detection_section_draws_roc_curves_from_the_saved_scores(tiny_run):
+    from diffmem.evaluation.detection import roc_auc
+    from diffmem.reports.detection_figures import roc_curves
+
+    part = _section_text((tiny_run / "report.html").read_text(encoding="utf-8"), "detect-detect")
+    assert part.count('alt="roc_') == 2 and "positives" in part and "95 % stratified bootstrap CI" in part
+    curves = roc_curves(tiny_run / "detect", "planted")
+    saved = json.loads((tiny_run / "detect" / "summary.json").read_text())
+    [row] = [r for r in saved["rows"] if r["label"] == "planted"]
+    [c] = curves["curves"]
+    assert c["auc"] == row["auc"] and (c["fpr"][0], c["tpr"][0], c["fpr"][-1], c["tpr"][-1]) == (0, 0, 1, 1)
+    assert np.trapezoid(c["tpr"], c["fpr"]) == pytest.approx(row["auc"], abs=1e-12)  # the curve under the AUC
+    scores = [r for r in _csv(tiny_run / "detect" / "scores.csv") if r["split"] == "evaluation"
+              and r["label_planted"] in ("0", "1")]
+    assert roc_auc([float(r["score"]) for r in scores], [int(r["label_planted"]) for r in scores]) == row["auc"]
+
+
+def test_audit_section_ranks_with_verdicts_and_samples(tiny_run):
+    part = _section_text((tiny_run / "report.html").read_text(encoding="utf-8"), "audit-audit")
+    rows = _csv(tiny_run / "audit" / "audit.csv")
+    body = part.split("<tbody>", 1)[1].split("</tbody>", 1)[0]
+    assert body.count("<tr>") == len(rows)
+    escalated = [r for r in rows if r["escalated"] == "True"]
+    assert body.count('class="verdict-copy"') == sum(r["verdict"] == "memorized" for r in rows)
+    assert body.count('<img class="thumb"') == len(escalated) > 0
+
+
+def test_world_table_marks_the_saved_copy_verdicts(tiny_run):
+    from diffmem.worlds.report import WorldReport
+
+    part = _section_text((tiny_run / "report.html").read_text(encoding="utf-8"), "world-world")
+    arrays = WorldReport.load(tiny_run / "world", "world_report").samples
+    s = json.loads((tiny_run / "world" / "summary.json").read_text())
+    manifest = [json.loads(line) for line in (tiny_run / "world" / "manifest.jsonl").read_text().splitlines()]
+    want = 0
+    for w in s["weights"]:
+        own = arrays[f"copy_paired_w{w:g}"].numpy()
+        other = arrays[f"copy_any_w{w:g}"].numpy()
+        paired = np.array([m["kind"] == "planted" for m in manifest])[:, None]
+        want += int(np.where(paired, own, other).sum())
+    assert part.count(", copy\"") == want  # one red frame (and tooltip) per saved copy verdict
+    paired_kinds = [m["kind"] in ("planted", "template") for m in manifest]
+    assert arrays["has_paired"].tolist() == paired_kinds  # every paired image is saved, and shown beside its samples
+    assert part.count('title="paired training image') == sum(paired_kinds) > 0
+    world = _csv(tiny_run / "world" / "prompts.csv")
+    w = f"{s['weights'][-1]:g}"
+    assert [float(r[f"copy_rate_w{w}"]) for r in world] == pytest.approx(
+        np.where(paired, own, other).mean(1).tolist())
+
+
+def test_the_mitigation_and_audit_tables_sort_in_the_browser(page):
+    for sid, header in (("mitigate-mitigate", "copy rate after"), ("audit-audit", "screen score")):
+        table = page.locator(f"#{sid} table.sortable").first
+        heads = table.locator("thead th")
+        i = [heads.nth(k).inner_text().replace("\n", " ").strip(" ↕▲▼") for k in range(heads.count())].index(header)
+        values = [float(v) for v in _column(page, table, i)]
+        heads.nth(i).click()
+        assert [float(v) for v in _column(page, table, i)] == sorted(values), sid
+        heads.nth(i).click()
+        assert [float(v) for v in _column(page, table, i)] == sorted(values, reverse=True), sid

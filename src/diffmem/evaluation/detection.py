@@ -23,7 +23,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import roc_curve
 
-__all__ = ["roc_auc", "tpr_at_fpr", "tpr_at_fpr_closest", "auc_ci", "delong_test", "DeLong", "Threshold",
+__all__ = ["roc_auc", "roc_points", "tpr_at_fpr", "tpr_at_fpr_closest", "auc_ci", "delong_test", "DeLong", "Threshold",
            "calibrate_threshold", "detection_rate"]
 
 
@@ -61,6 +61,19 @@ def roc_auc(scores, labels) -> float:
 
 def _roc(s: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return fpr, tpr
+
+
+def roc_points(scores, labels) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve of ``scores`` (higher = memorized) for 0/1 ``labels``: (FPR, TPR) at every distinct threshold,
+    from (0, 0) to (1, 1), collinear points dropped (scikit-learn's ``roc_curve``); for plotting saved scores.
+
+    Example:
+        >>> [a.tolist() for a in roc_points([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])]
+        [[0.0, 0.0, 0.5, 0.5, 1.0], [0.0, 0.5, 0.5, 1.0, 1.0]]
+    """
+    s, y = _check(scores, labels)
+    fpr, tpr, _ = roc_curve(y, s)
     return fpr, tpr
 
 

@@ -10,11 +10,11 @@ import html
 from pathlib import Path
 
 from diffmem.analyses.kim import KimResult
-from diffmem.io import atomic_write_text
+from diffmem.io import atomic_write_bytes, atomic_write_text
 from diffmem.reports import kim_theory_section as _kim_theory_section  # noqa: F401  (registers its section)
 from diffmem.reports import sections as _sections  # noqa: F401  (registers the built-in sections)
-from diffmem.reports.kim_figures import render_kim_figures
-from diffmem.reports.parts import MAX_DEPTH, SECTIONS, SKIP_DIRS, Page, Section, files_block
+from diffmem.reports.kim_figures import FORMATS, render_kim_figures
+from diffmem.reports.parts import MAX_DEPTH, SECTIONS, SKIP_DIRS, Page, Section, figure_bytes, files_block
 from diffmem.reports.tables import write_csv
 from diffmem.version import __version__
 
@@ -78,10 +78,21 @@ def write_tables(root: str | Path) -> list[Path]:
 
 
 def export_figures(root: str | Path, fmt: str, dpi: int = 200) -> list[Path]:
-    """Re-draw the figures of every saved result that has plot functions (Kim F1–F6) as ``fmt`` files into that
-    result's ``figures/`` folder, for a paper; returns their paths."""
-    return [p for folder, s in found(root) if s.name == "kim"
-            for p in render_kim_figures(KimResult.load(folder), folder / "figures", fmt=fmt, dpi=dpi)]
+    """Re-draw the figures of every saved result that has plot functions (Kim F1–F6, the mitigation Pareto front,
+    the detection ROC curves) as ``fmt`` files into that result's ``figures/`` folder, for a paper; returns their
+    paths."""
+    if fmt not in FORMATS:
+        raise ValueError(f"figure format {fmt!r} is not one of {FORMATS}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    paths = []
+    for folder, s in found(root):
+        if s.name == "kim":
+            paths += render_kim_figures(KimResult.load(folder), folder / "figures", fmt=fmt, dpi=dpi)
+        for name, draw in (s.figures(folder) if s.figures else {}).items():
+            paths.append(atomic_write_bytes(folder / "figures" / f"{name}.{fmt}", figure_bytes(draw(), fmt, dpi)))
+    return paths
 
 
 def finish_report(root: str | Path) -> Path | None:
@@ -123,20 +134,21 @@ h2{font-size:1.3em;border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2
 h3{font-size:1.05em;margin:1.2em 0 .4em}
 .where{font-weight:normal;color:#777;font-size:.8em;font-family:ui-monospace,monospace}
 nav ol{columns:2;margin:.3em 0}
-table{border-collapse:collapse;margin:.6em 0 1em;font-size:13px;display:block;max-width:100%;overflow-x:auto}
-caption{caption-side:top;text-align:left;font-weight:600;padding:.3em 0}
-th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;vertical-align:middle}
+table{border-collapse:collapse;margin:.2em 0 1em;font-size:13px;display:block;max-width:100%;overflow-x:auto}
+caption,p.caption{caption-side:top;text-align:left;font-weight:600;padding:.3em 0}p.caption{margin:.6em 0 0}
+th,td{border:1px solid #ddd;padding:3px 7px;text-align:right;vertical-align:middle}td{white-space:nowrap}
 th{background:#f3f3f5}.scroll th{position:sticky;top:0;z-index:1}
 table.sortable th{cursor:pointer;user-select:none}
 table.sortable th:after{content:" \\2195";color:#aaa;font-size:.8em}
 th.asc:after{content:" \\25B2";color:#333}th.desc:after{content:" \\25BC";color:#333}
 td:first-child,th:first-child{text-align:left}
-td.t{text-align:left;white-space:nowrap}td.t .text{display:inline-block;min-width:12em;white-space:normal}
+td.t,th.t{text-align:left}td.t{white-space:nowrap}td.t .text{display:inline-block;min-width:12em;white-space:normal}
 tbody tr:nth-child(even){background:#fafafa}
 .scroll{max-height:640px;overflow:auto;border:1px solid #eee;margin-bottom:1em}
 .scroll table{margin:0;display:table;overflow:visible}
 figure{display:inline-block;margin:.5em 1em .8em 0;vertical-align:top;max-width:100%}
-.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:.5em 1em}.figs figure{margin:0}
+.figs{display:grid;grid-template-columns:repeat(auto-fill,minmax(540px,1fr));gap:.5em 1em}
+.figs figure{margin:0}.figs figure.wide{grid-column:1/-1}figure.wide figcaption{max-width:none}
 figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:12px;color:#444;max-width:720px}
 .file{color:#888;font-family:ui-monospace,monospace}
@@ -145,7 +157,7 @@ img.thumb{image-rendering:pixelated;margin:1px;vertical-align:middle;border:1px 
 .prov dt{font-weight:600}.prov dd{margin:0;font-family:ui-monospace,monospace;word-break:break-all}
 .prov summary{cursor:pointer;font-weight:600}
 .files{font-size:12px;color:#555}
-.verdict-copy{color:#b00020;font-weight:600}.verdict-no{color:#1b5e20}
+.verdict-copy{color:#b00020;font-weight:600}.verdict-no{color:#1b5e20}.verdict-unjudged{color:#777}
 .legend{font-size:12px;color:#444}
 .kv td:first-child{font-weight:600}
 details.grids figure{max-width:30%}details.grids summary{cursor:pointer;font-weight:600;margin:.6em 0}

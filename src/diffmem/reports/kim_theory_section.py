@@ -7,6 +7,7 @@ import html
 from pathlib import Path
 
 from diffmem.io import read_json
+from diffmem.reports import sections as _builtin  # noqa: F401  (the built-in sections come first on a page)
 from diffmem.reports.kim_theory_figures import KIM_THEORY_FIGURES
 from diffmem.reports.parts import Page, figure, provenance_block, section, table
 

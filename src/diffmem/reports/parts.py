@@ -6,7 +6,9 @@ A section type is one registered function (e.g. a mitigation run)::
     def _detect(folder: Path, page: Page) -> str: ...
 
 ``matches(folder)`` says whether a folder holds that result; ``render(folder, page)`` returns the section's HTML from
-the saved files only (it never computes); ``tables`` (optional) returns per-row CSVs to write beside the results.
+the saved files only (it never computes); ``tables`` (optional) returns per-row CSVs to write beside the results;
+``figures`` (optional) returns ``{name: draw}``, each ``draw()`` a matplotlib figure drawn from the saved results —
+embedded by the section with :func:`drawn` and exported by ``diffmem report --format``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import numpy as np
 from diffmem.version import __version__
 
 __all__ = ["SECTIONS", "Section", "section", "Page", "Raw", "table", "figure", "provenance_block", "thumb", "data_uri",
-           "files_block", "SKIP_DIRS", "MAX_DEPTH"]
+           "files_block", "SKIP_DIRS", "MAX_DEPTH", "drawn", "figure_bytes"]
 
 SKIP_DIRS = {"units", "pruned", "figures", "__pycache__"}  # caches and models, never results to show
 MAX_DEPTH = 3
@@ -39,16 +41,18 @@ class Section:
     matches: Callable[[Path], bool]
     render: Callable[[Path, Page], str]
     tables: Callable[[Path], dict[str, list[dict]]] | None = None
+    figures: Callable[[Path], dict[str, Callable]] | None = None
 
 
 SECTIONS: dict[str, Section] = {}
 
 
 def section(name: str, title: str, matches: Callable[[Path], bool],
-            tables: Callable[[Path], dict[str, list[dict]]] | None = None):
+            tables: Callable[[Path], dict[str, list[dict]]] | None = None,
+            figures: Callable[[Path], dict[str, Callable]] | None = None):
     """Register ``render(folder, page) -> html`` as the section of result type ``name``."""
     def register(render):
-        SECTIONS[name] = Section(name, title, matches, render, tables)
+        SECTIONS[name] = Section(name, title, matches, render, tables, figures)
         return render
     return register
 
@@ -81,10 +85,46 @@ def figure(path: Path, caption: str = "") -> str:
     mime = {".png": "image/png", ".svg": "image/svg+xml", ".jpg": "image/jpeg"}.get(path.suffix.lower())
     if mime is None:
         return ""
-    uri = data_uri(path.read_bytes(), mime)
+    data = path.read_bytes()
+    uri = data_uri(data, mime)
     cap = html.escape(caption or path.stem.replace("_", " "))
-    return (f'<figure><img src="{uri}" alt="{html.escape(path.name)}"><figcaption>{cap} '
+    return (f'<figure{_wide(data)}><img src="{uri}" alt="{html.escape(path.name)}"><figcaption>{cap} '
             f'<span class="file">({html.escape(path.name)})</span></figcaption></figure>')
+
+
+def _wide(png: bytes) -> str:
+    """' class="wide"' for a PNG much wider than tall (panels side by side): it takes a whole row of a figure grid,
+    where half a row would shrink its text below reading size."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        return ""
+    w, h = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    return ' class="wide"' if h and w / h > 1.7 else ""
+
+
+def figure_bytes(fig, fmt: str = "png", dpi: int = 110) -> bytes:
+    """A matplotlib figure as the bytes of a ``fmt`` file (tight bounding box); the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def drawn(draw: Callable, name: str, caption: str = "") -> str:
+    """A figure drawn now from saved results (``draw()`` returns a matplotlib figure), embedded as a PNG; nothing when
+    matplotlib is missing (the tables still carry the numbers)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        return f"<p class='empty'>{html.escape(name)}: matplotlib is not installed (pip install matplotlib).</p>"
+    png = figure_bytes(draw())
+    uri = data_uri(png, "image/png")
+    return (f'<figure{_wide(png)}><img src="{uri}" alt="{html.escape(name)}"><figcaption>{html.escape(caption)} '
+            f'<span class="file">(diffmem report --format svg|pdf writes figures/{html.escape(name)}.*)</span>'
+            "</figcaption></figure>")
 
 
 def thumb(img, *, size: int = 48, border: str | None = None, title: str = "") -> str:
@@ -137,24 +177,29 @@ class Raw(str):
 
 
 def table(rows: Sequence[dict], columns: Sequence[str] | None = None, *, caption: str = "",
-          sortable: bool = True) -> str:
-    """An HTML table of ``rows``; a click on a header of a sortable table sorts by that column (numbers as numbers)."""
+          sortable: bool = True, scroll: bool = False) -> str:
+    """An HTML table of ``rows``; a click on a header of a sortable table sorts by that column (numbers as numbers).
+    ``scroll``: inside a box that scrolls both ways under sticky headers."""
     if not rows:
         return f"<p class='empty'>{html.escape(caption)}: no rows.</p>"
     columns = list(columns or dict.fromkeys(k for r in rows for k in r))  # every key, in first-seen order
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = []
+    body, text_cols = [], set()
     for r in rows:
         cells = []
         for c in columns:
             v = r.get(c)
             text, key = (v, v.key) if isinstance(v, Raw) else _fmt(v)
             align = "" if _is_number(key) or (isinstance(v, Raw) and not key) else ' class="t"'
+            text_cols.update([c] if align else [])
             cells.append(f'<td data-v="{html.escape(key)}"{align}>{text}</td>')
         body.append("<tr>" + "".join(cells) + "</tr>")
+    head = "".join(('<th class="t">' if c in text_cols else "<th>") + f"{html.escape(c)}</th>" for c in columns)
     cls = ' class="sortable"' if sortable else ""
-    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
-    return f"<table{cls}>{cap}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    # the caption sits above the table, as wide as the page: inside a narrow table it would wrap word by word, inside
+    # a wide one it would scroll off
+    cap = f'<p class="caption">{html.escape(caption)}</p>' if caption else ""
+    inner = f'<table{cls}><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return cap + (f'<div class="scroll">{inner}</div>' if scroll else inner)
 
 
 def provenance_block(prov: dict | None, **more) -> str:

@@ -17,8 +17,10 @@ import numpy as np
 from diffmem.analyses.kim import KimResult
 from diffmem.io import read_arrays, read_json
 from diffmem.mitigations.prune_results import METRICS, PruneTable
-from diffmem.reports.parts import Page, Raw, data_uri, figure, provenance_block, section, table, thumb
-from diffmem.reports.tables import kim_prompt_rows
+from diffmem.reports.detection_figures import plot_roc, roc_curves
+from diffmem.reports.mitigation_figures import plot_pareto
+from diffmem.reports.parts import Page, Raw, data_uri, drawn, figure, provenance_block, section, table, thumb
+from diffmem.reports.tables import flat, kim_prompt_rows
 
 __all__: list[str] = []
 
@@ -38,10 +40,6 @@ def _summary(folder: Path) -> dict:
 
 def _p(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
-
-
-def _scroll(inner: str) -> str:
-    return f'<div class="scroll">{inner}</div>'
 
 
 def _figures(folder: Path, captions: dict[str, str], names=None) -> str:
@@ -93,9 +91,15 @@ def _world_rows(folder: Path) -> list[dict]:
 
 
 def _world_tables(folder: Path) -> dict[str, list[dict]]:
-    rows = _world_rows(folder)
-    return {"prompts.csv": [{"prompt_index": i, "prompt": r["prompt"], "kind": r["kind"], "label": r.get("label"),
-                             "paired_id": (r.get("paired_ids") or [None])[0]} for i, r in enumerate(rows)]}
+    rows, s = _world_rows(folder), _summary(folder)
+    out = [{"prompt_index": i, "prompt": r["prompt"], "kind": r["kind"], "label": r.get("label"),
+            "paired_id": (r.get("paired_ids") or [None])[0]} for i, r in enumerate(rows)]
+    arrays = _saved_samples(folder, "world_report")
+    if s.get("weights") and f"copy_any_w{s['weights'][0]:g}" in arrays:  # runs that saved per-sample verdicts
+        for w, mk in _copy_marks(folder, s, arrays).items():
+            for i, row in enumerate(out):
+                row[f"copy_rate_w{w}"] = float((mk[i] == 1).mean())
+    return {"prompts.csv": out}
 
 
 def _grid_pick(rows: list[dict], per_kind: int = 8) -> list[int]:
@@ -148,7 +152,9 @@ def _world(folder: Path, page: Page) -> str:
              f"classifier names the prompt's digit ({_classifier(s.get('classifier'))}).")
     out = [_p(intro), table(rates, caption=f"Rates per guidance weight w (planted CI over n = "
                                             f"{kinds.get('planted', 0) * n} planted samples)")]
-    out.append(_world_prompts(folder, s, _saved_samples(folder, "world_report")))
+    arrays = _saved_samples(folder, "world_report")
+    marks = _copy_marks(folder, s, arrays) if f"copy_any_w{s['weights'][0]:g}" in arrays else None
+    out.append(_world_prompts(folder, s, arrays, marks, paired_col=True))
     figs = _figures(folder, {f"grid_w{w}": f"Sample grid at w = {w}: one row per prompt in the table's order (up to 8 "
                              "of each kind), first column the paired training image (grey when none), then seeds "
                              f"{s['seeds'][0]}–{s['seeds'][-1]}." for w in s["per_w"]})
@@ -182,43 +188,54 @@ def _strip(x, i: int, w: str, seeds, marks=None) -> Raw:
         verdict = {1: ", copy", 2: ", template-region copy"}.get(mark, "")
         tiles.append(thumb(x[i, j], size=max(32, 2 * x.shape[-1]), border=border,
                            title=f"w = {w}, seed {seeds[j]}{verdict}"))
-    return Raw("".join(tiles), "")
+    copies = "" if marks is None else str(int((marks[i] == 1).sum()))  # sorts by the copies at this w
+    return Raw("".join(tiles), copies)
 
 
-def _world_prompts(folder: Path, s: dict, arrays: dict, marks: dict | None = None, extra=()) -> str:
+def _world_prompts(folder: Path, s: dict, arrays: dict, marks: dict | None = None, extra=(),
+                   paired_col: bool = False) -> str:
     """The labelled sample grid: one row per prompt (text, kind, digit, paired image, the samples at every w)."""
     rows = _world_rows(folder)
     if not rows or not arrays:
         return ""
     weights = [f"{w:g}" for w in s["weights"]]
     any_x = arrays[f"w{weights[0]}"]
-    paired = {} if marks else _paired_tiles(folder, weights[0], rows, tuple(any_x.shape[-2:]))
+    paired = {}
+    if paired_col and "paired" in arrays:  # saved by the run (every prompt)
+        paired = {i: thumb(x, size=48, title=f"paired training image {rows[i]['paired_ids'][0]}")
+                  for i, (x, has) in enumerate(zip(arrays["paired"], arrays["has_paired"], strict=True)) if has}
+    elif paired_col:  # older runs: cut from the saved grid (the first 8 prompts of each kind)
+        paired = _paired_tiles(folder, weights[0], rows, tuple(any_x.shape[-2:]))
     seeds = s["seeds"]
-    table_rows = []
+    table_rows, digits = [], any(r.get("label") is not None for r in rows)
     for i, r in enumerate(rows):
         row = {"#": i, "prompt": Raw(f'<span class="text">{html.escape(r["prompt"])}</span>', r["prompt"]),
-               "kind": r["kind"], **{k: r.get(k) for k in extra}, "digit": r.get("label")}
-        if not marks:
+               "kind": r["kind"], **{k: r.get(k) for k in extra}, **({"digit": r.get("label")} if digits else {})}
+        if paired_col:
             row["paired"] = Raw(paired.get(i, "–"), str((r.get("paired_ids") or [""])[0]))
         for w in weights:
             row[f"w = {w}"] = _strip(arrays[f"w{w}"], i, w, seeds, (marks or {}).get(w))
         table_rows.append(row)
     if marks:
         caption = (f"Per-prompt samples (seeds {seeds[0]}–{seeds[-1]} left to right at each w); red frame: the saved "
-                   "verdict says copy (ladder: of the paired image; others: of any training image), orange: the "
-                   "template region only.")
+                   "verdict says copy (planted and ladder prompts: of the paired image; others: of any training "
+                   "image), orange: a copy of the template region only. A w column sorts by its number of copies.")
     else:
         caption = (f"Per-prompt samples (seeds {seeds[0]}–{seeds[-1]} left to right at each w). Per-sample copy "
                    "verdicts are not saved by this world report, so no frame marks copies here; the rates above are "
                    "the verdicts.")
-    return "<h3>Per-prompt samples</h3>" + _scroll(table(table_rows, caption=caption))
+    return "<h3>Per-prompt samples</h3>" + table(table_rows, caption=caption, scroll=True)
 
 
 # ---- graded world report (duplication ladder) ---------------------------------------------------------------------
 
-def _bench_marks(folder: Path, s: dict, arrays: dict) -> dict:
-    """w -> [P, N] ints from the saved labels: 1 a copy (of the paired image for ladder prompts), 2 region only."""
-    ladder = np.array([r["kind"] == "ladder" for r in _world_rows(folder)])[:, None]
+PAIRED_KINDS = ("planted", "ladder")  # prompts whose copy must be of their own paired image
+
+
+def _copy_marks(folder: Path, s: dict, arrays: dict) -> dict:
+    """w -> [P, N] ints from the saved verdicts: 1 a copy (of the paired image for planted and ladder prompts, of any
+    training image for the others), 2 a copy of the template region only."""
+    ladder = np.array([r["kind"] in PAIRED_KINDS for r in _world_rows(folder)])[:, None]
     out = {}
     for w in (f"{w:g}" for w in s["weights"]):
         own = np.where(ladder, arrays[f"copy_paired_w{w}"].numpy(), arrays[f"copy_any_w{w}"].numpy())
@@ -229,7 +246,7 @@ def _bench_marks(folder: Path, s: dict, arrays: dict) -> dict:
 
 def _bench_tables(folder: Path) -> dict[str, list[dict]]:
     s, rows = _summary(folder), _world_rows(folder)
-    marks = _bench_marks(folder, s, _saved_samples(folder, "bench_report"))
+    marks = _copy_marks(folder, s, _saved_samples(folder, "bench_report"))
     out = []
     for i, r in enumerate(rows):
         row = {"prompt_index": i, "prompt": r["prompt"], "kind": r["kind"], "m": r.get("m"),
@@ -263,7 +280,7 @@ def _bench(folder: Path, page: Page) -> str:
                                                        f"caption regime ({n} samples per prompt)"),
            table(tpl, caption="Template prompts: the rule on the template region (masked), the rest, the whole"),
            table(neg, caption="Negative prompts: copy rate of any training image, per subtype"),
-           _world_prompts(folder, s, arrays, _bench_marks(folder, s, arrays), extra=("m", "regime", "split")),
+           _world_prompts(folder, s, arrays, _copy_marks(folder, s, arrays), extra=("m", "regime", "split")),
            '<details class="grids"><summary>The labelled grids saved by the run</summary>'
            + _figures(folder, {f"grid_w{w:g}": f"Labelled grid at w = {w:g}: first column the paired training image; "
                                "red frame: copy, orange: template region only." for w in s["weights"]}) + "</details>"]
@@ -332,8 +349,8 @@ def _kim(folder: Path, page: Page) -> str:
                            f'{r["verdict"]}</span>', r["verdict"])
         r["prompt"] = Raw(f'<span class="text">{html.escape(r["prompt"])}</span>', r["prompt"])
     out = [_p(intro), table(findings, caption="Group means"),
-           "<h3>Per prompt</h3>" + _scroll(table(rows, caption=f"{len(rows)} prompts; verdict: memorized when at "
-                                                               "least half the seeds copy (prompts.csv)")),
+           "<h3>Per prompt</h3>" + table(rows, caption=f"{len(rows)} prompts; verdict: memorized when at "
+                                                               "least half the seeds copy (prompts.csv)", scroll=True),
            "<h3>Figures</h3>", _figures(folder, kim_captions(res), [f"{n}.png" for n in KIM_FIGURES])]
     exported = sorted((folder / "figures").glob("F*.*")) if (folder / "figures").is_dir() else []
     if exported:
@@ -348,21 +365,53 @@ def _is_theory(d: Path) -> bool:
     return bool(s) and "figures" in s and "wall_s" in s and "provenance" in s
 
 
+THEORY_TABLES = {  # what each saved table of the loss-gap experiment varies (the rest held fixed)
+    "dim": "Loss gap vs dimension d at t = 0.3, n = 1000, s² = 1",
+    "var": "Loss gap vs component variance s² at t = 0.3, n = 1000, d = 32",
+    "breakdown": "Where the small-t closed form breaks down (d = 8, s² = 0.25)",
+}
+
+
+def _theory_kind(s: dict) -> str:
+    names = [Path(f).stem for f in s.get("figures", [])]
+    return next((k for k in ("loss_gap", "scores", "sweep", "teaser") if any(n.startswith(k) for n in names)), "")
+
+
+def _theory_captions(s: dict) -> dict[str, str]:
+    """Figure captions with the sample sizes and error bars of each experiment's summary."""
+    n = s.get("n")
+    n = ", ".join(map(str, n)) if isinstance(n, list) else n
+    agree = "yes" if s.get("prop41_all_agree") else "no"
+    caps = {"loss_gap": f"Prop. 4.1: DSM-loss gap between the empirical and the true denoiser vs diffusion time t "
+                        f"(unitless), n = {n} training points in d = {s.get('dim')}; Monte Carlo over {s.get('draws')} "
+                        "draws, bars ± 1 standard error; dashed: the small-t closed form. The gap equals the Fisher "
+                        f"divergence at every t within the MC error: {agree} (max |z| = "
+                        f"{s.get('prop41_max_z', float('nan')):.2f}).",
+            "scores": f"Exact empirical vs true score (n = {n}, d = {s.get('dim')}): collapse of the empirical "
+                      "posterior onto one training point as t → 0, and the Lipschitz constants with their bounds."}
+    return caps
+
+
 @section("theory", "Theory (Ye et al. 2025)", _is_theory)
 def _theory(folder: Path, page: Page) -> str:
     s = _summary(folder)
+    kind = _theory_kind(s)
     scalars = [{"quantity": k, "value": v} for k, v in s.items()
                if isinstance(v, (int, float, bool, str)) and k not in ("wall_s",)]
-    for k, v in s.items():
-        if isinstance(v, dict) and all(isinstance(x, (int, float, bool)) for x in v.values()) and len(v) <= 8:
-            scalars += [{"quantity": f"{k}.{kk}", "value": x} for kk, x in v.items()]
+    for k, v in s.items():  # small nested dicts of numbers (e.g. memorization.empirical.memorization_ratio)
+        nested = flat(v, f"{k}.") if isinstance(v, dict) and k not in ("tables", "provenance") else {}
+        if nested and all(isinstance(x, (int, float, bool)) for x in nested.values()) and len(nested) <= 8:
+            scalars += [{"quantity": kk, "value": x} for kk, x in nested.items()]
     tables = s.get("tables") or {}
-    out = [table(scalars, caption=f"Summary ({folder.name}; {s['wall_s']:.1f} s)", sortable=False)]
+    what = f"the {kind.replace('_', '-')} experiment" if kind else folder.name
+    out = [table(scalars, caption=f"Summary of {what} ({s['wall_s']:.1f} s)", sortable=False)]
     for name, rows in tables.items():
         if isinstance(rows, list) and rows and isinstance(rows[0], dict):
-            out.append(table(rows, caption=f"Table: {name.replace('_', ' ')}"))
+            cap = THEORY_TABLES.get(name, f"Table: {name.replace('_', ' ')}")
+            se = "; gap_se: Monte Carlo standard error of the gap" if "gap_se" in rows[0] else ""
+            out.append(table(rows, caption=cap + se))
     names = [f for f in s.get("figures", []) if (folder / f).exists()]
-    out.append(_figures(folder, {}, names or None))
+    out.append(_figures(folder, _theory_captions(s), names or None))
     return "".join(out) + provenance_block(s.get("provenance"))
 
 
@@ -404,11 +453,121 @@ def _prune_runs(folder: Path) -> list[dict]:
 def _prune(folder: Path, page: Page) -> str:
     s = _summary(folder)
     rows = _prune_rows(folder)
-    runs = ", ".join(f"{r['method']}: {r['runs']}" for r in rows)
-    return (table(rows, caption=f"Mean and sample std over runs (runs per method: {runs}; std needs two); Δ: mean "
-                               "run-by-run difference to the original model")
-            + table(_prune_runs(folder), caption="Every run (runs.csv)")
+    counts = {r["runs"] for r in rows}
+    runs = (f"{counts.pop()} runs per method" if len(counts) == 1
+            else "runs per method: " + ", ".join(f"{r['method']}: {r['runs']}" for r in rows))
+    return (table(rows, caption=f"Mean and sample std over runs ({runs}; std needs two); Δ: mean run-by-run "
+                               "difference to the original model (methods.csv)", scroll=True)
+            + table(_prune_runs(folder), caption="Every run (runs.csv)", scroll=True)
             + provenance_block(None, settings=s["settings"]))
+
+
+# ---- mitigation ---------------------------------------------------------------------------------------------------
+
+def _is_mitigate(d: Path) -> bool:
+    s = _summary(d)
+    return isinstance(s.get("rows"), list) and "pareto" in s and "provenance" in s
+
+
+# the columns a reader compares first, in this order, with their header; any other saved column follows as saved
+MITIGATION_COLUMNS = {
+    "method": "method", "setting": "setting", "gated": "gated", "trigger_copy_rate_before": "copy rate before",
+    "trigger_copy_rate_after": "copy rate after", "trigger_copy_rate_after_ci": "copy after 95 % CI",
+    "copy_cut_ci": "copy cut 95 % CI", "alignment_before": "alignment before", "alignment_after": "alignment after",
+    "general_alignment_delta": "general Δ alignment (pts)", "general_alignment_delta_ci": "general Δ alignment CI",
+    "fid_before": "FID before", "fid_after": "FID after", "general_fid_delta": "general Δ FID",
+    "template_copy_rate_after": "template copy after", "extra_nfe_per_image": "extra NFE / image",
+    "nfe_ratio": "NFE ×", "seconds_per_image": "s / image", "false_gate_rate": "false gate rate",
+    "trigger_gate_rate": "trigger gate rate", "on_pareto": "on Pareto front", "meets_goal": "meets goal"}
+POINTS = ("general_alignment_delta", "general_alignment_delta_ci")  # fractions shown in percentage points
+
+
+def _mitigation_row(r: dict) -> dict:
+    """A saved row with readable headers: known columns first, then every other saved column under its own name."""
+    row = {}
+    for key, head in MITIGATION_COLUMNS.items():
+        v = r.get(key)
+        if key in POINTS and v is not None:
+            v = [100 * x for x in v] if isinstance(v, (list, tuple)) else 100 * v
+        row[head] = Raw(html.escape(f"{v} (ours)"), str(v)) if key == "method" and r.get("ours") else v
+    row.update({k: v for k, v in r.items() if k not in MITIGATION_COLUMNS and k not in ("ours",)})
+    return row
+
+
+def _draw_pareto(folder: Path):
+    return plot_pareto(folder).figure
+
+
+@section("mitigate", "Mitigation: copies removed and what it costs", _is_mitigate,
+         figures=lambda d: {"pareto": lambda: _draw_pareto(d)})
+def _mitigate(folder: Path, page: Page) -> str:
+    s = _summary(folder)
+    p, rows, goal, gate = s["provenance"], s["rows"], s.get("goal") or {}, s.get("gate")
+    n_gen = p.get("n_gen")
+    n_t, n_g = len(p.get("trigger") or []), len(p.get("general") or [])
+    sub = p.get("subject") or {}
+    intro = (f"Subject {sub.get('subject')}: trigger set {n_t} memorized prompts, general set {n_g} prompts, "
+             f"{n_gen} generation(s) per prompt (seeds {_seeds(p.get('seeds'))}, the same seeds before and after), "
+             f"CFG weight {p.get('guidance')}, {p.get('steps')} steps. Copy rule: {p.get('copy_rule')}. Alignment: "
+             f"the share of samples the evaluator's aligner labels as the prompt's label (see provenance); general "
+             f"Δ in percentage points (after − before). Intervals: {p.get('ci')}. Cost: {p.get('cost')}.")
+    if goal:
+        intro += (f" Goal: copy rate cut by ≥ {goal.get('copy_cut', 0):.0%}, general alignment drop ≤ "
+                  f"{100 * goal.get('alignment_drop', 0):g} points, general FID rise ≤ {goal.get('fid_rise', 0):.0%}, "
+                  f"NFE ≤ {goal.get('nfe_ratio')}× plain.")
+    out = [_p(intro)]
+    if gate:
+        thr = gate.get("threshold") or {}
+        out.append(_p(f"Gated rows apply the remedy only to prompts flagged by {gate['detector'].get('name')} "
+                      f"(threshold {thr.get('value', float('nan')):.4g}, calibrated at FPR {thr.get('fpr_target')} "
+                      f"on {thr.get('n_negatives')} negatives); it flagged {_pct(gate.get('trigger_gate_rate'))} of "
+                      f"the trigger set and {_pct(gate.get('false_gate_rate'))} of the general set (false gates); "
+                      f"its {gate.get('nfe_per_image', 0):g} NFE per image are in the gated rows' cost."))
+    caption = (f"Every method and setting ({len(rows)} rows; n = {n_t} × {n_gen} trigger and {n_g} × {n_gen} general "
+               "samples per row; 95 % bootstrap CIs over prompts). rows.csv and summary.json hold the same numbers.")
+    out.append(table([_mitigation_row(r) for r in rows], caption=caption, scroll=True))
+    pairs = _gated_pairs(rows)
+    if pairs:
+        out.append("<h3>Gated vs ungated</h3>" + table(pairs, caption="The same method and setting with the remedy "
+                                                                       "on every prompt and only on flagged ones"))
+    cap = (f"Trigger-set copy rate after each method (n = {n_t * (n_gen or 0)} samples, bars: 95 % bootstrap CI over "
+           f"the {n_t} prompts) against the general-set alignment change (n = {n_g * (n_gen or 0)} samples, bars: its "
+           "95 % CI; symlog axis, linear within the goal's band); hollow: gated; stars: ours; dashed: the Pareto front "
+           "(fewer copies, less alignment lost); ×: plain sampling; green: the goal.")
+    out.append(drawn(lambda: _draw_pareto(folder), "pareto", cap))
+    out.append(_p("Pareto front: " + "; ".join(f"{d['method']} {d['setting']}{' gated' if d.get('gated') else ''}"
+                                               for d in s["pareto"])) if s["pareto"] else "")
+    more = {k: v for k, v in p.items() if k not in ("subject", "seeds", "methods", "trigger", "general",
+                                                    "calibration")}
+    return "".join(out) + provenance_block({"model": sub.get("model"), "seeds": p.get("seeds"), **more},
+                                           methods=p.get("methods"))
+
+
+def _seeds(seeds) -> str:
+    return "–" if not seeds else f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
+
+
+def _pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f} %"
+
+
+def _gated_pairs(rows: list[dict]) -> list[dict]:
+    """One row per (method, setting) run both ways: copy rate, general alignment change and cost, side by side."""
+    by = {(r["method"], r["setting"], bool(r["gated"])): r for r in rows}
+    out = []
+    for (m, st, gated), r in by.items():
+        g = by.get((m, st, True))
+        if gated or g is None:
+            continue
+        d = [x.get("general_alignment_delta") for x in (r, g)]
+        out.append({"method": m, "setting": st, "copy after, ungated": r["trigger_copy_rate_after"],
+                    "copy after, gated": g["trigger_copy_rate_after"],
+                    "general Δ alignment (pts), ungated": None if d[0] is None else 100 * d[0],
+                    "general Δ alignment (pts), gated": None if d[1] is None else 100 * d[1],
+                    "extra NFE, ungated": r.get("extra_nfe_per_image"),
+                    "extra NFE, gated": g.get("extra_nfe_per_image"),
+                    "trigger gate rate": g.get("trigger_gate_rate"), "false gate rate": g.get("false_gate_rate")})
+    return out
 
 
 # ---- detection ----------------------------------------------------------------------------------------------------
@@ -440,13 +599,48 @@ def _detect_prompts(folder: Path) -> list[dict]:
     return list(per.values())
 
 
-@section("detect", "Detection", _is_detect, tables=lambda d: {"prompts.csv": _detect_prompts(d)})
+def _detect_labels(folder: Path) -> list[str]:
+    return list(dict.fromkeys(r["label"] for r in _summary(folder)["rows"]))
+
+
+def _detect_table(saved: list[dict]) -> list[dict]:
+    """The saved rows pivoted: one row per (detector, n), the metrics of each label side by side."""
+    out: dict[tuple, dict] = {}
+    for r in saved:
+        row = out.setdefault((r["detector"], r["n_gen"]), {"detector": r["detector"], "n": r["n_gen"]})
+        lab = r["label"]
+        row.update({f"AUC, {lab}": r["auc"], f"AUC 95 % CI, {lab}": r.get("auc_ci"),
+                    f"TPR@1%FPR, {lab}": r["tpr_at_1fpr"], f"TPR@0.1%FPR, {lab}": r["tpr_at_01fpr"]})
+    for r in saved:  # cost and status after the metrics
+        out[r["detector"], r["n_gen"]].update({"NFE / generation": r["nfe_per_generation"],
+                                               "s / prompt": r["seconds_per_prompt"], "status": r.get("status")})
+    return list(out.values())
+
+
+def _draw_roc(folder: Path, label: str):
+    return plot_roc(roc_curves(folder, label))
+
+
+def _roc_caption(folder: Path, label: str) -> str:
+    s = _summary(folder)
+    info = (s.get("labels") or {}).get(label) or {}
+    rows = [r for r in s["rows"] if r["label"] == label]
+    n = f"{rows[0].get('n_pos')} positives and {rows[0].get('n_neg')} negatives" if rows else "no rows"
+    how = info.get("rule") or "; ".join(f"{k.replace('_', ' ')}: {', '.join(map(str, v)) if isinstance(v, list) else v}"
+                                        for k, v in info.items() if k.endswith("kinds"))
+    return (f"ROC curves on the evaluation split, {label} labels ({n}; {how}), each detector at its largest number "
+            "of generations; legend: AUC with its 95 % stratified bootstrap CI as saved by the run. Drawn from "
+            "scores.csv.")
+
+
+@section("detect", "Detection", _is_detect, tables=lambda d: {"prompts.csv": _detect_prompts(d)},
+         figures=lambda d: {f"roc_{lab}": (lambda lab=lab: _draw_roc(d, lab)) for lab in _detect_labels(d)})
 def _detect(folder: Path, page: Page) -> str:
     s = _summary(folder)
-    rows = [{"detector": r["detector"], "n": r["n_gen"], "label": r["label"], "AUC": r["auc"],
-             "AUC 95 % CI": r.get("auc_ci"), "TPR@1%FPR": r["tpr_at_1fpr"], "TPR@0.1%FPR": r["tpr_at_01fpr"],
-             "n pos": r.get("n_pos"), "n neg": r.get("n_neg"), "NFE/gen": r["nfe_per_generation"],
-             "s/prompt": r["seconds_per_prompt"], "status": r.get("status")} for r in s["rows"]]
+    rows, labels = _detect_table(s["rows"]), _detect_labels(folder)
+    first = {lab: next(r for r in s["rows"] if r["label"] == lab) for lab in labels}
+    counts = "; ".join(f"{lab} labels: {r.get('n_pos')} positives, {r.get('n_neg')} negatives"
+                       for lab, r in first.items())
     prompts = _detect_prompts(folder)
     for r in prompts:
         r["prompt"] = Raw(f'<span class="text">{html.escape(r["prompt"])}</span>', r["prompt"])
@@ -454,9 +648,69 @@ def _detect(folder: Path, page: Page) -> str:
     more = f" (first 500 of {len(prompts)}; all in prompts.csv)" if len(prompts) > 500 else ""
     skipped = "".join(f"<li>{html.escape(str(x.get('detector')))} at n = {x.get('n_gen')}: "
                       f"{html.escape(str(x.get('reason')))}</li>" for x in s.get("skipped", []))
-    return (table(rows, caption="Evaluation split: AUC with its 95 % CI, conservative TPR at fixed FPR (thresholds "
-                               "calibrated on the calibration split)")
+    return (table(rows, caption=f"Evaluation split ({counts}): AUC with its 95 % CI, conservative TPR at a fixed FPR "
+                               "(thresholds calibrated on the calibration split's negatives); one row per detector and "
+                               "number of generations n, one column group per label", scroll=True)
             + (f"<p>Skipped:</p><ul>{skipped}</ul>" if skipped else "")
-            + "<h3>Per prompt</h3>" + _scroll(table(shown, caption=f"Each detector's own score per prompt{more}; "
-                                                                  "labels: 1 = memorized"))
+            + "".join(drawn(lambda lab=lab: _draw_roc(folder, lab), f"roc_{lab}", _roc_caption(folder, lab))
+                      for lab in labels)
+            + "<h3>Per prompt</h3>" + table(shown, caption=f"Each detector's own score per prompt{more}; "
+                                                                  "labels: 1 = memorized", scroll=True)
             + provenance_block(s.get("provenance"), labels=s.get("labels"), split=s.get("split")))
+
+
+# ---- audit --------------------------------------------------------------------------------------------------------
+
+AUDIT_SHOWN = 500
+
+
+def _audit_sample(folder: Path, sample: str | None) -> Raw:
+    """The saved sample of an escalated prompt (``samples/<id>.safetensors`` beside its PNG) as a thumbnail."""
+    if not sample:
+        return Raw("–", "")
+    path = folder / "samples" / Path(sample).with_suffix(".safetensors").name
+    if not path.exists():
+        return Raw("missing", "")
+    return Raw(thumb(read_arrays(path)["x"], size=48, title=Path(sample).name), Path(sample).name)
+
+
+@section("audit", "Audit: which prompts reproduce training images", lambda d: (d / "audit.json").exists())
+def _audit(folder: Path, page: Page) -> str:
+    a = read_json(folder / "audit.json")
+    a = a.get("data", a)
+    rows, nfe = a["rows"], a.get("nfe") or {}
+    n_esc = sum(bool(r["escalated"]) for r in rows)
+    judged = ("a threshold of {:.4g} on its oriented score decides memorized / clear".format(a["threshold"])
+              if a.get("threshold") is not None else "no threshold was given, so escalated prompts carry no verdict")
+    intro = (f"{len(rows)} prompts screened by {a['screen']} ({nfe.get('screen')} NFE); the top "
+             f"{100 * a['fraction']:g} % ({n_esc} prompts) escalated to {a['expensive']} ({nfe.get('escalate')} NFE, "
+             f"{a['n_gen']} generation(s) per prompt) and sampled once ({nfe.get('samples')} NFE); {judged}. Scores "
+             "are oriented: higher = more likely memorized.")
+    full = a.get("full")
+    if full:
+        intro += (f" Against scoring every prompt with {a['expensive']} ({full.get('nfe')} NFE): the audit keeps "
+                  f"{full.get('kept')} of the {full.get('flagged')} prompts flagged {full.get('rule')} (recall "
+                  f"{full.get('recall', float('nan')):.3f}) at {full.get('nfe_ratio') or float('nan'):.3f} of the "
+                  "detection NFE.")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["verdict"]] = counts.get(r["verdict"], 0) + 1
+    shown = []
+    for r in rows[:AUDIT_SHOWN]:
+        v = r["verdict"]
+        cls = {"memorized": "verdict-copy", "clear": "verdict-no", "screened out": "verdict-unjudged"}.get(v, "")
+        shown.append({"rank": r["rank"], "prompt id": r["prompt_id"],
+                      "prompt": Raw(f'<span class="text">{html.escape(r["prompt"])}</span>', r["prompt"]),
+                      "verdict": Raw(f'<span class="{cls}">{html.escape(v)}</span>', v),
+                      "expensive score": r.get("score"), "screen score": r.get("screen_score"),
+                      "escalated": r.get("escalated"), "sample": _audit_sample(folder, r.get("sample")),
+                      "nearest reference": r.get("nearest_ref"), "nearest-neighbour ratio": r.get("nearest_ratio")})
+    more = f" (first {AUDIT_SHOWN} of {len(rows)}; all in audit.csv)" if len(rows) > AUDIT_SHOWN else ""
+    caption = (f"Prompts ranked: escalated ones first by the expensive score, then the rest by the screen score{more}; "
+               "sample: seed " + str((a["provenance"].get("seeds") or ["?"])[0]) + "; nearest-neighbour ratio ≤ 1/3 "
+               "is a copy (only with --refs).")
+    verdicts = ", ".join(f"{c} {v}" for v, c in counts.items())
+    return (_p(intro) + _p(f"Verdicts: {verdicts}.") + table(shown, caption=caption, scroll=True)
+            + provenance_block({k: v for k, v in a["provenance"].items() if k != "subject"},
+                               model=(a["provenance"].get("subject") or {}).get("model"),
+                               subject=(a["provenance"].get("subject") or {}).get("subject")))

@@ -12,7 +12,8 @@ through :func:`diffmem.sample`, then per prompt kind:
 * ``memorization_ratio``: copies among all samples;
 * ``alignment``: accuracy of the digits classifier on the digit a prompt names (digits worlds only).
 
-Writes ``summary.json``, ``manifest.jsonl``, ``world_report.{json,safetensors}`` (samples) and ``grid_w<w>.png``.
+Writes ``summary.json``, ``manifest.jsonl``, ``world_report.{json,safetensors}`` (samples and per-sample copy
+verdicts) and ``grid_w<w>.png``.
 Kim et al. (2025): memorization should rise with w.
 """
 
@@ -40,7 +41,9 @@ _KINDS = ("planted", "template", "nonplanted", "novel", "class", "null")
 
 @dataclass(frozen=True)
 class WorldReport(Result):
-    """The summary plus the samples of each weight (``samples["w7.5"]`` is [P, N, C, H, W])."""
+    """The summary plus the samples of each weight (``samples["w7.5"]`` is [P, N, C, H, W]) and the per-sample copy
+    verdicts behind its rates (``samples["copy_paired_w7.5"]``, ``copy_any_…``, ``region_only_…``: [P, N] bool) and
+    the paired training images (``samples["paired"]``: [P, C, H, W]; ``samples["has_paired"]``: [P] bool)."""
 
     summary: dict
     samples: dict[str, Tensor]
@@ -84,7 +87,9 @@ def _rate(mask: Tensor) -> float | None:
     return float(mask.double().mean()) if mask.numel() else None
 
 
-def _metrics(world: World, rows, x0: Tensor, clf) -> dict:
+def _metrics(world: World, rows, x0: Tensor, clf, labels: dict | None = None) -> dict:
+    """The rates of one weight; ``labels`` (when given) receives the per-sample verdicts [P, N] behind them:
+    ``copy_any``, ``copy_paired`` (the nearest is the paired image) and ``region_only`` (template region only)."""
     from diffmem.similarity.criteria import COPY_RATIO, nn_ratio
 
     P, n = x0.shape[:2]
@@ -100,12 +105,21 @@ def _metrics(world: World, rows, x0: Tensor, clf) -> dict:
            "planted_any_copy_rate": _rate(copy[sel["planted"]]),
            "nonplanted_copy_rate": _rate(copy[sel["nonplanted"]]), "novel_copy_rate": _rate(copy[sel["novel"]]),
            "class_copy_rate": _rate(copy[sel["class"]]), "unconditional_copy_rate": _rate(copy[sel["null"]]),
-           "template_copy_rate": _template_rate(world, rows, x0, sel["template"])}
+           "template_copy_rate": None}
+    region = _template_copies(world, rows, x0, sel["template"])
+    if region is not None:
+        out["template_copy_rate"] = _rate(region)
+    if labels is not None:
+        only = torch.zeros_like(copy)
+        if region is not None:
+            only[sel["template"]] = region.view(-1, n) & ~copy[sel["template"]]
+        labels.update(copy_any=copy, copy_paired=copy & (near_id == paired[:, None]), region_only=only)
     out.update(_alignment(rows, x0, clf))
     return out
 
 
-def _template_rate(world: World, rows, x0: Tensor, sel: Tensor) -> float | None:
+def _template_copies(world: World, rows, x0: Tensor, sel: Tensor) -> Tensor | None:
+    """[G·N] template-region copies of the template prompts ``sel`` (their paired image's region); None without."""
     from diffmem.similarity.criteria import COPY_RATIO, nn_ratio
 
     mask = world.data.template_mask
@@ -116,7 +130,7 @@ def _template_rate(world: World, rows, x0: Tensor, sel: Tensor) -> float | None:
     samples = x0[sel]  # [G, n, C, H, W]
     ratio, nearest = nn_ratio(samples.flatten(0, 1)[:, mask], refs)
     same = (refs[nearest] == world.data.images[src][:, mask].repeat_interleave(samples.shape[1], 0)).all(1)
-    return _rate((ratio <= COPY_RATIO) & same)
+    return (ratio <= COPY_RATIO) & same
 
 
 def _alignment(rows, x0: Tensor, clf) -> dict:
@@ -129,6 +143,16 @@ def _alignment(rows, x0: Tensor, clf) -> dict:
     by_kind = {k: _rate(hit[[i for i, r in enumerate(rows) if r["kind"] == k and r["label"] is not None]])
                for k in _KINDS}
     return {"alignment": _rate(hit[labelled]), "alignment_by_kind": {k: v for k, v in by_kind.items() if v is not None}}
+
+
+def _paired_images(world: World, rows) -> tuple[Tensor, Tensor]:
+    """[P, C, H, W] each prompt's paired training image (planted and template prompts; zeros for the others) and
+    [P] bool: whether it has one."""
+    has = torch.tensor([r["kind"] in ("planted", "template") for r in rows], dtype=torch.bool)
+    out = torch.zeros(len(rows), *world.data.shape)
+    for i in has.nonzero().flatten().tolist():
+        out[i] = world.data.images[rows[i]["paired_ids"][0]]
+    return out, has
 
 
 def _grid(world: World, rows, x0: Tensor, path: Path, per_kind: int = 8, cols: int = 8) -> None:
@@ -177,8 +201,9 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
         task = bar.add_task("world report: CFG weights", total=len(weights))
         for w in weights:
             x0 = generate_samples(world, rows, n, steps, float(w), seed, batch_size)
-            per_w[f"{w:g}"] = {**_metrics(world, rows, x0, clf), "samples": x0.shape[0] * x0.shape[1]}
-            arrays[f"w{w:g}"] = x0
+            labels: dict = {}
+            per_w[f"{w:g}"] = {**_metrics(world, rows, x0, clf, labels), "samples": x0.shape[0] * x0.shape[1]}
+            arrays.update({f"w{w:g}": x0, **{f"{k}_w{w:g}": v for k, v in labels.items()}})
             _grid(world, rows, x0, out / f"grid_w{w:g}.png")
             bar.advance(task)
     summary = {"world": world.name, "checkpoint": str(world.directory), "weights": [float(w) for w in weights],
@@ -192,6 +217,7 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     prov = Provenance(model=world.denoiser.describe(), solver={"name": repr(world.solver)}, grid=world.grid(steps).spec,
                       guidance={"kind": "Constant", "w": summary["weights"]},
                       seeds=summary["seeds"], extra={"world": world.config.to_dict()})
+    arrays["paired"], arrays["has_paired"] = _paired_images(world, rows)
     write_manifest(out / "manifest.jsonl", rows)
     WorldReport(summary, arrays, prov).save(out, "world_report")
     write_json(out / "summary.json", summary)
