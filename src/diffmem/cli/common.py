@@ -4,8 +4,11 @@ the parser without loading any model code.
 
 Shared options (each command takes those that apply; the same flag always means the same thing):
 
-- ``--out DIR``: the exact folder the command writes into (created if missing; an existing folder is reused — a
-  resumable job continues from what it holds, others overwrite their own files); an existing *file* is an error.
+- ``--out DIR``: the exact folder the command writes into, never a parent of numbered runs (created if missing;
+  an existing folder is reused — a resumable job continues from what it holds and marks its old summary stale,
+  others overwrite their own files); an existing *file* or an unwritable place is an error. While a command runs
+  it holds the folder: a second process given the same ``--out`` is refused (``prune`` instead merges the rows of
+  concurrent runs with different ``--methods``). ``--dry-run`` neither creates nor claims it.
 - ``--threads N``: torch CPU threads, set once before any work (default: :func:`default_threads`).
 - ``--device {auto,cpu,cuda,cuda:N}``, ``--dtype {float32,float16,bfloat16}``, ``--batch-size N``: where a
   model runs; ``auto`` is CUDA when torch sees a GPU, else CPU.
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 
 __all__ = ["HELP", "add_command", "add_common", "default_threads", "idle_cpus", "physical_cores", "prepare",
-           "resolve_device", "emit", "handle_error", "progress_enabled", "USER_ERRORS"]
+           "resolve_device", "claim_out", "emit", "handle_error", "progress_enabled", "USER_ERRORS"]
 
 # one-line help of every command, here so that ``diffmem --help`` lists them without importing their modules
 HELP = {
@@ -210,7 +213,9 @@ def _check_device(device: str) -> None:
 
 
 def prepare(args) -> None:
-    """Once per command, before any work: check ``--out`` and ``--device``, set torch's threads."""
+    """Once per command, before any work: check ``--out`` and ``--device``, set torch's threads. A run that writes
+    (not ``--dry-run``) then claims ``--out``: a second process given the same folder is refused in one line, unless
+    the command merges concurrent writers itself (``out_shared``, e.g. ``prune``'s per-method rows)."""
     if getattr(args, "out", None) is not None:
         _check_out(Path(args.out))
     if getattr(args, "device", None) is not None:
@@ -220,6 +225,15 @@ def prepare(args) -> None:
 
         args.threads = args.threads or default_threads()
         torch.set_num_threads(args.threads)
+    if getattr(args, "out", None) is not None and not getattr(args, "dry_run", False):
+        claim_out(args.out, shared=getattr(args, "out_shared", False))
+
+
+def claim_out(out, *, shared: bool = False) -> Path:
+    """Create the output folder ``out`` and, unless ``shared``, hold it for this process (one line if taken)."""
+    from diffmem.io import check_out_dir, claim_out_dir
+
+    return check_out_dir(out) if shared else claim_out_dir(out)
 
 
 def progress_enabled(args) -> bool:

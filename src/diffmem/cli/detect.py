@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diffmem.adapters.subject import ADAPTER_KINDS, diffusers_subject
-from diffmem.cli.common import add_common, progress_enabled
+from diffmem.cli.common import add_command, add_common, emit, progress_enabled
 from diffmem.detectors.harness import DetectionSummary, resolve_detectors, run_detection
 from diffmem.reports.html import finish_report
 from diffmem.subject import Subject
@@ -45,32 +45,31 @@ def names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def add_subject_args(p) -> None:
-    """--world | --model/--prompts, --quick and the shared options (shared by detect and audit)."""
+def add_subject_args(p, *, dry_run: bool = False) -> None:
+    """--world | --model/--prompts, --quick and the shared options (shared by detect, audit and mitigate;
+    ``dry_run``: the command honours ``--dry-run``)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--world", metavar="W", help="embedded world (digits-t2i, digits-bench, …) or checkpoint dir")
     src.add_argument("--model", metavar="DIR", help="local diffusers model directory (needs --prompts)")
     p.add_argument("--prompts", metavar="FILE", help="JSONL prompt manifest for --model")
-    add_common(p, seed=0, steps=50, dry_run=False)  # generation j uses seed SEED + j
+    add_common(p, seed=0, steps=50, dry_run=dry_run)  # generation j uses seed SEED + j
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("detect", help="compare memorization detectors on one ground truth, with measured cost",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_subject_args(p)
+    p = add_command(sub, "detect", __doc__)
+    add_subject_args(p, dry_run=True)
     p.add_argument("--detectors", type=names, help="comma-separated registry names (default: all)")
     p.add_argument("--n-gen", type=ints, help="generations per prompt (default 1,4; quick: 1)")
     p.add_argument("--labels", type=names, default=("planted", "measured"), help="planted,measured")
     p.add_argument("--n-label", type=int, help="generations that decide the measured label (default 4; quick: 2)")
     p.add_argument("--chunk", type=int, default=16, help="prompts per checkpointed unit (default: %(default)s)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved settings and stop")
     p.set_defaults(run=_cli)
 
 
 def subject_from_args(args) -> Subject:
     """The subject of ``--world`` or ``--model``/``--prompts`` (all prompts; at most ``QUICK["per_kind"]`` per kind
-    with ``--quick``)."""
+    with ``--quick``). A dry run never trains: an untrained world is refused in one line."""
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.model is not None:
@@ -78,7 +77,15 @@ def subject_from_args(args) -> Subject:
     elif args.prompts is not None:
         raise ValueError("--prompts goes with --model; a --world brings its own prompts")
     else:
-        subject = world_subject(load_world(args.world, progress=not args.no_progress), steps=args.steps)
+        dry = getattr(args, "dry_run", False)
+        try:
+            world = load_world(args.world, progress=progress_enabled(args), train=not dry)
+        except ValueError as err:
+            if dry and "is not trained" in str(err):
+                raise ValueError(f"--dry-run never trains, and world {args.world!r} is not trained yet; run "
+                                 f"`diffmem train {args.world}` first, or drop --dry-run") from None
+            raise
+        subject = world_subject(world, steps=args.steps)
     if args.quick:  # at most per_kind prompts of each kind, rung and caption regime, in manifest order
         strata: dict[tuple, list[str]] = {}
         for p in subject.prompts:
@@ -139,15 +146,17 @@ def _cli(args) -> int:
               n_boot=quick.get("n_boot", 2000))
     if args.dry_run:
         dets = [d.name for d in resolve_detectors(args.detectors)]
-        print(json.dumps({"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
-                          "detectors": dets, **kw}, default=str))
-        return 0
+        return emit(args, {"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
+                           "detectors": dets, **kw})
     run = run_detection(subject, args.detectors, **kw, progress=None if not progress_enabled(args) else
                         lambda msg: print(f"scoring {msg}", file=sys.stderr, flush=True))
-    if not (args.json or args.quiet):  # --json / -q: only the closing JSON line
+
+    def table():
         print_table(run.summary)
         for s in run.summary.skipped:
             print(f"skipped {s['detector']} n={s['n_gen']}: {s['reason']}")
-    print(json.dumps({"out": str(args.out), "report": str(finish_report(args.out)),
-                      "seconds": round(run.summary.seconds, 1), **run.summary.units}))
-    return 0
+
+    return emit(args, {"subject": subject.name, "prompts": len(subject.prompts), "rows": len(run.summary.rows),
+                       "skipped": len(run.summary.skipped), "seconds": round(run.summary.seconds, 1),
+                       **run.summary.units, "threads": args.threads, "out": str(args.out),
+                       "report": str(finish_report(args.out))}, table=table)
