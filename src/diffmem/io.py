@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "write_arrays", "read_arrays",
            "new_run_dir", "strict_json", "file_mode", "resumable_unit", "safe_name",
            "check_safetensors", "remove_stale_tmp", "check_out_dir",
-           "mark_stale", "file_lock", "claim_out_dir", "check_device"]
+           "mark_stale", "file_lock", "claim_out_dir", "claimed_out_dir", "release_out_dir", "check_device"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -254,6 +254,26 @@ def claim_out_dir(path: str | os.PathLike) -> Path:
                          "or choose another --out") from None
     _CLAIMS[path] = f
     return path
+
+
+def release_out_dir(path: str | os.PathLike) -> None:
+    """Give up this process's claim on ``path`` (no-op when it holds none)."""
+    f = _CLAIMS.pop(Path(path).expanduser().resolve(), None)
+    if f is not None:
+        f.close()  # closing the descriptor drops the flock
+
+
+@contextlib.contextmanager
+def claimed_out_dir(path: str | os.PathLike):
+    """:func:`claim_out_dir` for the block: released at its end, so a library caller (a notebook, a test) can run
+    the next job into the same folder; a claim this process already held is left held."""
+    held = Path(path).expanduser().resolve() in _CLAIMS
+    path = claim_out_dir(path)
+    try:
+        yield path
+    finally:
+        if not held:
+            release_out_dir(path)
 
 
 @contextlib.contextmanager

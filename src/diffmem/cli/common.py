@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 __all__ = ["HELP", "add_command", "add_common", "default_threads", "idle_cpus", "physical_cores", "prepare",
-           "resolve_device", "claim_out", "emit", "handle_error", "progress_enabled", "USER_ERRORS"]
+           "resolve_device", "claim_out", "release_claims", "emit", "handle_error", "progress_enabled", "USER_ERRORS"]
 
 # one-line help of every command, here so that ``diffmem --help`` lists them without importing their modules
 HELP = {
@@ -226,14 +226,40 @@ def prepare(args) -> None:
         args.threads = args.threads or default_threads()
         torch.set_num_threads(args.threads)
     if getattr(args, "out", None) is not None and not getattr(args, "dry_run", False):
-        claim_out(args.out, shared=getattr(args, "out_shared", False))
+        claim_out(args.out, shared=getattr(args, "out_shared", False), finished=FINISHED.get(args.command, ()))
 
 
-def claim_out(out, *, shared: bool = False) -> Path:
-    """Create the output folder ``out`` and, unless ``shared``, hold it for this process (one line if taken)."""
-    from diffmem.io import check_out_dir, claim_out_dir
+# the files that make a finished run of a command: renamed to ``*.stale`` when a rerun starts, so a killed rerun
+# never leaves an old, complete-looking result beside new files (world-report and analyze do this in their runners;
+# prune's concurrent writers merge into one summary instead)
+FINISHED = {"detect": ("summary.json", "scores.csv", "report.html"), "audit": ("audit.json", "audit.csv"),
+            "mitigate": ("summary.json", "rows.csv", "report.html"), "theory": ("summary.json", "report.html")}
 
-    return check_out_dir(out) if shared else claim_out_dir(out)
+
+_CLAIMED: list[Path] = []  # folders claimed by :func:`claim_out`, released by :func:`release_claims`
+
+
+def release_claims() -> None:
+    """Release the folders this command claimed (the command has ended; the next one in this process may write
+    them)."""
+    from diffmem.io import release_out_dir
+
+    while _CLAIMED:
+        release_out_dir(_CLAIMED.pop())
+
+
+def claim_out(out, *, shared: bool = False, finished: tuple[str, ...] = ()) -> Path:
+    """Create the output folder ``out`` and, unless ``shared``, hold it for this process (one line if taken); then
+    delete the temporary files a hard kill left there and rename the ``finished`` results of an earlier run to
+    ``*.stale``."""
+    from diffmem.io import check_out_dir, claim_out_dir, mark_stale, remove_stale_tmp
+
+    out = check_out_dir(out) if shared else claim_out_dir(out)
+    if not shared:
+        _CLAIMED.append(out)
+        remove_stale_tmp(out)
+        mark_stale(out, finished)
+    return out
 
 
 def progress_enabled(args) -> bool:
