@@ -16,6 +16,7 @@ from rich.table import Table
 from diffmem.cli.common import _positive, add_command, emit, progress_enabled
 from diffmem.cli.detect import add_subject_args, subject_from_args, wide_console
 from diffmem.detectors.audit import AuditResult, audit, threshold_from_summary
+from diffmem.detectors.base import generation_seeds, make_detector
 
 __all__ = ["add_parser"]
 
@@ -52,12 +53,13 @@ def _print(result: AuditResult, top: int) -> None:
 def _check(args) -> None:
     if not 0 < args.fraction <= 1:  # NaN fails this too
         raise ValueError(f"--fraction {args.fraction!r} must lie in (0, 1]: the share of prompts escalated")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise ValueError(f"--threshold {args.threshold!r} must be a finite score (oriented: higher = memorized)")
 
 
 def _plan(subject, args, threshold) -> dict:
     """What a run would do: prompts, seeds, how many escalate, and the NFE it would spend — each detector's cost
     measured on the first prompt (nothing is written), times the prompts it scores."""
-    from diffmem.detectors.base import generation_seeds, make_detector
     from diffmem.detectors.counting import measure
 
     seeds, P = generation_seeds(args.n_gen, args.seed), len(subject.prompts)
@@ -78,10 +80,12 @@ def _plan(subject, args, threshold) -> dict:
 
 def _cli(args) -> int:
     _check(args)
-    subject = subject_from_args(args)
+    for name in (args.screen, args.expensive):  # a misspelt detector is refused before any model loads
+        make_detector(name)
     threshold = args.threshold
     if args.calibration:
         threshold = threshold_from_summary(args.calibration, args.expensive, args.n_gen)
+    subject = subject_from_args(args)
     if args.dry_run:
         return emit(args, _plan(subject, args, threshold))
     result = audit(subject, out=args.out, screen=args.screen, expensive=args.expensive, fraction=args.fraction,

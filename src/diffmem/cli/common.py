@@ -313,7 +313,7 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, PermissionError):
         return f"no permission to access {str(err.filename)!r}; fix its permissions or choose another path"
     if isinstance(err, FileNotFoundError):
-        return f"{str(err.filename or err)!r} does not exist; check the path"
+        return f"{str(err.filename)!r} does not exist; check the path" if err.filename else " ".join(str(err).split())
     if isinstance(err, IsADirectoryError | NotADirectoryError | FileExistsError):
         return f"{str(err.filename or err)!r}: {err.strerror or err}; choose another path"
     return " ".join(str(err).split()) or type(err).__name__

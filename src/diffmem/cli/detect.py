@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from diffmem.adapters.subject import ADAPTER_KINDS, diffusers_subject
-from diffmem.cli.common import add_command, add_common, emit, progress_enabled
-from diffmem.detectors.harness import DetectionSummary, resolve_detectors, run_detection
+from diffmem.cli.common import _positive, add_command, add_common, emit, progress_enabled
+from diffmem.detectors.harness import LABELS, DetectionSummary, resolve_detectors, run_detection
 from diffmem.reports.html import finish_report
 from diffmem.subject import Subject
 from diffmem.worlds.subject import world_subject
@@ -62,8 +62,10 @@ def add_parser(sub) -> None:
     p.add_argument("--detectors", type=names, help="comma-separated registry names (default: all)")
     p.add_argument("--n-gen", type=ints, help="generations per prompt (default 1,4; quick: 1)")
     p.add_argument("--labels", type=names, default=("planted", "measured"), help="planted,measured")
-    p.add_argument("--n-label", type=int, help="generations that decide the measured label (default 4; quick: 2)")
-    p.add_argument("--chunk", type=int, default=16, help="prompts per checkpointed unit (default: %(default)s)")
+    p.add_argument("--n-label", type=_positive, metavar="N", help="generations that decide the measured label "
+                   "(default 4; quick: 2)")
+    p.add_argument("--chunk", type=_positive, default=16, metavar="N", help="prompts per checkpointed unit "
+                   "(default: %(default)s)")
     p.set_defaults(run=_cli)
 
 
@@ -139,6 +141,9 @@ def print_table(summary: DetectionSummary, console: Console | None = None) -> No
 
 
 def _cli(args) -> int:
+    resolve_detectors(args.detectors)  # a misspelt name is refused before any model loads
+    if not args.labels or set(args.labels) - set(LABELS):
+        raise ValueError(f"--labels {','.join(args.labels)!r}: give a comma-separated subset of {', '.join(LABELS)}")
     subject = subject_from_args(args)
     quick = QUICK if args.quick else {}
     kw = dict(n_gen=args.n_gen or quick.get("n_gen", (1, 4)), base_seed=args.seed, out=args.out, labels=args.labels,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, replace
 
-from diffmem.adapters.subject_data import load_data_adapter
+from diffmem.adapters.subject_data import load_data_adapter, read_npz
 from diffmem.cli.common import add_command, add_common, emit, progress_enabled, resolve_device
 from diffmem.mitigations.prune_backends import diffusers_inputs, world_inputs
 from diffmem.mitigations.prune_results import format_table
@@ -92,6 +92,8 @@ def _check_flags(args) -> None:
                          "embedded world runs on the CPU)")
     if args.model and not args.data:
         raise ValueError("--model needs --data DATA.npz (images in [0, 1] and labels or captions)")
+    if args.model:
+        read_npz(args.data)  # a bad data file is refused before the pipeline loads
 
 
 def _inputs(args, quick: bool):
