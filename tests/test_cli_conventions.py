@@ -182,3 +182,12 @@ def test_written_files_are_group_readable_under_umask_022(tmp_path, capsys):
 
 def test_every_command_module_is_registered():
     assert set(common.HELP) == set(COMMANDS)
+
+
+def test_readme_options_table_is_current():
+    """README's table of every command's options is the one the parser generates (after a change of options:
+    ``python -m diffmem.cli.options --readme README.md``)."""
+    from diffmem.cli.options import END, START, options_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert readme[readme.index(START) + len(START):readme.index(END)] == options_table()
