@@ -60,6 +60,11 @@ def test_audit_cli_ranks_escalates_and_compares(world, tmp_path, capsys):
     assert len(top) == k and all(r["verdict"] == "memorized" and r["nearest_ref"] != "" for r in top)
     assert all((tmp_path / "a/samples" / r["sample"].split("/")[-1]).exists() for r in top)
     assert out["escalated"] == k and out["flagged"] == k and out["prompts"] == P
+    # a rerun under another seed draws its samples again (the cached ones were made under seed 0)
+    assert main([*args, "--json", "--seed", "7"]) == 0
+    assert json.loads(capsys.readouterr().out)["nfe"]["samples"] == 8 * k  # k samples of 4 steps, 2 NFE each
+    assert main([*args, "--json", "--seed", "7"]) == 0  # same settings: every sample reused, none drawn
+    assert json.loads(capsys.readouterr().out)["nfe"]["samples"] == 0
     # the plan's NFE estimate (costs measured on one prompt) is the run's count: the world's prompts cost alike
     assert plan["prompts"] == P and plan["escalated"] == k and plan["seeds"] == [0]
     assert {key: plan["nfe_estimate"][key] for key in ("screen", "escalate", "samples", "full")} == {

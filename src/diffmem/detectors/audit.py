@@ -28,7 +28,7 @@ import torch
 
 from diffmem.detectors.base import Detector, generation_seeds, make_detector
 from diffmem.detectors.counting import measure_call
-from diffmem.detectors.harness import score_units, write_csv
+from diffmem.detectors.harness import score_units, unit_settings, write_csv
 from diffmem.io import read_arrays, read_json, safe_name, write_arrays, write_json
 from diffmem.results import Record, package_version
 from diffmem.sampling.trajectory import Recorder
@@ -91,9 +91,14 @@ def _oriented(det: Detector, s: np.ndarray) -> np.ndarray:
 
 
 def _samples(subject: Subject, prompts: Sequence[Prompt], seed: int, guidance: float, out: Path) -> tuple[dict, int]:
-    """One sample per prompt in pixels ({id: [C, H, W]}), cached under ``out/samples``; and the NFE it cost."""
+    """One sample per prompt in pixels ({id: [C, H, W]}), cached under ``out/samples``; and the NFE it cost. A
+    cached sample is reused only when its stamp (``<id>.json``, written after it) names the same settings."""
     paths = {p.id: out / "samples" / f"{safe_name(p.id)}.safetensors" for p in prompts}
-    todo = [p for p in prompts if not paths[p.id].exists()]
+    settings = {p.id: unit_settings(subject, [p], [seed], {"sample": {"guidance": guidance, "steps": subject.steps,
+                                                                      "prompt": p.text}}) for p in prompts}
+    stamps = {i: path.with_suffix(".json") for i, path in paths.items()}
+    todo = [p for p in prompts if not (paths[p.id].exists() and stamps[p.id].exists()
+                                       and read_json(stamps[p.id]).get("settings") == settings[p.id])]
     nfe = 0
     if todo:
         traj, cost = measure_call(subject, lambda s: s.sample(s.cond(todo), [seed] * len(todo), guidance=guidance,
@@ -102,6 +107,7 @@ def _samples(subject: Subject, prompts: Sequence[Prompt], seed: int, guidance: f
         for p, xi in zip(todo, x.clamp(-1, 1), strict=True):
             save_grid(paths[p.id].with_suffix(".png"), xi[None, None])
             write_arrays(paths[p.id], {"x": xi})
+            write_json(stamps[p.id], {"settings": settings[p.id]})
         nfe = cost.nfe
     return {p.id: read_arrays(paths[p.id])["x"] for p in prompts}, nfe
 
