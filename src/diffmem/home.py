@@ -11,9 +11,11 @@ from pathlib import Path
 __all__ = ["diffmem_home"]
 
 
-def diffmem_home(*parts: str) -> Path:
-    """``$DIFFMEM_HOME/<parts>`` (default ``~/.cache/diffmem``), created on demand."""
+def diffmem_home(*parts: str, create: bool = True) -> Path:
+    """``$DIFFMEM_HOME/<parts>`` (default ``~/.cache/diffmem``), created on demand (``create=False``: only named,
+    for a dry run that writes nothing)."""
     root = Path(os.environ.get("DIFFMEM_HOME") or Path.home() / ".cache" / "diffmem").expanduser()
     path = root.joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
