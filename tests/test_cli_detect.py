@@ -33,7 +33,10 @@ def test_detect_cli_writes_summary_and_scores(world, tmp_path, capsys):
     with open(tmp_path / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == summary["provenance"]["subject"]["n_prompts"] * 4
+    assert main([*args, "--labels", "planted,typo"]) == 2  # a refused rerun changes nothing: no stale marking
+    assert (tmp_path / "summary.json").exists() and not (tmp_path / "summary.json.stale").exists()
     assert main([*args, "--json"]) == 0
+    assert (tmp_path / "summary.json.stale").exists()  # a rerun that starts marks the old result first
     again = json.loads(capsys.readouterr().out)  # --json: one object, nothing else
     assert again["command"] == "detect" and again["reused"] > 0 and again["computed"] == 0  # resumes
 

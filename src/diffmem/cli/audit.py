@@ -13,7 +13,7 @@ import sys
 
 from rich.table import Table
 
-from diffmem.cli.common import _positive, add_command, emit, progress_enabled
+from diffmem.cli.common import _positive, add_command, emit, progress_enabled, start_run
 from diffmem.cli.detect import add_subject_args, subject_from_args, wide_console
 from diffmem.detectors.audit import AuditResult, audit, threshold_from_summary
 from diffmem.detectors.base import generation_seeds, make_detector
@@ -88,6 +88,7 @@ def _cli(args) -> int:
     subject = subject_from_args(args)
     if args.dry_run:
         return emit(args, _plan(subject, args, threshold))
+    start_run(args.out, ("audit.json", "audit.csv"))
     result = audit(subject, out=args.out, screen=args.screen, expensive=args.expensive, fraction=args.fraction,
                    n_gen=args.n_gen, base_seed=args.seed, threshold=threshold, refs=args.refs,
                    samples=not args.no_samples, compare_full=args.compare_full,

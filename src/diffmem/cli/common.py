@@ -5,10 +5,11 @@ the parser without loading any model code.
 Shared options (each command takes those that apply; the same flag always means the same thing):
 
 - ``--out DIR``: the exact folder the command writes into, never a parent of numbered runs (created if missing;
-  an existing folder is reused — a resumable job continues from what it holds and marks its old summary stale,
-  others overwrite their own files); an existing *file* or an unwritable place is an error. While a command runs
-  it holds the folder: a second process given the same ``--out`` is refused (``prune`` instead merges the rows of
-  concurrent runs with different ``--methods``). ``--dry-run`` neither creates nor claims it.
+  an existing folder is reused — a resumable job continues from what it holds and, once its inputs are checked,
+  marks its old summary stale (:func:`start_run`); others overwrite their own files); an existing *file* or an
+  unwritable place is an error. While a command runs it holds the folder: a second process given the same
+  ``--out`` is refused (``prune`` instead merges the rows of concurrent runs with different ``--methods``).
+  ``--dry-run`` neither creates nor claims it.
 - ``--threads N``: torch CPU threads, set once before any work (default: :func:`default_threads`).
 - ``--device {auto,cpu,cuda,cuda:N}``, ``--dtype {float32,float16,bfloat16}``, ``--batch-size N``: where a
   model runs; ``auto`` is CUDA when torch sees a GPU, else CPU.
@@ -31,7 +32,8 @@ import time
 from pathlib import Path
 
 __all__ = ["HELP", "add_command", "add_common", "default_threads", "idle_cpus", "physical_cores", "prepare",
-           "resolve_device", "claim_out", "release_claims", "emit", "handle_error", "progress_enabled", "USER_ERRORS"]
+           "resolve_device", "claim_out", "release_claims", "start_run", "emit", "handle_error", "progress_enabled",
+           "USER_ERRORS"]
 
 # one-line help of every command, here so that ``diffmem --help`` lists them without importing their modules
 HELP = {
@@ -226,14 +228,7 @@ def prepare(args) -> None:
         args.threads = args.threads or default_threads()
         torch.set_num_threads(args.threads)
     if getattr(args, "out", None) is not None and not getattr(args, "dry_run", False):
-        claim_out(args.out, shared=getattr(args, "out_shared", False), finished=FINISHED.get(args.command, ()))
-
-
-# the files that make a finished run of a command: renamed to ``*.stale`` when a rerun starts, so a killed rerun
-# never leaves an old, complete-looking result beside new files (world-report and analyze do this in their runners;
-# prune's concurrent writers merge into one summary instead)
-FINISHED = {"detect": ("summary.json", "scores.csv", "report.html"), "audit": ("audit.json", "audit.csv"),
-            "mitigate": ("summary.json", "rows.csv", "report.html"), "theory": ("summary.json", "report.html")}
+        claim_out(args.out, shared=getattr(args, "out_shared", False))
 
 
 _CLAIMED: list[Path] = []  # folders claimed by :func:`claim_out`, released by :func:`release_claims`
@@ -248,18 +243,24 @@ def release_claims() -> None:
         release_out_dir(_CLAIMED.pop())
 
 
-def claim_out(out, *, shared: bool = False, finished: tuple[str, ...] = ()) -> Path:
-    """Create the output folder ``out`` and, unless ``shared``, hold it for this process (one line if taken); then
-    delete the temporary files a hard kill left there and rename the ``finished`` results of an earlier run to
-    ``*.stale``."""
-    from diffmem.io import check_out_dir, claim_out_dir, mark_stale, remove_stale_tmp
+def claim_out(out, *, shared: bool = False) -> Path:
+    """Create the output folder ``out`` and, unless ``shared``, hold it for this process (one line if taken)."""
+    from diffmem.io import check_out_dir, claim_out_dir
 
     out = check_out_dir(out) if shared else claim_out_dir(out)
     if not shared:
         _CLAIMED.append(out)
-        remove_stale_tmp(out)
-        mark_stale(out, finished)
     return out
+
+
+def start_run(out, finished: tuple[str, ...]) -> None:
+    """Just before a job's first write, its inputs checked (a refused rerun changes nothing): delete the temporary
+    files a hard kill left in ``out`` and rename the ``finished`` results of an earlier run to ``*.stale``, so a
+    killed rerun never leaves an old, complete-looking result beside new files."""
+    from diffmem.io import mark_stale, remove_stale_tmp
+
+    remove_stale_tmp(out)
+    mark_stale(out, finished)
 
 
 def progress_enabled(args) -> bool:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diffmem.adapters.subject import ADAPTER_KINDS, diffusers_subject
-from diffmem.cli.common import _positive, add_command, add_common, emit, progress_enabled
+from diffmem.cli.common import _positive, add_command, add_common, emit, progress_enabled, start_run
 from diffmem.detectors.harness import LABELS, DetectionSummary, resolve_detectors, run_detection
 from diffmem.reports.html import finish_report
 from diffmem.subject import Subject
@@ -153,6 +153,7 @@ def _cli(args) -> int:
         dets = [d.name for d in resolve_detectors(args.detectors)]
         return emit(args, {"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
                            "detectors": dets, **kw})
+    start_run(args.out, ("summary.json", "scores.csv", "report.html"))
     run = run_detection(subject, args.detectors, **kw, progress=None if not progress_enabled(args) else
                         lambda msg: print(f"scoring {msg}", file=sys.stderr, flush=True))
 

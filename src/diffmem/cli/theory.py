@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from diffmem.cli.common import add_command, add_common, emit, progress_enabled
+from diffmem.cli.common import add_command, add_common, emit, progress_enabled, start_run
 from diffmem.reports.html import finish_report
 from diffmem.theory import lab
 from diffmem.theory.sweeps import PRESETS, plan
@@ -39,6 +39,7 @@ def _cli(args) -> int:
     preset = args.preset or ("quick" if args.quick else "default")
     if args.dry_run:
         return emit(args, {"out": str(args.out), **_settings(args.experiment, preset)})
+    start_run(args.out, ("summary.json", "report.html"))
     if args.experiment == "loss-gap":
         s = lab.run_loss_gap(args.out, quick=args.quick, figures=figures)
         summary = {"reference": s.reference, "prop41_all_agree": s.prop41_all_agree,
