@@ -245,21 +245,31 @@ def claim_out_dir(path: str | os.PathLike) -> Path:
     path = check_out_dir(path).resolve()
     if path in _CLAIMS:
         return path
-    f = open(path / ".diffmem.lock", "a+b")  # kept open: the lock lives as long as the process
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    lock = path / ".diffmem.lock"
+    while True:
+        f = open(lock, "a+b")  # kept open: the lock lives as long as the process (or until released)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise ValueError(f"output folder {str(path)!r} is in use by another diffmem process; wait for it to "
+                             "finish or choose another --out") from None
+        try:  # a releasing holder unlinks the file: the lock counts only on the file still at that name
+            if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         f.close()
-        raise ValueError(f"output folder {str(path)!r} is in use by another diffmem process; wait for it to finish "
-                         "or choose another --out") from None
     _CLAIMS[path] = f
     return path
 
 
 def release_out_dir(path: str | os.PathLike) -> None:
     """Give up this process's claim on ``path`` (no-op when it holds none)."""
-    f = _CLAIMS.pop(Path(path).expanduser().resolve(), None)
+    path = Path(path).expanduser().resolve()
+    f = _CLAIMS.pop(path, None)
     if f is not None:
+        (path / ".diffmem.lock").unlink(missing_ok=True)  # still held: no file is left behind in a finished folder
         f.close()  # closing the descriptor drops the flock
 
 

@@ -17,6 +17,7 @@ from diffmem.cli.common import _positive, add_command, emit, progress_enabled, s
 from diffmem.cli.detect import add_subject_args, subject_from_args, wide_console
 from diffmem.detectors.audit import AuditResult, audit, threshold_from_summary
 from diffmem.detectors.base import generation_seeds, make_detector
+from diffmem.detectors.counting import measure
 
 __all__ = ["add_parser"]
 
@@ -60,8 +61,6 @@ def _check(args) -> None:
 def _plan(subject, args, threshold) -> dict:
     """What a run would do: prompts, seeds, how many escalate, and the NFE it would spend — each detector's cost
     measured on the first prompt (nothing is written), times the prompts it scores."""
-    from diffmem.detectors.counting import measure
-
     seeds, P = generation_seeds(args.n_gen, args.seed), len(subject.prompts)
     k = max(1, math.ceil(args.fraction * P))
     per_prompt = {}

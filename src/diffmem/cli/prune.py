@@ -31,6 +31,7 @@ from diffmem.mitigations.prune_table import FULL, QUICK, TABLE_METHODS, VARIANTS
 from diffmem.progress import progress_bar
 from diffmem.reports.html import finish_report
 from diffmem.similarity.features import TorchScriptExtractor
+from diffmem.similarity.preprocess import get_preprocess
 from diffmem.worlds.world import load_world
 
 __all__ = ["add_parser"]
@@ -83,8 +84,6 @@ def _check_flags(args) -> None:
         if not args.features:
             raise ValueError(f"--preprocess {args.preprocess!r} applies to --features (a TorchScript feature model); "
                              "give --features FILE or drop --preprocess")
-        from diffmem.similarity.preprocess import get_preprocess
-
         get_preprocess(args.preprocess)  # an unknown preset: one line naming the known ones
     if not args.model and (any(v is not None for v in (args.data, args.batch_size, args.features))
                            or args.device not in ("auto", "cpu")):
