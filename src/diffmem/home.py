@@ -12,8 +12,8 @@ __all__ = ["diffmem_home"]
 
 
 def diffmem_home(*parts: str, create: bool = True) -> Path:
-    """``$DIFFMEM_HOME/<parts>`` (default ``~/.cache/diffmem``), created on demand (``create=False``: only named,
-    for a dry run that writes nothing)."""
+    """``$DIFFMEM_HOME/<parts>`` (default ``~/.cache/diffmem``), created on demand unless ``create`` is false (a
+    path that is only named, e.g. by ``--dry-run``, must leave nothing behind)."""
     root = Path(os.environ.get("DIFFMEM_HOME") or Path.home() / ".cache" / "diffmem").expanduser()
     path = root.joinpath(*parts)
     if create:

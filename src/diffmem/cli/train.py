@@ -42,7 +42,7 @@ def _cli(args) -> int:
     config = default_config(args.world, data=args.data, **fields)
     config = config.with_overrides(train={k: v for k, v in (("steps", args.steps), ("seed", args.seed))
                                           if v is not None})
-    directory = args.out or checkpoint_dir(config, create=not args.dry_run)
+    directory = args.out or checkpoint_dir(config)
     if args.dry_run:
         return emit(args, {"config": config.to_dict(), "out": str(directory)})
     claim_out(directory)  # two trainings into one checkpoint folder would interleave their checkpoints

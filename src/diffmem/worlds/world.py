@@ -130,10 +130,10 @@ def _training_set(data: WorldData, tokenizer: WordTokenizer | None, null_label: 
     return TrainingSet(data.images, data.train_ids, cond, tokenizer.encode([""])[0][0])
 
 
-def checkpoint_dir(config: RunConfig, data: WorldData | None = None, *, create: bool = True) -> Path:
-    """``$DIFFMEM_HOME/worlds/<name>-<hash of config and data>`` (created unless ``create`` is False)."""
+def checkpoint_dir(config: RunConfig, data: WorldData | None = None) -> Path:
+    """``$DIFFMEM_HOME/worlds/<name>-<hash of config and data>``."""
     data = data or build_data(config.world)
-    return diffmem_home("worlds", f"{config.world.name}-{config.key(data.fingerprint())}", create=create)
+    return diffmem_home("worlds", f"{config.world.name}-{config.key(data.fingerprint())}", create=False)
 
 
 def bundled_dir(config: RunConfig, data: WorldData | None = None) -> Path:
