@@ -141,17 +141,28 @@ def _tree(root: Path) -> set:
 @pytest.mark.parametrize("argv", [
     ["demo", "--quick"], ["train", "digits-t2i", "--out", "ckpt"], ["world-report", "digits-t2i", "--quick"],
     ["analyze", "kim", "--quick"], ["prune", "--quick"], ["theory", "sweep", "--quick"], ["theory", "loss-gap"],
+    ["train", "images", "--planted", "2", "--duplicates", "3"], ["detect", "--world", "digits-t2i", "--quick"],
+    ["audit", "--world", "digits-t2i", "--steps", "4"],
 ])
 def test_dry_run_writes_nothing(argv, tmp_path, monkeypatch, capsys):
     import json
 
+    import numpy as np
+    from PIL import Image
+
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DIFFMEM_HOME", str(tmp_path / "home"))
-    out = ["--out", "out"] if "--out" not in argv and argv[0] != "demo" else []
+    if "images" in argv:  # train PATH: a folder of the user's images
+        (tmp_path / "images").mkdir()
+        for i in range(12):
+            Image.fromarray(np.random.default_rng(i).integers(0, 256, (8, 8), dtype=np.uint8)).save(
+                tmp_path / "images" / f"{i}.png")
+    before = _tree(tmp_path)
+    out = ["--out", "out"] if "--out" not in argv and argv[0] not in ("demo", "train") else []
     assert main([*argv, *out, "--dry-run"]) == 0
     settings = json.loads(capsys.readouterr().out)  # the resolved settings, as one JSON object
     assert settings["command"] == argv[0] and "out" in json.dumps(settings)
-    assert _tree(tmp_path) == set()
+    assert _tree(tmp_path) == before  # no folder, no lock, no cache entry
 
 
 def test_one_summary_format_and_json(tmp_path, capsys):
@@ -182,3 +193,12 @@ def test_written_files_are_group_readable_under_umask_022(tmp_path, capsys):
 
 def test_every_command_module_is_registered():
     assert set(common.HELP) == set(COMMANDS)
+
+
+def test_readme_options_table_is_current():
+    """README's table of every command's options is the one the parser generates (after a change of options:
+    ``python -m diffmem.cli.options --readme README.md``)."""
+    from diffmem.cli.options import END, START, options_table
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert readme[readme.index(START) + len(START):readme.index(END)] == options_table()

@@ -25,6 +25,7 @@ def test_detect_cli_writes_summary_and_scores(world, tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "wen-step1" in printed and "AUC" in printed
+    assert "\nreused " in printed and "\nout " in printed  # the summary lines after the table
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert {(r["detector"], r["n_gen"], r["label"]) for r in summary["rows"]} == {
         (d, n, lab) for d in ("wen-step1", "wen-all") for n in (1, 2) for lab in ("planted", "measured")}
@@ -32,7 +33,12 @@ def test_detect_cli_writes_summary_and_scores(world, tmp_path, capsys):
     with open(tmp_path / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == CSV_COLUMNS and len(rows) == summary["provenance"]["subject"]["n_prompts"] * 4
-    assert main(args) == 0 and json.loads(capsys.readouterr().out.splitlines()[-1])["reused"] > 0  # resumes
+    assert main([*args, "--labels", "planted,typo"]) == 2  # a refused rerun changes nothing: no stale marking
+    assert (tmp_path / "summary.json").exists() and not (tmp_path / "summary.json.stale").exists()
+    assert main([*args, "--json"]) == 0
+    assert (tmp_path / "summary.json.stale").exists()  # a rerun that starts marks the old result first
+    again = json.loads(capsys.readouterr().out)  # --json: one object, nothing else
+    assert again["command"] == "detect" and again["reused"] > 0 and again["computed"] == 0  # resumes
 
 
 def test_audit_cli_ranks_escalates_and_compares(world, tmp_path, capsys):
@@ -40,8 +46,11 @@ def test_audit_cli_ranks_escalates_and_compares(world, tmp_path, capsys):
     np.savez(refs, images=((world.train_images().numpy() + 1) / 2))
     args = ["audit", "--world", str(world.directory), "--out", str(tmp_path / "a"), "--steps", "4",
             "--fraction", "0.25", "--threshold", "0.0", "--refs", str(refs), "--compare-full", "--no-progress"]
-    assert main(args) == 0
-    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert main([*args, "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not (tmp_path / "a").exists()  # a dry run writes nothing, not even the folder
+    assert main([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
     result = json.loads((tmp_path / "a/audit.json").read_text())
     P = len(result["rows"])
     k = int(np.ceil(0.25 * P))
@@ -53,6 +62,17 @@ def test_audit_cli_ranks_escalates_and_compares(world, tmp_path, capsys):
     top = [r for r in rows if r["escalated"] == "True"]
     assert len(top) == k and all(r["verdict"] == "memorized" and r["nearest_ref"] != "" for r in top)
     assert all((tmp_path / "a/samples" / r["sample"].split("/")[-1]).exists() for r in top)
+    assert out["escalated"] == k and out["flagged"] == k and out["prompts"] == P
+    # a rerun under another seed draws its samples again (the cached ones were made under seed 0)
+    assert main([*args, "--json", "--seed", "7"]) == 0
+    assert json.loads(capsys.readouterr().out)["nfe"]["samples"] == 8 * k  # k samples of 4 steps, 2 NFE each
+    assert main([*args, "--json", "--seed", "7"]) == 0  # same settings: every sample reused, none drawn
+    assert json.loads(capsys.readouterr().out)["nfe"]["samples"] == 0
+    # the plan's NFE estimate (costs measured on one prompt) is the run's count: the world's prompts cost alike
+    assert plan["prompts"] == P and plan["escalated"] == k and plan["seeds"] == [0]
+    assert {key: plan["nfe_estimate"][key] for key in ("screen", "escalate", "samples", "full")} == {
+        "screen": out["nfe"]["screen"], "escalate": out["nfe"]["escalate"], "samples": out["nfe"]["samples"],
+        "full": out["full"]["nfe"]}
 
 
 def test_a_model_directory_without_a_pipeline_is_refused_in_one_line(tmp_path, capsys):

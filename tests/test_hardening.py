@@ -4,6 +4,7 @@ and the fix, never a traceback from deep inside, never a silently wrong result. 
 import json
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -348,7 +349,24 @@ def test_second_writer_of_an_out_folder_is_refused(tmp_path):
         with pytest.raises(ValueError, match="in use by another diffmem process") as e:
             claim_out_dir(tmp_path / "out")
         one_line(e)
+        from diffmem.cli.main import main
+
+        for argv in (["theory", "loss-gap"], ["world-report", "digits-t2i", "--quick"], ["analyze", "kim"],
+                     ["detect", "--world", "digits-t2i"], ["audit", "--world", "digits-t2i"], ["demo"]):
+            assert main([*argv, "--out", str(tmp_path / "out")]) == 2, argv  # refused before any work
     finally:
         holder.kill()
         holder.wait()
     assert claim_out_dir(tmp_path / "out") == claim_out_dir(tmp_path / "out")  # free again; reclaiming is a no-op
+
+
+def test_a_command_holds_its_out_folder_only_while_it_runs(tmp_path, monkeypatch):
+    from diffmem import io
+    from diffmem.cli.main import main
+    from diffmem.theory import lab
+
+    seen = []
+    monkeypatch.setattr(lab, "run_loss_gap", lambda out, **kw: seen.append(Path(out).resolve() in io._CLAIMS) or
+                        (_ for _ in ()).throw(ValueError("stop here")))
+    assert main(["theory", "loss-gap", "--out", str(tmp_path / "o")]) == 2
+    assert seen == [True] and (tmp_path / "o").resolve() not in io._CLAIMS  # held during the run, released after

@@ -7,6 +7,7 @@ Inputs are derandomized (the same examples on every run) and the example counts 
 
 import io
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from diffmem.similarity.inputs import load_tensor, memorization_summary
 from diffmem.worlds.custom import load_collection
 
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError)
-EXAMPLES = {"manifest": 150, "npz": 150, "folder": 40, "safetensors": 150, "similarity": 150, "cli": 60}
+EXAMPLES = {"manifest": 150, "npz": 150, "folder": 40, "safetensors": 150, "similarity": 150, "cli": 60,
+            "data_npz": 150, "cli_values": 600, "cli_out": 60}
 
 
 def fuzz(name):
@@ -267,8 +269,20 @@ def test_similarity_inputs(case):
         assert got["memorization_ratio"] == pytest.approx(expect, abs=1e-12)
 
 
-bad_ints = st.one_of(st.integers(max_value=0).map(str), st.text(max_size=5).filter(lambda s: not s.strip().isdigit()),
-                     st.floats().map(repr))
+def _int_at_least(text: str, low: int) -> bool:
+    try:
+        return int(text) >= low
+    except ValueError:
+        return False
+
+
+def bad_ints_below(low: int):
+    """Text that is not an integer >= ``low`` (as Python's ``int`` reads it: "+5" and "1_0" are integers)."""
+    return st.one_of(st.integers(max_value=low - 1).map(str), st.text(max_size=5), st.floats().map(repr)).filter(
+        lambda s: not _int_at_least(s, low))
+
+
+bad_ints = bad_ints_below(1)
 
 
 @fuzz("cli")
@@ -286,3 +300,193 @@ def test_cli_numeric_flags_refuse_bad_values(flag, value):
     except SystemExit as stop:  # argparse: not a number
         code = stop.code
     assert code == 2
+
+
+# --- the data reader of diffusers DiT/PixArt models (prune --model --data) ------------------------------------------
+
+@st.composite
+def data_npz_files(draw):
+    """An .npz as a user might hand to ``prune --model M --data D.npz``: images [N, 3, 4, 4] or [N, 4, 4, 3] (or any
+    shape), uint8/uint16/float/other dtypes, values in and out of [0, 1] and non-finite, labels and captions of the
+    right or wrong length and type, and truncated archives."""
+    plausible = draw(st.booleans())
+    dtype = draw(st.sampled_from([np.uint8, np.uint16, np.float32, np.float64] if plausible else
+                                 [np.uint8, np.uint16, np.float32, np.float64, np.int32, np.bool_, np.complex64]))
+    N = draw(st.integers(1, 3))
+    shape = draw(st.sampled_from([(N, 3, 4, 4), (N, 4, 4, 3)]) if plausible else
+                 st.sampled_from([(N, 3, 4, 4), (N, 4, 4, 3), (N, 4, 4), (0, 3, 4, 4), (N, 3, 4, 5), (N,)]))
+    n = int(np.prod(shape))
+    if np.dtype(dtype).kind == "f":
+        values = st.floats(0, 1) if plausible else (st.floats(allow_nan=True, allow_infinity=True, width=32)
+                                                    | st.floats(-1, 1))
+        flat = draw(st.lists(values, min_size=n, max_size=n))
+    elif np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        flat = draw(st.lists(st.integers(int(info.min), int(info.max)), min_size=n, max_size=n))
+    else:
+        flat = draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    arrays = {"images": np.array(flat).astype(dtype).reshape(shape)}
+    if draw(st.booleans()):
+        arrays["labels"] = np.array(draw(st.lists(st.integers(0, 3), min_size=N, max_size=N)) if plausible else
+                                    draw(st.lists(st.integers(-3, 5) | st.floats(-3, 5), min_size=0, max_size=N + 1)))
+    if draw(st.booleans()):
+        arrays["captions"] = np.array(draw(st.lists(st.text("ab ", max_size=4), min_size=N, max_size=N))
+                                      if plausible else draw(st.lists(st.integers(0, 3), min_size=N, max_size=N)))
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    raw = buf.getvalue()
+    cut = None if plausible else draw(st.none() | st.integers(0, len(raw)))
+    return arrays, raw if cut is None else raw[:cut]
+
+
+@fuzz("data_npz")
+@given(data_npz_files())
+def test_data_npz_reader(case):
+    """read_npz then to_pixels: a one-line refusal, or pixels equal to the independent conversion (uint8 / 255,
+    uint16 / 65535, floats as they are, then 2x - 1), channels last moved first."""
+    from diffmem.adapters.subject_data import read_npz, to_pixels
+
+    arrays, raw = case
+    d = Path(tempfile.mkdtemp(prefix="diffmem-fuzz-"))
+    (d / "d.npz").write_bytes(raw)
+    data = user_error(read_npz, d / "d.npz")
+    if data is None:
+        return
+    x = user_error(to_pixels, data["images"], (3, 4, 4))
+    if x is None:
+        return
+    a = arrays["images"]
+    assert a.ndim == 4 and len(a) and a.dtype in (np.uint8, np.uint16, np.float32, np.float64)
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(a.dtype, 1.0)
+    want = torch.from_numpy(a.astype(np.float64) / scale)
+    want = want if a.shape[1] == 3 else want.permute(0, 3, 1, 2)
+    assert x.dtype == torch.float32 and torch.equal(x, (want.float() * 2 - 1)) and x.min() >= -1 and x.max() <= 1
+    if "labels" in data:
+        assert data["labels"].shape == (len(a),) and data["labels"].dtype.kind in "iu"
+    if "captions" in data:
+        assert data["captions"].shape == (len(a),) and data["captions"].dtype.kind in "US"
+
+
+# --- every command's values: refused in one line with exit code 2, before any world loads or trains ----------------
+
+def _not_in(choices):
+    return st.text(max_size=8).filter(lambda s: s.strip() not in choices and s.strip())
+
+
+def _float_outside(ok):
+    """Text that is not a float for which ``ok`` holds (NaN and infinities included)."""
+    def fine(text):
+        try:
+            return ok(float(text))
+        except ValueError:
+            return False
+
+    return st.one_of(st.sampled_from(["nan", "inf", "-inf", "NaN", "x", "", "1e999"]), st.floats().map(repr),
+                     st.text(max_size=5)).filter(lambda t: not fine(t))
+
+
+finite = _float_outside(lambda v: v == v and abs(v) != float("inf"))
+WR, AN, DT, AU = ["world-report", "digits-t2i"], ["analyze", "kim"], ["detect", "--world", "digits-t2i"], \
+    ["audit", "--world", "digits-t2i"]
+VALUES = [  # (argv before the flag, flag, strategy of values that must be refused)
+    (WR, "--samples", bad_ints), (WR, "--steps", bad_ints), (WR, "--threads", bad_ints),
+    (WR, "--weights", st.one_of(finite, st.lists(finite, min_size=2, max_size=3).map(",".join))),
+    (WR, "--seed", st.text(max_size=5).filter(lambda t: not _int_at_least(t, -10**9))),
+    (AN, "--per-kind", bad_ints), (AN, "--steps", bad_ints), (AN, "--seeds", bad_ints_below(2)),
+    (AN, "--guidance", finite), (AN, "--primary", _not_in({"ssim", "l2_sim", "cosine", "copy_rate"})),
+    (AN, "--dtype", _not_in({"float32", "float16", "bfloat16"})),
+    (AN, "--device", st.sampled_from(["bogus", "cuda:x", "gpu", "cuda:99", "tpu"])),
+    (DT, "--n-label", bad_ints), (DT, "--chunk", bad_ints), (DT, "--steps", bad_ints),
+    (DT, "--n-gen", st.one_of(bad_ints, st.lists(bad_ints, min_size=2, max_size=3).map(",".join))),
+    (DT, "--detectors", st.text("abcz-", min_size=1, max_size=6).filter(lambda t: t.strip(", "))),
+    (DT, "--labels", _not_in({"planted", "measured", "planted,measured", "measured,planted"})),
+    (AU, "--fraction", _float_outside(lambda v: 0 < v <= 1)), (AU, "--threshold", finite),
+    (AU, "--n-gen", bad_ints), (AU, "--top", bad_ints),
+    (AU, "--screen", st.text("abcz-", min_size=1, max_size=6)), (AU, "--expensive", st.text("abcz-", min_size=1,
+                                                                                           max_size=6)),
+    (["prune"], "--ratio", _float_outside(lambda v: 0 <= v < 1)), (["prune"], "--runs", bad_ints),
+    (["prune"], "--samples", bad_ints), (["prune"], "--batches", bad_ints), (["prune"], "--score-samples", bad_ints),
+    (["prune"], "--finetune-steps", bad_ints_below(0)), (["prune"], "--steps", bad_ints),
+    (["prune"], "--batch-size", bad_ints), (["prune"], "--preprocess", st.text(max_size=6)),
+    (["prune"], "--law", _not_in({"beta", "uniform"})),
+    (["prune"], "--methods", st.text("abz-,", min_size=1, max_size=6).filter(lambda t: t not in ("all", "table"))),
+    (["demo"], "--samples", bad_ints_below(2)), (["demo"], "--steps", bad_ints),
+    (["train", "digits-t2i"], "--steps", bad_ints), (["train", "digits-t2i"], "--duplicates", bad_ints),
+    (["train", "digits-t2i"], "--planted", bad_ints_below(0)), (["train", "digits-t2i"], "--image-size",
+                                                                bad_ints_below(4)),
+    (["theory", "sweep"], "--preset", _not_in({"quick", "default"})),
+    (["similarity", "memorization"], "--threshold", _float_outside(lambda v: 0 < v < 1)),
+    (["similarity", "memorization"], "--k", bad_ints),
+    (["similarity", "duplicates"], "--threshold", _float_outside(lambda v: v >= 0)),
+    (["report"], "--dpi", bad_ints_below(10)),
+]
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory):
+    """Two valid safetensors batches (for similarity) and a run folder (for report)."""
+    d = tmp_path_factory.mktemp("cli")
+    write_arrays(d / "a.safetensors", {"x": torch.rand(4, 3)})
+    write_arrays(d / "b.safetensors", {"x": torch.rand(5, 3)})
+    (d / "run").mkdir()
+    return d
+
+
+def _argv(prefix, files):
+    if prefix[0] == "similarity":
+        extra = ["--samples", str(files / "a.safetensors")] if prefix[1] == "memorization" else []
+        return [*prefix, *extra, "--refs", str(files / "b.safetensors")]
+    if prefix[0] == "report":
+        return [*prefix, str(files / "run")]
+    return list(prefix)
+
+
+def _refused(argv, capsys) -> tuple[int, str]:
+    """main(argv) with world loading and training replaced by a failure (so nothing runs): exit code, stderr."""
+    import diffmem.worlds.world as ww
+    from diffmem.cli.main import main
+
+    def never(*a, **k):
+        raise AssertionError("a bad value reached the world loader")
+
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ww, "_load", never)
+        mp.setattr(ww, "train_world", never)
+        try:
+            code = main(argv)
+        except SystemExit as stop:  # argparse: not a number / not a choice
+            code = stop.code
+    return code, capsys.readouterr().err
+
+
+@fuzz("cli_values")
+@given(data=st.data())
+def test_cli_values_are_refused_before_any_work(data, cli_files, capsys):
+    prefix, flag, values = data.draw(st.sampled_from(VALUES))
+    value = data.draw(values)
+    out = [] if prefix[0] in ("similarity", "report", "train") else ["--out", str(cli_files / "out")]
+    code, err = _refused([*_argv(prefix, cli_files), *out, f"{flag}={value}"], capsys)
+    last = err.strip().splitlines()[-1] if err.strip() else ""
+    assert code == 2 and last.startswith(("diffmem", "usage")) and "error" in last, (prefix, flag, value, err)
+
+
+OUT_COMMANDS = [WR, AN, DT, AU, ["mitigate", "--world", "digits-t2i"], ["prune"], ["theory", "scores"], ["demo"],
+                ["train", "digits-t2i"]]
+
+
+@fuzz("cli_out")
+@given(prefix=st.sampled_from(OUT_COMMANDS), how=st.sampled_from(["file", "under-file", "unwritable"]),
+       dry=st.booleans())
+def test_cli_out_that_cannot_be_a_folder_is_refused(prefix, how, dry, cli_files, capsys):
+    """--out an existing file, a path below a file or below a read-only folder: exit 2 naming it, dry run or not."""
+    (cli_files / "afile").write_text("x")
+    ro = cli_files / "ro"
+    ro.mkdir(exist_ok=True)
+    ro.chmod(0o555)
+    if how == "unwritable" and os.access(ro, os.W_OK):
+        return  # root ignores permissions; nothing to test here
+    target = {"file": cli_files / "afile", "under-file": cli_files / "afile" / "sub", "unwritable": ro / "sub"}[how]
+    dry = dry and prefix[0] != "mitigate"  # the one writing command without a dry run
+    code, err = _refused([*prefix, "--out", str(target), *(["--dry-run"] if dry else [])], capsys)
+    assert code == 2 and str(target.parent if how != "file" else target) in err and len(err.strip().splitlines()) == 1

@@ -37,8 +37,9 @@ PENDING = {
     ("diffmem.worlds.report", "diffmem"),  # package face inside a function (branch bench)
 }
 PENDING_LOCAL = ("diffmem.cli.train", "diffmem.cli.world_report", "diffmem.worlds")
-# function-local imports of diffmem modules that guard optional heavy dependencies (diffusers)
-LOCAL_ALLOWED = set()
+# function-local imports of diffmem modules that guard optional heavy dependencies (diffusers), or torch where
+# ``diffmem --help`` must not load it (the CLI's shared conventions use io's folder claims only once a command runs)
+LOCAL_ALLOWED = {("diffmem.cli.common", "diffmem.io")}
 
 
 def _imports():

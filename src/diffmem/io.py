@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 __all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "write_arrays", "read_arrays",
            "new_run_dir", "strict_json", "file_mode", "resumable_unit", "saved_unit", "safe_name",
            "check_safetensors", "remove_stale_tmp", "check_out_dir",
-           "mark_stale", "file_lock", "claim_out_dir", "check_device"]
+           "mark_stale", "file_lock", "claim_out_dir", "claimed_out_dir", "release_out_dir", "check_device"]
 
 _UMASK_LOCK = threading.Lock()
 
@@ -245,15 +245,45 @@ def claim_out_dir(path: str | os.PathLike) -> Path:
     path = check_out_dir(path).resolve()
     if path in _CLAIMS:
         return path
-    f = open(path / ".diffmem.lock", "a+b")  # kept open: the lock lives as long as the process
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    lock = path / ".diffmem.lock"
+    while True:
+        f = open(lock, "a+b")  # kept open: the lock lives as long as the process (or until released)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            raise ValueError(f"output folder {str(path)!r} is in use by another diffmem process; wait for it to "
+                             "finish or choose another --out") from None
+        try:  # a releasing holder unlinks the file: the lock counts only on the file still at that name
+            if os.stat(lock).st_ino == os.fstat(f.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         f.close()
-        raise ValueError(f"output folder {str(path)!r} is in use by another diffmem process; wait for it to finish "
-                         "or choose another --out") from None
     _CLAIMS[path] = f
     return path
+
+
+def release_out_dir(path: str | os.PathLike) -> None:
+    """Give up this process's claim on ``path`` (no-op when it holds none)."""
+    path = Path(path).expanduser().resolve()
+    f = _CLAIMS.pop(path, None)
+    if f is not None:
+        (path / ".diffmem.lock").unlink(missing_ok=True)  # still held: no file is left behind in a finished folder
+        f.close()  # closing the descriptor drops the flock
+
+
+@contextlib.contextmanager
+def claimed_out_dir(path: str | os.PathLike):
+    """:func:`claim_out_dir` for the block: released at its end, so a library caller (a notebook, a test) can run
+    the next job into the same folder; a claim this process already held is left held."""
+    held = Path(path).expanduser().resolve() in _CLAIMS
+    path = claim_out_dir(path)
+    try:
+        yield path
+    finally:
+        if not held:
+            release_out_dir(path)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from diffmem.adapters.dit import DiTAdapter
 from diffmem.adapters.local import check_pipeline_dir
 from diffmem.adapters.pixart import PixArtAdapter
 from diffmem.adapters.subject import rebind_adapter
+from diffmem.images import check_memory
 from diffmem.similarity.features import file_sha256
 from diffmem.subject import Prompt, Subject, TrainingSet
 from diffmem.types import Cond
@@ -44,34 +45,77 @@ def load_data_adapter(path: str | Path, **kwargs):
 
 
 def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """``images`` and, when present, ``labels`` and ``captions`` of an ``.npz`` file."""
+    """``images`` and, when present, ``labels`` and ``captions`` of an ``.npz`` file, checked before any model loads:
+    a readable archive without pickles, ``images`` a non-empty 4-D batch of uint8, uint16 or finite floats in
+    [0, 1], ``labels`` one integer per image, ``captions`` one string per image. Anything else is a one-line
+    ValueError naming the file and the fix."""
+    import zipfile
+
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data file not found: {str(path)!r}")
-    with np.load(path, allow_pickle=False) as f:
-        if "images" not in f:
-            raise ValueError(f"{path} has no 'images' array (found {sorted(f.files)})")
-        return {k: f[k] for k in ("images", "labels", "captions") if k in f}
+        raise ValueError(f"data file {str(path)!r} {'is not a file' if path.exists() else 'does not exist'}; give an "
+                         ".npz with 'images' (and 'labels' or 'captions')")
+    try:
+        f = np.load(path, allow_pickle=False)
+        if not hasattr(f, "files"):
+            raise ValueError(f"{path} is a single .npy array, not an .npz archive; save with numpy.savez(path, "
+                             "images=..., labels=...)")
+        with f:
+            if "images" not in f.files:
+                raise ValueError(f"{path} has no 'images' array (found {sorted(f.files)})")
+            data = {k: f[k] for k in ("images", "labels", "captions") if k in f.files}
+    except (zipfile.BadZipFile, EOFError, OSError) as err:
+        raise ValueError(f"{path} is not a readable .npz ({type(err).__name__}: {err}); write it again with "
+                         "numpy.savez") from None
+    except ValueError as err:
+        if "allow_pickle" not in str(err) and "pickle" not in str(err):
+            raise
+        raise ValueError(f"{path} is not an .npz of plain arrays (a pickle, object arrays or another format; "
+                         "diffmem never unpickles): write it with numpy.savez") from None
+    _check_images(data["images"], path)
+    n = len(data["images"])
+    if "labels" in data:
+        a = data["labels"]
+        if a.shape != (n,) or a.dtype.kind not in "iu":
+            raise ValueError(f"{path}: 'labels' must be {n} integers (one class id per image), got dtype {a.dtype} "
+                             f"shape {a.shape}; store them as int64")
+    if "captions" in data:
+        a = data["captions"]
+        if a.shape != (n,) or a.dtype.kind not in "US":
+            raise ValueError(f"{path}: 'captions' must be {n} strings (one per image), got dtype {a.dtype} shape "
+                             f"{a.shape}")
+    return data
+
+
+def _check_images(a: np.ndarray, where) -> None:
+    """A non-empty [N, C, H, W] / [N, H, W, C] batch of uint8, uint16 or finite floats in [0, 1]."""
+    if a.ndim != 4 or a.size == 0:
+        raise ValueError(f"{where}: 'images' must be a non-empty batch [N, C, H, W] or [N, H, W, C], got shape "
+                         f"{a.shape}")
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise ValueError(f"{where}: 'images' contain NaN or inf; remove or repair those images")
+        lo, hi = float(a.min()), float(a.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(f"{where}: 'images' range over [{lo}, {hi}]; expected floats in [0, 1] (or uint8, "
+                             "uint16): map [-1, 1] data by (x + 1) / 2")
+    elif a.dtype not in (np.uint8, np.uint16):
+        raise ValueError(f"{where}: 'images' have dtype {a.dtype}; expected floats in [0, 1], uint8 or uint16")
 
 
 def to_pixels(images: np.ndarray, chw: tuple[int, int, int]) -> Tensor:
-    """[N, C, H, W] in [−1, 1] from [N, C, H, W] or [N, H, W, C] in [0, 1] (or uint8)."""
+    """[N, C, H, W] in [−1, 1] from [N, C, H, W] or [N, H, W, C] in [0, 1] (or uint8 / 255, uint16 / 65535)."""
     a = np.asarray(images)
+    _check_images(a, "data")
     C, H, W = chw
-    if a.ndim == 4 and tuple(a.shape[1:]) == (H, W, C) and tuple(a.shape[1:]) != chw:
+    if tuple(a.shape[1:]) == (H, W, C) and tuple(a.shape[1:]) != chw:
         a = a.transpose(0, 3, 1, 2)
-    elif not (a.ndim == 4 and tuple(a.shape[1:]) == chw):
+    elif tuple(a.shape[1:]) != chw:
         raise ValueError(f"images have shape {tuple(a.shape)}; the model expects [N, {C}, {H}, {W}] or "
                          f"[N, {H}, {W}, {C}]")
-    if a.dtype == np.uint8:
-        x = torch.from_numpy(a.astype(np.float32) / 255)
-    elif np.issubdtype(a.dtype, np.floating):
-        x = torch.from_numpy(a.astype(np.float32))
-        lo, hi = float(x.min()), float(x.max())
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo >= 0 and hi <= 1):
-            raise ValueError(f"images range over [{lo}, {hi}]; expected floats in [0, 1] (or uint8)")
-    else:
-        raise ValueError(f"images have dtype {a.dtype}; expected floats in [0, 1] or uint8")
+    check_memory(a.size * 4, f"{len(a)} images of {C}x{H}x{W} as float32")
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(a.dtype, 1.0)
+    x = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / np.float32(scale))
     return x * 2 - 1
 
 
@@ -93,6 +137,8 @@ def _labels(labels: np.ndarray | None, n: int, num_classes: int) -> Tensor:
 def _captions(captions: np.ndarray | Sequence[str] | None, n: int) -> list[str]:
     if captions is None:
         raise ValueError("a caption-conditioned model (PixArt) needs 'captions' [N] with the training images")
+    if not all(isinstance(c, str) for c in np.asarray(captions).reshape(-1).tolist()):
+        raise ValueError("captions must be strings, one per image")
     text = [str(c) for c in np.asarray(captions).reshape(-1)]
     if len(text) != n:
         raise ValueError(f"captions must have shape ({n},), got {len(text)} captions")

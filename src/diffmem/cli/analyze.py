@@ -13,6 +13,8 @@ replaces the reference set of the copy rule (default: the manifest's or world's 
 
 from __future__ import annotations
 
+import math
+
 from diffmem.cli.common import add_command, add_common, add_scale, emit, progress_enabled
 from diffmem.runners.kim import analyze_kim
 from diffmem.runners.kim_theory import analyze_kim_theory
@@ -43,7 +45,7 @@ def add_parser(sub) -> None:
     p.add_argument("--guidance", type=float, metavar="W", help="CFG weight of the main trajectories (default 7.5)")
     p.add_argument("--per-kind", type=int, default=None, help="prompts of each kind from a world (default: all; "
                    "--quick: 8)")
-    p.add_argument("--primary", default=None,
+    p.add_argument("--primary", default=None, choices=("ssim", "l2_sim", "cosine", "copy_rate"),
                    help="primary severity metric: ssim (default), l2_sim, cosine or copy_rate")
     p.add_argument("--quick", action="store_true", help="4 seeds, 8 noise draws, 3 guidance weights, 8 prompts/kind")
     add_scale(p)
@@ -51,6 +53,10 @@ def add_parser(sub) -> None:
 
 
 def _cli(args) -> int:
+    if args.n_seeds is not None and args.n_seeds < 2:
+        raise ValueError(f"--seeds {args.n_seeds}: the seed analyses need at least 2 seeds per prompt")
+    if args.guidance is not None and not math.isfinite(args.guidance):
+        raise ValueError(f"--guidance {args.guidance!r} must be a finite CFG weight, e.g. 7.5")
     if args.model and not args.prompts:
         raise ValueError("--model needs --prompts MANIFEST.jsonl (one prompt per line, with its training image "
                          "where there is one)")

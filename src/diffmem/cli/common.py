@@ -4,8 +4,12 @@ the parser without loading any model code.
 
 Shared options (each command takes those that apply; the same flag always means the same thing):
 
-- ``--out DIR``: the exact folder the command writes into (created if missing; an existing folder is reused — a
-  resumable job continues from what it holds, others overwrite their own files); an existing *file* is an error.
+- ``--out DIR``: the exact folder the command writes into, never a parent of numbered runs (created if missing;
+  an existing folder is reused — a resumable job continues from what it holds and, once its inputs are checked,
+  marks its old summary stale (:func:`start_run`); others overwrite their own files); an existing *file* or an
+  unwritable place is an error. While a command runs it holds the folder: a second process given the same
+  ``--out`` is refused (``prune`` instead merges the rows of concurrent runs with different ``--methods``).
+  ``--dry-run`` neither creates nor claims it.
 - ``--threads N``: torch CPU threads, set once before any work (default: :func:`default_threads`).
 - ``--device {auto,cpu,cuda,cuda:N}``, ``--dtype {float32,float16,bfloat16}``, ``--batch-size N``: where a
   model runs; ``auto`` is CUDA when torch sees a GPU, else CPU.
@@ -29,7 +33,8 @@ import time
 from pathlib import Path
 
 __all__ = ["HELP", "add_command", "add_common", "add_scale", "default_threads", "idle_cpus", "physical_cores",
-           "prepare", "resolve_device", "emit", "handle_error", "progress_enabled", "USER_ERRORS"]
+           "prepare", "resolve_device", "claim_out", "release_claims", "start_run", "emit", "handle_error",
+           "progress_enabled", "USER_ERRORS"]
 
 # one-line help of every command, here so that ``diffmem --help`` lists them without importing their modules
 HELP = {
@@ -221,7 +226,9 @@ def _check_device(device: str) -> None:
 
 
 def prepare(args) -> None:
-    """Once per command, before any work: check ``--out`` and ``--device``, set torch's threads."""
+    """Once per command, before any work: check ``--out`` and ``--device``, set torch's threads. A run that writes
+    (not ``--dry-run``) then claims ``--out``: a second process given the same folder is refused in one line, unless
+    the command merges concurrent writers itself (``out_shared``, e.g. ``prune``'s per-method rows)."""
     if getattr(args, "out", None) is not None:
         _check_out(Path(args.out))
     if getattr(args, "device", None) is not None:
@@ -231,6 +238,40 @@ def prepare(args) -> None:
 
         args.threads = args.threads or default_threads()
         torch.set_num_threads(args.threads)
+    if getattr(args, "out", None) is not None and not getattr(args, "dry_run", False):
+        claim_out(args.out, shared=getattr(args, "out_shared", False))
+
+
+_CLAIMED: list[Path] = []  # folders claimed by :func:`claim_out`, released by :func:`release_claims`
+
+
+def release_claims() -> None:
+    """Release the folders this command claimed (the command has ended; the next one in this process may write
+    them)."""
+    from diffmem.io import release_out_dir
+
+    while _CLAIMED:
+        release_out_dir(_CLAIMED.pop())
+
+
+def claim_out(out, *, shared: bool = False) -> Path:
+    """Create the output folder ``out`` and, unless ``shared``, hold it for this process (one line if taken)."""
+    from diffmem.io import check_out_dir, claim_out_dir
+
+    out = check_out_dir(out) if shared else claim_out_dir(out)
+    if not shared:
+        _CLAIMED.append(out)
+    return out
+
+
+def start_run(out, finished: tuple[str, ...]) -> None:
+    """Just before a job's first write, its inputs checked (a refused rerun changes nothing): delete the temporary
+    files a hard kill left in ``out`` and rename the ``finished`` results of an earlier run to ``*.stale``, so a
+    killed rerun never leaves an old, complete-looking result beside new files."""
+    from diffmem.io import mark_stale, remove_stale_tmp
+
+    remove_stale_tmp(out)
+    mark_stale(out, finished)
 
 
 def progress_enabled(args) -> bool:
@@ -284,7 +325,7 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, PermissionError):
         return f"no permission to access {str(err.filename)!r}; fix its permissions or choose another path"
     if isinstance(err, FileNotFoundError):
-        return f"{str(err.filename or err)!r} does not exist; check the path"
+        return f"{str(err.filename)!r} does not exist; check the path" if err.filename else " ".join(str(err).split())
     if isinstance(err, IsADirectoryError | NotADirectoryError | FileExistsError):
         return f"{str(err.filename or err)!r}: {err.strerror or err}; choose another path"
     return " ".join(str(err).split()) or type(err).__name__

@@ -18,16 +18,15 @@ from rich.console import Console
 from rich.table import Table
 
 from diffmem.adapters.subject import ADAPTER_KINDS, diffusers_subject
-from diffmem.cli.common import add_common, add_scale, progress_enabled
-from diffmem.detectors.harness import DetectionSummary, resolve_detectors, run_detection
+from diffmem.cli.common import _positive, add_command, add_common, add_scale, emit, progress_enabled, start_run
+from diffmem.detectors.harness import LABELS, DetectionSummary, resolve_detectors, run_detection
 from diffmem.executor import make_executor
 from diffmem.reports.html import finish_report
 from diffmem.subject import Subject
 from diffmem.worlds.subject import world_subject
 from diffmem.worlds.world import load_world
 
-__all__ = ["add_parser", "add_subject_args", "subject_from_args", "subject_recipe", "build_subject",
-           "executor_from_args", "print_table", "wide_console", "QUICK"]
+__all__ = ["add_parser", "add_subject_args", "subject_from_args", "print_table", "wide_console", "QUICK"]
 
 # --quick: at most per_kind prompts per kind (and rung m, caption regime), one generation, two label
 # generations, a short bootstrap
@@ -48,40 +47,42 @@ def names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def add_subject_args(p) -> None:
-    """--world | --model/--prompts, --quick and the shared options (shared by detect and audit)."""
+def add_subject_args(p, *, dry_run: bool = False) -> None:
+    """--world | --model/--prompts, --quick and the shared options (shared by detect, audit and mitigate;
+    ``dry_run``: the command honours ``--dry-run``)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--world", metavar="W", help="embedded world (digits-t2i, digits-bench, …) or checkpoint dir")
     src.add_argument("--model", metavar="DIR", help="local diffusers model directory (needs --prompts)")
     p.add_argument("--prompts", metavar="FILE", help="JSONL prompt manifest for --model")
-    add_common(p, seed=0, steps=50, dry_run=False)  # generation j uses seed SEED + j
+    add_common(p, seed=0, steps=50, dry_run=dry_run)  # generation j uses seed SEED + j
     add_scale(p)
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("detect", help="compare memorization detectors on one ground truth, with measured cost",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_subject_args(p)
+    p = add_command(sub, "detect", __doc__)
+    add_subject_args(p, dry_run=True)
     p.add_argument("--detectors", type=names, help="comma-separated registry names (default: all)")
     p.add_argument("--n-gen", type=ints, help="generations per prompt (default 1,4; quick: 1)")
     p.add_argument("--labels", type=names, default=("planted", "measured"), help="planted,measured")
-    p.add_argument("--n-label", type=int, help="generations that decide the measured label (default 4; quick: 2)")
-    p.add_argument("--chunk", type=int, default=16, help="prompts per checkpointed unit (default: %(default)s)")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved settings and stop")
+    p.add_argument("--n-label", type=_positive, metavar="N", help="generations that decide the measured label "
+                   "(default 4; quick: 2)")
+    p.add_argument("--chunk", type=_positive, default=16, metavar="N", help="prompts per checkpointed unit "
+                   "(default: %(default)s)")
     p.set_defaults(run=_cli)
 
 
 def build_subject(world: str | None, model: str | None, prompts: str | None, steps: int, quick: bool,
-                  progress: bool = False) -> Subject:
+                  progress: bool = False, train: bool = True) -> Subject:
     """The subject of a world or a model directory with its manifest (at most ``QUICK["per_kind"]`` prompts per
-    kind with ``quick``): a module-level recipe, so that a Ray worker builds the same subject from these names."""
+    kind with ``quick``): a module-level recipe, so that a Ray worker builds the same subject from these names.
+    ``train=False`` refuses an untrained world instead of training it."""
     if model is not None:
         subject = model_subject(model, prompts, steps=steps)
     elif prompts is not None:
         raise ValueError("--prompts goes with --model; a --world brings its own prompts")
     else:
-        subject = world_subject(load_world(world, progress=progress), steps=steps)
+        subject = world_subject(load_world(world, progress=progress, train=train), steps=steps)
     if quick:  # at most per_kind prompts of each kind, rung and caption regime, in manifest order
         strata: dict[tuple, list[str]] = {}
         for p in subject.prompts:
@@ -98,10 +99,17 @@ def subject_recipe(args) -> partial:
 
 def subject_from_args(args) -> Subject:
     """The subject of ``--world`` or ``--model``/``--prompts`` (all prompts; at most ``QUICK["per_kind"]`` per kind
-    with ``--quick``)."""
+    with ``--quick``). A dry run never trains: an untrained world is refused in one line."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    return subject_recipe(args)(progress=not args.no_progress)
+    dry = getattr(args, "dry_run", False)
+    try:
+        return subject_recipe(args)(progress=progress_enabled(args), train=not dry)
+    except ValueError as err:
+        if dry and "is not trained" in str(err):
+            raise ValueError(f"--dry-run never trains, and world {args.world!r} is not trained yet; run "
+                             f"`diffmem train {args.world}` first, or drop --dry-run") from None
+        raise
 
 
 def executor_from_args(args):
@@ -153,6 +161,9 @@ def print_table(summary: DetectionSummary, console: Console | None = None) -> No
 
 
 def _cli(args) -> int:
+    resolve_detectors(args.detectors)  # a misspelt name is refused before any model loads
+    if not args.labels or set(args.labels) - set(LABELS):
+        raise ValueError(f"--labels {','.join(args.labels)!r}: give a comma-separated subset of {', '.join(LABELS)}")
     subject = subject_from_args(args)
     quick = QUICK if args.quick else {}
     kw = dict(n_gen=args.n_gen or quick.get("n_gen", (1, 4)), base_seed=args.seed, out=args.out, labels=args.labels,
@@ -160,16 +171,20 @@ def _cli(args) -> int:
               n_boot=quick.get("n_boot", 2000))
     if args.dry_run:
         dets = [d.name for d in resolve_detectors(args.detectors)]
-        print(json.dumps({"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
-                          "detectors": dets, "workers": args.workers, "ray": args.ray, **kw}, default=str))
-        return 0
+        return emit(args, {"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
+                           "detectors": dets, "workers": args.workers, "ray": args.ray, **kw})
+    start_run(args.out, ("summary.json", "scores.csv", "report.html"))
     with executor_from_args(args) as executor:
         run = run_detection(subject, args.detectors, **kw, executor=executor, progress=None if not
-                            progress_enabled(args) else lambda msg: print(msg, file=sys.stderr, flush=True))
-    if not (args.json or args.quiet):  # --json / -q: only the closing JSON line
+                            progress_enabled(args) else lambda msg: print(f"scoring {msg}", file=sys.stderr,
+                                                                          flush=True))
+
+    def table():
         print_table(run.summary)
         for s in run.summary.skipped:
             print(f"skipped {s['detector']} n={s['n_gen']}: {s['reason']}")
-    print(json.dumps({"out": str(args.out), "report": str(finish_report(args.out)),
-                      "seconds": round(run.summary.seconds, 1), **run.summary.units}))
-    return 0
+
+    return emit(args, {"subject": subject.name, "prompts": len(subject.prompts), "rows": len(run.summary.rows),
+                       "skipped": len(run.summary.skipped), "seconds": round(run.summary.seconds, 1),
+                       **run.summary.units, "threads": args.threads, "out": str(args.out),
+                       "report": str(finish_report(args.out))}, table=table)

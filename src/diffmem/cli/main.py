@@ -11,7 +11,7 @@ import importlib
 import importlib.util
 import sys
 
-from diffmem.cli.common import HELP, handle_error, prepare
+from diffmem.cli.common import HELP, handle_error, prepare, release_claims
 from diffmem.version import __version__
 
 __all__ = ["main", "build_parser", "COMMANDS"]
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, SystemExit):
             raise
         return handle_error(args, err)
+    finally:
+        release_claims()  # --out is held while the command runs, not for the rest of a caller's process
 
 
 if __name__ == "__main__":  # pragma: no cover

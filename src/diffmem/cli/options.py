@@ -1,4 +1,6 @@
-"""The table of every command's options, generated from the parser: ``python -m diffmem.cli.options``.
+"""The table of every command's options, generated from the parser: ``python -m diffmem.cli.options`` prints it,
+``python -m diffmem.cli.options --readme README.md`` rewrites the table between the README's ``options-table``
+markers.
 
 Shared options (:mod:`diffmem.cli.common`) are one column each, marked where a command takes them (``·`` where
 not); a command's own options are listed after them.
@@ -10,7 +12,9 @@ import argparse
 
 from diffmem.cli.main import build_parser
 
-__all__ = ["SHARED", "command_options", "options_table"]
+__all__ = ["SHARED", "command_options", "options_table", "update_readme"]
+
+START, END = "<!-- options-table: python -m diffmem.cli.options -->\n", "\n<!-- /options-table -->"
 
 SHARED = ("--out", "--threads", "--device", "--dtype", "--batch-size", "--seed", "--steps", "--dry-run", "--json",
           "-q", "-v", "--no-progress")
@@ -43,5 +47,25 @@ def options_table() -> str:
     return "\n".join(rows)
 
 
+def update_readme(path) -> bool:
+    """Replace the table between the markers of the README at ``path``; True when it changed."""
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if START not in text or END not in text:
+        raise ValueError(f"{path} has no options-table markers ({START.strip()} ... {END.strip()})")
+    i, j = text.index(START) + len(START), text.index(END)
+    new = text[:i] + options_table() + text[j:]
+    if new != text:
+        path.write_text(new, encoding="utf-8")
+    return new != text
+
+
 if __name__ == "__main__":  # pragma: no cover
-    print(options_table())
+    import sys
+
+    if sys.argv[1:2] == ["--readme"] and len(sys.argv) == 3:
+        print("updated" if update_readme(sys.argv[2]) else "already current")
+    else:
+        print(options_table())

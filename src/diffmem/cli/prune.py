@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, replace
 
-from diffmem.adapters.subject_data import load_data_adapter
+from diffmem.adapters.subject_data import load_data_adapter, read_npz
 from diffmem.cli.common import add_command, add_common, emit, progress_enabled, resolve_device
 from diffmem.mitigations.prune_backends import diffusers_inputs, world_inputs
 from diffmem.mitigations.prune_results import format_table
@@ -31,6 +31,7 @@ from diffmem.mitigations.prune_table import FULL, QUICK, TABLE_METHODS, VARIANTS
 from diffmem.progress import progress_bar
 from diffmem.reports.html import finish_report
 from diffmem.similarity.features import TorchScriptExtractor
+from diffmem.similarity.preprocess import get_preprocess
 from diffmem.worlds.world import load_world
 
 __all__ = ["add_parser"]
@@ -50,8 +51,7 @@ def add_parser(sub) -> None:
                steps=f"DDIM; default {FULL.sample_steps}, quick: {QUICK.sample_steps}")
     p.add_argument("--features", help="with --model: local TorchScript feature model for FID and precision/recall "
                    "(default: decoded pixels pooled to <= 32x32)")
-    p.add_argument("--preprocess", default="inception299", help="with --features: preprocessing preset "
-                   "(default: %(default)s)")
+    p.add_argument("--preprocess", help="with --features: preprocessing preset (default: inception299)")
     p.add_argument("--ratio", type=float, default=0.2, help="fraction η of heads removed (default: %(default)s)")
     p.add_argument("--law", choices=("beta", "uniform"), default="beta",
                    help="scoring time law: Beta(0.8, 2) or uniform (default: %(default)s)")
@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
                    "--out (each method over the runs it has)")
     p.add_argument("--quick", action="store_true", help="smaller settings: " + ", ".join(
         f"{flag}={getattr(QUICK, key)}" for flag, (key, _) in {**FLAGS, "steps": ("sample_steps", "")}.items()))
-    p.set_defaults(run=_cli)
+    p.set_defaults(run=_cli, out_shared=True)  # run_table merges concurrent runs' rows under a file lock
 
 
 def _methods(text: str | None, model: bool) -> tuple[str, ...]:
@@ -78,19 +78,32 @@ def _methods(text: str | None, model: bool) -> tuple[str, ...]:
     return methods
 
 
+def _check_flags(args) -> None:
+    """Flags of another mode are refused, not ignored; checked before any model loads."""
+    if args.preprocess is not None:
+        if not args.features:
+            raise ValueError(f"--preprocess {args.preprocess!r} applies to --features (a TorchScript feature model); "
+                             "give --features FILE or drop --preprocess")
+        get_preprocess(args.preprocess)  # an unknown preset: one line naming the known ones
+    if not args.model and (any(v is not None for v in (args.data, args.batch_size, args.features))
+                           or args.device not in ("auto", "cpu")):
+        raise ValueError("--data, --batch-size, --device and --features go with --model, not with --world (an "
+                         "embedded world runs on the CPU)")
+    if args.model and not args.data:
+        raise ValueError("--model needs --data DATA.npz (images in [0, 1] and labels or captions)")
+    if args.model:
+        read_npz(args.data)  # a bad data file is refused before the pipeline loads
+
+
 def _inputs(args, quick: bool):
     if args.model:
-        if not args.data:
-            raise ValueError("--model needs --data DATA.npz (images in [0, 1] and labels or captions)")
         adapter = load_data_adapter(args.model)
         device = resolve_device(args.device)
         adapter.pipeline.to(device)
-        features = args.features and TorchScriptExtractor(args.features, preprocess=args.preprocess, device=device)
+        features = args.features and TorchScriptExtractor(args.features, preprocess=args.preprocess or "inception299",
+                                                          device=device)
         return diffusers_inputs(adapter, args.data, batch_size=args.batch_size or (16 if quick else 128),
                                 features=features or None)
-    if any(v is not None for v in (args.data, args.batch_size, args.features)) or args.device not in ("auto", "cpu"):
-        raise ValueError("--data, --batch-size, --device and --features go with --model, not with --world (an "
-                         "embedded world runs on the CPU)")
     return world_inputs(load_world(args.world, progress=progress_enabled(args)))
 
 
@@ -99,6 +112,7 @@ def _cli(args) -> int:
                        **{k: getattr(args, k) for k, _ in FLAGS.values() if getattr(args, k) is not None},
                        **({"sample_steps": args.steps} if args.steps is not None else {}))
     methods = _methods(args.methods, bool(args.model))
+    _check_flags(args)
     if args.dry_run:
         return emit(args, {"source": args.model or args.world, "out": str(args.out), "methods": list(methods),
                            **asdict(settings)})

@@ -7,40 +7,28 @@
 
 from __future__ import annotations
 
+import math
+
 from diffmem.cli.common import add_command, add_common, emit
-from diffmem.similarity.criteria import nn_ratio, relative_distance
 from diffmem.similarity.digits_classifier import load_digits_classifier
 from diffmem.similarity.duplicates import exact_duplicates, near_duplicates
+from diffmem.similarity.inputs import load_tensor, memorization_summary
 
 __all__ = ["add_parser"]
 
 
-def _tensor(path: str, key: str | None):
-    from safetensors.torch import load_file
-
-    arrays = load_file(path)
-    if key is None and len(arrays) != 1:
-        raise ValueError(f"{path} holds {sorted(arrays)}; choose one with --key")
-    if key is not None and key not in arrays:
-        raise ValueError(f"{path} has no tensor {key!r}; it holds {sorted(arrays)}")
-    return arrays[key] if key is not None else next(iter(arrays.values()))
-
-
 def _memorization(args) -> int:
-    samples, refs = _tensor(args.samples, args.samples_key), _tensor(args.refs, args.refs_key)
-    ratio, nearest = nn_ratio(samples, refs, dedup=not args.no_dedup, backend=args.backend)
-    rel, _ = relative_distance(samples, refs, k=min(args.k, len(refs)), dedup=not args.no_dedup,
-                               backend=args.backend)
-    return emit(args, {"n_samples": len(samples), "n_refs": len(refs), "dedup": not args.no_dedup,
-                      "ratio_threshold": args.threshold,
-                      "memorization_ratio": float((ratio <= args.threshold).double().mean()),
-                      "nn_ratio_median": float(ratio.median()), "relative_distance_k": min(args.k, len(refs)),
-                      "relative_distance_median": float(rel.median()),
-                      "distinct_nearest_refs": int(nearest[ratio <= args.threshold].unique().numel())})
+    samples, refs = load_tensor(args.samples, args.samples_key), load_tensor(args.refs, args.refs_key)
+    return emit(args, memorization_summary(samples, refs, threshold=args.threshold, k=args.k,
+                                           dedup=not args.no_dedup, backend=args.backend))
 
 
 def _duplicates(args) -> int:
-    refs = _tensor(args.refs, args.refs_key)
+    t = args.threshold
+    if t is not None and not (math.isfinite(t) and (-1 <= t <= 1 if args.metric == "cosine" else t >= 0)):
+        raise ValueError(f"--threshold {t!r} is not a {args.metric} threshold; give a finite number "
+                         f"{'in [-1, 1]' if args.metric == 'cosine' else '>= 0'}")
+    refs = load_tensor(args.refs, args.refs_key)
     res = exact_duplicates(refs) if args.threshold is None else near_duplicates(refs, args.threshold,
                                                                                 metric=args.metric)
     return emit(args, {**res.summary(), "largest_groups": sorted(res.groups, key=len, reverse=True)[:5]})

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from diffmem.cli.common import add_command, add_common, add_scale, emit, progress_enabled
+from diffmem.cli.common import add_command, add_common, add_scale, emit, progress_enabled, start_run
 from diffmem.executor import make_executor
 from diffmem.reports.html import finish_report
 from diffmem.theory import lab
@@ -43,6 +43,7 @@ def _cli(args) -> int:
         return emit(args, {"out": str(args.out), **_settings(args.experiment, preset)})
     if args.experiment != "sweep" and (args.workers or args.ray):
         raise ValueError(f"--workers/--ray run the runs of 'theory sweep'; {args.experiment!r} runs in one process")
+    start_run(args.out, ("summary.json", "report.html"))
     if args.experiment == "loss-gap":
         s = lab.run_loss_gap(args.out, quick=args.quick, figures=figures)
         summary = {"reference": s.reference, "prop41_all_agree": s.prop41_all_agree,

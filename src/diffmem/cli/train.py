@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from diffmem.cli.common import add_command, add_common, emit, progress_enabled
+from diffmem.cli.common import add_command, add_common, claim_out, emit, progress_enabled
 
 __all__ = ["add_parser"]
 
@@ -45,6 +45,7 @@ def _cli(args) -> int:
     directory = args.out or checkpoint_dir(config)
     if args.dry_run:
         return emit(args, {"config": config.to_dict(), "out": str(directory)})
+    claim_out(directory)  # two trainings into one checkpoint folder would interleave their checkpoints
     path = train_world(config, directory, progress=progress_enabled(args))
     info = json.loads((path / "train.json").read_text())
     return emit(args, {"world": config.world.name, "steps": info["steps"], "seconds": round(info["wall_s"], 1),

@@ -7,8 +7,9 @@ Trains the world first if it is not in the cache (minutes on CPU).
 from __future__ import annotations
 
 import argparse
+import math
 
-from diffmem.cli.common import add_command, add_common, emit, progress_enabled
+from diffmem.cli.common import _positive, add_command, add_common, emit, progress_enabled
 from diffmem.reports.html import finish_report
 
 __all__ = ["add_parser"]
@@ -20,9 +21,12 @@ KEYS = ("planted_copy_rate", "nonplanted_copy_rate", "novel_copy_rate", "class_c
 
 def _weights(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(w) for w in text.split(","))
+        weights = tuple(float(w) for w in text.split(","))
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"weights must be comma-separated numbers, got {text!r}") from err
+    if not all(math.isfinite(w) for w in weights):
+        raise argparse.ArgumentTypeError(f"weights must be finite numbers, got {text!r}")
+    return weights
 
 
 def add_parser(sub) -> None:
@@ -30,7 +34,7 @@ def add_parser(sub) -> None:
     p.add_argument("world", metavar="WORLD",
                    help="digits-t2i | digits-dit | digits-bench | custom | PATH | checkpoint dir")
     add_common(p, seed=0, steps="DDIM; default 50, fewer steps make strong guidance overshoot")
-    p.add_argument("--samples", type=int, help="samples per prompt (default 10; quick: 4)")
+    p.add_argument("--samples", type=_positive, metavar="N", help="samples per prompt (default 10; quick: 4)")
     p.add_argument("--weights", type=_weights, help="CFG weights (default: 0,1,4,7.5; digits-bench: 1,3,7.5)")
     p.add_argument("--quick", action="store_true",
                    help="8 prompts per kind, 4 samples each (about 15 s with a trained world)")

@@ -29,7 +29,7 @@ import torch
 
 from diffmem.detectors.base import Detector, generation_seeds, make_detector
 from diffmem.detectors.counting import measure_call
-from diffmem.detectors.harness import score_units, write_csv
+from diffmem.detectors.harness import score_units, unit_settings, write_csv
 from diffmem.executor import SerialExecutor, pick, prompt_refs
 from diffmem.io import read_arrays, read_json, safe_name, write_arrays, write_json
 from diffmem.results import Record, package_version
@@ -105,16 +105,26 @@ def _samples(subject: Subject, prompts: Sequence[Prompt], seed: int, guidance: f
              chunk_size: int = 64, executor=None) -> tuple[dict, int]:
     """One sample per prompt in pixels ({id: [C, H, W]}), cached under ``out/samples``; and the NFE it cost. Drawn in
     chunks of ``chunk_size`` prompts (fixed by the prompts' order, so a sample does not depend on what was cached)
-    on ``executor`` (default: here)."""
+    on ``executor`` (default: here). A cached sample is reused only when its stamp (``<id>.json``, written after
+    it) names the same settings."""
     paths = {p.id: out / "samples" / f"{safe_name(p.id)}.safetensors" for p in prompts}
+    settings = {p.id: unit_settings(subject, [p], [seed], {"sample": {"guidance": guidance, "steps": subject.steps,
+                                                                      "prompt": p.text}}) for p in prompts}
+    stamps = {i: path.with_suffix(".json") for i, path in paths.items()}
+
+    def cached(p: Prompt) -> bool:
+        return (paths[p.id].exists() and stamps[p.id].exists()
+                and read_json(stamps[p.id]).get("settings") == settings[p.id])
+
     chunks = [prompts[k:k + chunk_size] for k in range(0, len(prompts), chunk_size)]
-    todo = [c for c in chunks if not all(paths[p.id].exists() for p in c)]
+    todo = [c for c in chunks if not all(cached(p) for p in c)]
     tasks = [partial(_draw, prompt_refs(subject, c), seed, guidance) for c in todo]
     nfe = 0
     for j, drawn in (executor or SerialExecutor()).imap(tasks, subject):
         for p, xi in zip(todo[j], drawn["x"], strict=True):
             save_grid(paths[p.id].with_suffix(".png"), xi[None, None])
             write_arrays(paths[p.id], {"x": xi})
+            write_json(stamps[p.id], {"settings": settings[p.id]})
         nfe += drawn["nfe"]
     return {p.id: read_arrays(paths[p.id])["x"] for p in prompts}, nfe
 

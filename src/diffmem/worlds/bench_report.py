@@ -34,7 +34,7 @@ from diffmem.similarity.ssim import ssim
 from diffmem.worlds.bench import CELL, NEGATIVE_KINDS, REGIMES, template_mask
 from diffmem.worlds.data import write_manifest
 from diffmem.worlds.grids import save_labelled_grid
-from diffmem.worlds.report import WorldReport, generate_samples
+from diffmem.worlds.report import WorldReport, finish_units, resumable_samples, start_report
 from diffmem.worlds.world import World
 
 __all__ = ["BENCH_WEIGHTS", "bench_rows", "judge", "summarize", "bench_report"]
@@ -205,12 +205,12 @@ def bench_report(world: World, out: str | Path, *, quick: bool = False, samples:
     n, steps = samples or (4 if quick else 10), steps or 50
     if n < 1 or steps < 1:
         raise ValueError(f"need samples >= 1 and steps >= 1, got {n} and {steps}")
-    rows, out = bench_rows(world.data.prompts, quick), Path(out)
+    rows, out = bench_rows(world.data.prompts, quick), start_report(out)
     clf, clf_info = _classifier()
     seeds = list(range(seed, seed + n))
     per_w, arrays, by_dup = {}, {}, []
     for w in weights:
-        x0 = generate_samples(world, rows, n, steps, float(w), seed, batch_size)
+        x0 = resumable_samples(world, rows, n, steps, float(w), seed, batch_size, out / "units")
         labels = judge(world, rows, x0)
         per_w[f"{w:g}"] = summarize(rows, labels, float(w), _alignment(rows, x0, clf))
         by_dup += per_w[f"{w:g}"]["by_duplication"]
@@ -227,6 +227,7 @@ def bench_report(world: World, out: str | Path, *, quick: bool = False, samples:
                                         "cells": world.data.meta["template_cells"]})
     WorldReport(summary, arrays, prov).save(out, "bench_report")
     write_json(out / "summary.json", summary)
+    finish_units(out / "units")
     return summary
 
 

@@ -15,10 +15,18 @@ through :func:`diffmem.sample`, then per prompt kind:
 Writes ``summary.json``, ``manifest.jsonl``, ``world_report.{json,safetensors}`` (samples and per-sample copy
 verdicts) and ``grid_w<w>.png``.
 Kim et al. (2025): memorization should rise with w.
+
+Resumable: the samples of each weight are saved in ``units/`` as they finish, stamped with the settings that made
+them (world, prompts, samples, steps, seed, w); a rerun reuses only units of the same settings and deletes
+``units/`` once the report is written. A rerun first renames the old summary and result to ``*.stale``, so a
+killed run never leaves a complete-looking report.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,14 +34,28 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffmem.io import write_json
+from diffmem.io import (
+    check_out_dir,
+    claimed_out_dir,
+    mark_stale,
+    read_arrays,
+    read_json,
+    remove_stale_tmp,
+    write_arrays,
+    write_json,
+)
 from diffmem.progress import progress_bar
 from diffmem.results import Provenance, Result
 from diffmem.worlds.data import write_manifest
 from diffmem.worlds.grids import save_grid
 from diffmem.worlds.world import World, load_world
 
-__all__ = ["world_report", "WorldReport", "WEIGHTS", "report_rows", "generate_samples"]
+__all__ = ["world_report", "WorldReport", "WEIGHTS", "report_rows", "generate_samples", "start_report",
+           "resumable_samples", "finish_units"]
+
+# what a finished report consists of: renamed to *.stale when a rerun starts
+FINISHED = ("summary.json", "world_report.json", "world_report.safetensors", "bench_report.json",
+            "bench_report.safetensors", "report.html")
 
 WEIGHTS = (0.0, 1.0, 4.0, 7.5)
 _KINDS = ("planted", "template", "nonplanted", "novel", "class", "null")
@@ -70,6 +92,42 @@ def generate_samples(world: World, rows, n: int, steps: int, w: float, seed: int
                     solver=world.solver, guidance=Constant(w), recorder=Recorder(keep=()))
         out.append(tr.x_0)
     return torch.cat(out).clamp(-1, 1).view(len(rows), n, *world.data.shape)
+
+
+def start_report(out: str | Path) -> Path:
+    """Create ``out``, clear a hard kill's temporary files, mark an old report stale."""
+    out = check_out_dir(out)
+    remove_stale_tmp(out)
+    mark_stale(out, FINISHED)
+    return out
+
+
+def resumable_samples(world: World, rows, n: int, steps: int, w: float, seed: int, batch: int, units: Path,
+                      tally: dict | None = None) -> Tensor:
+    """:func:`generate_samples`, saved under ``units`` and reused by a rerun only when made under the same settings
+    (world, prompts, n, steps, seed, w). The samples are written before the settings stamp, which marks the unit
+    finished."""
+    rows_hash = hashlib.sha256(json.dumps(list(rows), sort_keys=True, default=str).encode()).hexdigest()
+    settings = {"world": world.config.to_dict(), "checkpoint": Path(world.directory).name, "rows": rows_hash,
+                "samples": n, "steps": steps, "seed": seed, "w": float(w)}
+    stamp, arrays = units / f"w{w:g}.json", units / f"w{w:g}.safetensors"
+    tally = {} if tally is None else tally
+    if stamp.exists() and arrays.exists():
+        if read_json(stamp).get("settings") == settings:
+            tally["reused"] = tally.get("reused", 0) + 1
+            return read_arrays(arrays)["x0"]
+        tally["recomputed"] = tally.get("recomputed", 0) + 1
+    stamp.unlink(missing_ok=True)  # from here until the new stamp, the unit is unfinished
+    x0 = generate_samples(world, rows, n, steps, w, seed, batch)
+    write_arrays(arrays, {"x0": x0})
+    write_json(stamp, {"settings": settings})
+    tally["computed"] = tally.get("computed", 0) + 1
+    return x0
+
+
+def finish_units(units: Path) -> None:
+    """The report holds every sample now: the units go."""
+    shutil.rmtree(units, ignore_errors=True)
 
 
 def _classifier(world: World):
@@ -186,6 +244,12 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
             not isinstance(steps, int) or steps < 1:
         raise ValueError(f"need samples >= 1, steps >= 1 (integers), got samples={samples!r}, steps={steps!r}")
     world = world if isinstance(world, World) else load_world(world, progress=progress)
+    with claimed_out_dir(out):  # a second process writing this folder meanwhile is refused
+        return _report(world, out, quick=quick, n=n, weights=weights, steps=steps, seed=seed, batch_size=batch_size,
+                       progress=progress, t0=t0)
+
+
+def _report(world: World, out, *, quick, n, weights, steps, seed, batch_size, progress, t0) -> dict:
     if "ladder" in world.data.meta:
         from diffmem.worlds.bench_report import bench_report
 
@@ -194,13 +258,13 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     weights = WEIGHTS if weights is None else weights
     if not weights:
         raise ValueError(f"need samples >= 1, steps >= 1 and some weights, got {n}, {steps}, {weights!r}")
-    rows, out = report_rows(world.data.prompts, quick), Path(out)
+    rows, out = report_rows(world.data.prompts, quick), start_report(out)
     clf, clf_info = _classifier(world)
     per_w, arrays = {}, {}
     with progress_bar(progress) as bar:
         task = bar.add_task("world report: CFG weights", total=len(weights))
         for w in weights:
-            x0 = generate_samples(world, rows, n, steps, float(w), seed, batch_size)
+            x0 = resumable_samples(world, rows, n, steps, float(w), seed, batch_size, out / "units")
             labels: dict = {}
             per_w[f"{w:g}"] = {**_metrics(world, rows, x0, clf, labels), "samples": x0.shape[0] * x0.shape[1]}
             arrays.update({f"w{w:g}": x0, **{f"{k}_w{w:g}": v for k, v in labels.items()}})
@@ -221,4 +285,5 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     write_manifest(out / "manifest.jsonl", rows)
     WorldReport(summary, arrays, prov).save(out, "world_report")
     write_json(out / "summary.json", summary)
+    finish_units(out / "units")
     return summary
