@@ -15,7 +15,7 @@ import torch
 from diffmem.analyses.kim_summary import PAPER_PEARSON, prompt_severities
 from diffmem.io import atomic_write_bytes
 
-__all__ = ["render_kim_figures", "plot_loss", "plot_cosines", "plot_dispersion", "plot_decomposition",
+__all__ = ["render_kim_figures", "save_figure", "plot_loss", "plot_cosines", "plot_dispersion", "plot_decomposition",
            "plot_d_vs_severity", "plot_sweep",
            "plot_d_vs_severity_by_rung", "FORMATS"]
 
@@ -154,7 +154,8 @@ FIGURES = {"F1_loss": plot_loss, "F2_cosines": plot_cosines, "F3_dispersion": pl
            "F4_decomposition": plot_decomposition, "F5_D_vs_severity": plot_d_vs_severity, "F6_sweep": plot_sweep}
 
 
-def _save(fig, path: Path, fmt: str, dpi: int) -> Path:
+def save_figure(fig, path: Path, fmt: str, dpi: int) -> Path:
+    """``fig`` written atomically to ``path`` as ``fmt`` at ``dpi`` (tight bounding box)."""
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight")
     return atomic_write_bytes(path, buf.getvalue())
@@ -174,7 +175,7 @@ def render_kim_figures(res, out: str | Path, *, fmt: str = "png", dpi: int = 110
         if name == "F6_sweep" and res.prompts[0].D1_by_g is None:
             continue
         fig = plot(res)
-        paths.append(_save(fig, Path(out) / f"{name}.{fmt}", fmt, dpi))
+        paths.append(save_figure(fig, Path(out) / f"{name}.{fmt}", fmt, dpi))
         plt.close(fig)
     return paths
 

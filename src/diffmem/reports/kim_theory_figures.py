@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from diffmem.reports.kim_figures import FORMATS, _save
+from diffmem.reports.kim_figures import FORMATS, save_figure
 
 __all__ = ["plot_loss_recovery", "plot_unconditional_baseline", "plot_guidance_fit", "plot_displacement",
            "plot_feedback", "plot_synchronisation", "plot_terminal", "KIM_THEORY_FIGURES",
@@ -160,7 +160,7 @@ def render_kim_theory_figures(res, out: str | Path, *, fmt: str = "png", dpi: in
     paths = []
     for name, plot in KIM_THEORY_FIGURES.items():
         ax = plot(res)
-        paths.append(_save(ax.figure, Path(out) / f"{name}.{fmt}", fmt, dpi))
+        paths.append(save_figure(ax.figure, Path(out) / f"{name}.{fmt}", fmt, dpi))
         plt.close(ax.figure)
     return paths
 

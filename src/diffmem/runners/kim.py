@@ -32,8 +32,8 @@ from diffmem.worlds.custom import load_collection
 from diffmem.worlds.subject import world_subject
 from diffmem.worlds.world import World, load_world
 
-__all__ = ["KIM_PRESETS", "KimRun", "kim_world_subject", "graded_world_subject", "run_kim_job", "analyze_kim",
-           "load_references"]
+__all__ = ["KIM_PRESETS", "KimRun", "kim_world_subject", "kim_model_subject", "graded_world_subject", "run_kim_job",
+           "analyze_kim", "load_references"]
 
 KIM_PRESETS = {
     "quick": {"n_seeds": 4, "draws": 8, "sweep": (1.0, 4.0, 7.5), "n_boot": 500},
@@ -166,7 +166,8 @@ def load_references(path: str | Path, shape: tuple[int, ...], encode=None) -> to
     return images if encode is None else torch.cat([encode(b) for b in images.split(16)])
 
 
-def _model_subject(model, prompts, *, kind: str, steps: int, device: str, dtype: str, refs) -> Subject:
+def kim_model_subject(model, prompts, *, kind: str, steps: int, device: str, dtype: str, refs) -> Subject:
+    """A local diffusers model with a prompt manifest (images optional) as the subject of the Kim et al. analyses."""
     rows = read_manifest(prompts, require_images=False)  # validated before the model loads
     if kind not in ADAPTER_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(ADAPTER_KINDS)}")
@@ -228,7 +229,7 @@ def kim_subject(world, model, model_kind, prompts, steps, per_kind, quick, refs,
     """The subject of ``analyze kim``'s flags (checked by :func:`analyze_kim`) and its preset (None: the default);
     module-level, so that each Ray worker builds the same subject from these names."""
     if model is not None:
-        return _model_subject(model, prompts, kind=model_kind, steps=steps, device=device, dtype=dtype,
+        return kim_model_subject(model, prompts, kind=model_kind, steps=steps, device=device, dtype=dtype,
                               refs=refs), None
     w = load_world(world or "digits-t2i", progress=progress)
     if is_graded(w):

@@ -20,7 +20,7 @@ from diffmem.io import claim_out_dir, mark_stale, remove_stale_tmp, write_json
 from diffmem.progress import progress_bar
 from diffmem.reports.html import finish_report
 from diffmem.reports.kim_theory_figures import render_kim_theory_figures
-from diffmem.runners.kim import _model_subject, graded_world_subject, is_graded, kim_world_subject
+from diffmem.runners.kim import graded_world_subject, is_graded, kim_model_subject, kim_world_subject
 from diffmem.subject import Subject
 from diffmem.worlds.world import load_world
 
@@ -71,7 +71,7 @@ def analyze_kim_theory(out: str | Path, *, world: str | None = None, model: str 
             raise ValueError("--model needs --prompts MANIFEST.jsonl (each prompt with its training image)")
         if device == "auto":  # the natural path for a real model is the GPU, when there is one
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        subject = _model_subject(model, prompts, kind=model_kind, steps=steps, device=device, dtype=dtype, refs=None)
+        subject = kim_model_subject(model, prompts, kind=model_kind, steps=steps, device=device, dtype=dtype, refs=None)
     else:
         if prompts is not None:
             raise ValueError("--prompts goes with --model; a --world brings its own prompts")
