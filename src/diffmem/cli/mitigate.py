@@ -31,6 +31,11 @@ def add_parser(sub) -> None:
     p.add_argument("--guidance", type=float, default=7.5, help="plain CFG weight (default: %(default)s)")
     p.add_argument("--grid", action="append", type=grid_arg, default=[], metavar="METHOD:V1,V2",
                    help="sweep METHOD's knob over these values instead of its published grid (repeatable)")
+    p.add_argument("--no-sweep", action="store_true", help="each method at its default only (no knob sweep)")
+    p.add_argument("--select", type=names, default=(), metavar="METHODS",
+                   help="methods whose knob is chosen on the calibration split and reported on the evaluation split")
+    p.add_argument("--negatives-per-kind", type=int, metavar="N",
+                   help="at most N prompts of each negative kind per split (general and calibration sets)")
     p.set_defaults(run=_cli)
 
 
@@ -58,10 +63,12 @@ def _cli(args) -> int:
     if unknown:
         raise ValueError(f"--grid names {unknown[0]!r}, which is not among the methods run; add it to --methods")
     if grids:
-        methods = {m: grids.get(m, () if args.quick else None) for m in methods}
+        methods = {m: grids.get(m, () if args.quick or args.no_sweep else None) for m in methods}
     run = run_mitigate(subject, args.out, methods=methods, gate=args.gate,
                        gate_fpr=args.gate_fpr, n_gen=args.n_gen or quick.get("n_gen", 4), base_seed=args.seed,
-                       guidance=args.guidance, grid=quick.get("grid", True), n_boot=quick.get("n_boot", 1000),
+                       guidance=args.guidance, grid=quick.get("grid", True) and not args.no_sweep,
+                       n_boot=quick.get("n_boot", 1000), select=tuple(args.select),
+                       negatives_per_kind=args.negatives_per_kind,
                        progress=None if args.no_progress else lambda msg: print(f"running {msg}", flush=True))
     head, *lines = format_table(run)
     t = Table(title=f"mitigations on {run.summary.provenance['subject']['subject']} (trigger set; general-set deltas)")
