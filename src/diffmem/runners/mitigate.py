@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from diffmem.detectors.labels import NEGATIVE_KINDS, assign_splits
-from diffmem.mitigations.base import MITIGATIONS
+from diffmem.detectors.labels import NEGATIVE_KINDS, POSITIVE_KINDS, assign_splits
+from diffmem.io import write_json
+from diffmem.mitigations.base import MITIGATIONS, make_mitigation
 from diffmem.mitigations.harness import MitigationRun, run_mitigation
+from diffmem.mitigations.retrigger import retrigger_audit
 from diffmem.subject import Subject
 
-__all__ = ["run_mitigate", "inference_methods", "format_table", "QUICK", "fewer_negatives"]
+__all__ = ["run_mitigate", "inference_methods", "format_table", "QUICK", "fewer_negatives",
+           "run_retrigger", "retrigger_prompts"]
 
 # --quick: one generation per prompt, the default setting of each method only, a short bootstrap
 QUICK = {"n_gen": 1, "grid": False, "n_boot": 200}
@@ -80,3 +84,50 @@ def format_table(run: MitigationRun) -> list[list[str]]:
                       f"{r.extra_nfe_per_image:+.1f}", f"{r.nfe_ratio:.2f}", f"{r.seconds_per_image:.4f}",
                       _f(r.false_gate_rate, fmt="{:.2f}"), "*" if r.on_pareto else "", "yes" if r.meets_goal else ""])
     return lines
+
+
+def retrigger_prompts(subject: Subject, n_trigger: int, n_control: int) -> tuple[list, list]:
+    """(triggers, controls) of the evaluation split: the ``n_trigger`` planted prompts with the most duplicates
+    (ties in manifest order) and the first ``n_control`` negatives with their own training image."""
+    splits, _ = assign_splits(subject.prompts)
+    ev = [p for p, s in zip(subject.prompts, splits, strict=True) if s == "evaluation" and p.x is not None]
+    planted = sorted((p for p in ev if p.kind in POSITIVE_KINDS), key=lambda p: -(p.meta.get("m") or 0))
+    return planted[:n_trigger], [p for p in ev if p.kind in NEGATIVE_KINDS][:n_control]
+
+
+def run_retrigger(subject: Subject, out: str | Path, *, methods: Sequence = ("head-pruning", "nemo"),
+                  n_trigger: int = 8, n_control: int = 4, seeds: Sequence[int] = tuple(range(4)),
+                  guidance: float = 7.5, steps: int = 50, lr: float = 0.1, budget: float | None = None,
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """The re-trigger audit ("Finding Dori", arXiv 2507.16880) of each permanent mitigation, fitted on the triggers
+    of :func:`retrigger_prompts`, and of the unedited model (the probe's own reach): copy rate before the edit,
+    after it, and after the embedding attack on the edited model. ``methods``: registry names (default
+    parameters) or permanent-mitigation instances. Writes ``out/retrigger.json``."""
+    say = progress or (lambda msg: None)
+    trig, ctrl = retrigger_prompts(subject, n_trigger, n_control)
+    if not trig:
+        raise ValueError(f"subject {subject.name!r} has no planted evaluation prompts with a training image to audit")
+    kw = dict(controls=ctrl, steps=steps, lr=lr, budget=budget, seeds=tuple(seeds), guidance=guidance)
+    ms = [make_mitigation(m) if isinstance(m, str) else m for m in methods]
+    rows = []
+    for m in (None, *ms):
+        name, start = "none" if m is None else m.name, time.perf_counter()
+        say(f"retrigger {name}: fit")
+        edited = subject if m is None else m.apply(subject, trig)
+        fit_s = time.perf_counter() - start
+        say(f"retrigger {name}: audit")
+        audit = retrigger_audit(edited, trig, **kw)
+        info = {k: v for k, v in edited.info.items() if k in ("head_pruning", "nemo")}
+        rows.append({"method": name, "params": None if m is None else m.describe()["params"], **audit.summary(),
+                     "fit_seconds": fit_s,
+                     "audit_seconds": time.perf_counter() - start - fit_s, "edit": info, "audit": audit.to_dict()})
+    plain = rows[0]
+    result = {"rows": rows, "triggers": [p.id for p in trig], "controls": [p.id for p in ctrl],
+              "unedited_trigger_copy": plain["trigger_copy_before"],
+              "how": "copy = paired 1/3 rule over the seeds; trigger_copy_before = the edited model with e_p, "
+                     "trigger_copy_after = the edited model with e_p + Δ (Δ by Adam on the diffusion loss of the "
+                     "paired image, the DoRI probe); the 'none' row audits the unedited model",
+              "provenance": {"subject": subject.describe(), "methods": [m.describe() for m in ms],
+                             "seeds": list(seeds), "guidance": guidance, "steps": steps, "lr": lr, "budget": budget}}
+    write_json(Path(out) / "retrigger.json", result)
+    return result
