@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from diffmem.cli.detect import add_subject_args, names, subject_from_args, wide_console
+from diffmem.mitigations.base import make_mitigation
 from diffmem.runners.mitigate import QUICK, format_table, inference_methods, run_mitigate
 
 __all__ = ["add_parser"]
@@ -54,11 +55,24 @@ def grid_arg(text: str) -> tuple[str, tuple]:
     return name.strip(), tuple(value(v.strip()) for v in values.split(",") if v.strip())
 
 
+def knob_values(method: str, values: tuple) -> tuple:
+    """``values`` as the type of ``method``'s knob (``somepalli-rt:1,8`` gives int counts, ``jain-stp:300`` a float
+    τ), so a setting typed on the command line is the same setting, label and unit as the grid's."""
+    base = make_mitigation(method)
+    kind = type(getattr(base, base.knob)) if base.knob else None
+    if kind not in (int, float):
+        return values
+    bad = [v for v in values if not isinstance(v, float) or (kind is int and not v.is_integer())]
+    if bad:
+        raise ValueError(f"--grid {method}: {bad[0]!r} is not a valid {base.knob} ({kind.__name__})")
+    return tuple(kind(v) for v in values)
+
+
 def _cli(args) -> int:
     subject = subject_from_args(args)
     quick = QUICK if args.quick else {}
     methods = list(args.methods or inference_methods())
-    grids = dict(args.grid)
+    grids = {m: knob_values(m, v) for m, v in args.grid}
     unknown = [m for m in grids if m not in methods]
     if unknown:
         raise ValueError(f"--grid names {unknown[0]!r}, which is not among the methods run; add it to --methods")
