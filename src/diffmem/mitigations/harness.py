@@ -8,6 +8,14 @@ judgement by the paired 1/3 rule (:func:`diffmem.detectors.labels`), the nearest
 the paired image, the predicted label (alignment, where prompts carry ``meta["label"]`` and an aligner is given) and
 quality features (FID, precision/recall against the subject's references).
 
+**Template copies** are partial (Webster, 2023): a prompt carrying ``meta["template_mask"]`` is also judged by the
+1/3 rule on its template region only (:func:`template_copies`), giving ``template_copy_rate_*`` apart from the
+global rate.
+
+**Held out**: results are reported on the evaluation split (``meta["split"]``); a knob chosen from data (``select``)
+is chosen on the calibration split's trigger and negative prompts and only then run on the evaluation split; every
+row says how its setting was chosen (``chosen_on``).
+
 **Gating** (apply the remedy only to flagged prompts, plain sampling for the rest): a detector's scores, oriented
 higher = memorized, are thresholded at a target FPR calibrated on the calibration prompts' negatives
 (:func:`~diffmem.evaluation.detection.calibrate_threshold`); the false-gate rate is the flagged fraction of the
