@@ -26,7 +26,7 @@ def test_runner_audits_unedited_and_edited_on_the_same_prompts(subject, tmp_path
     res = run_retrigger(subject, tmp_path, methods=[HeadPruning(ratio=0.25, select="random")], n_trigger=1,
                         n_control=1, seeds=(0, 1), steps=2, budget=0.0)
     saved = read_json(tmp_path / "retrigger.json")
-    assert [r["method"] for r in saved["rows"]] == ["none", "head-pruning"]
+    assert [r["method"] for r in saved["rows"]] == ["none", "head-pruning"] and saved["complete"]
     assert saved["triggers"] == [p.id for p in trig] and saved["controls"] == [p.id for p in ctrl]
     none, pruned = res["rows"]
     # a zero budget is no attack: the copy rate with e_p + Δ is the copy rate with e_p, edited or not

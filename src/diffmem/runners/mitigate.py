@@ -121,13 +121,13 @@ def run_retrigger(subject: Subject, out: str | Path, *, methods: Sequence = ("he
         rows.append({"method": name, "params": None if m is None else m.describe()["params"], **audit.summary(),
                      "fit_seconds": fit_s,
                      "audit_seconds": time.perf_counter() - start - fit_s, "edit": info, "audit": audit.to_dict()})
-    plain = rows[0]
-    result = {"rows": rows, "triggers": [p.id for p in trig], "controls": [p.id for p in ctrl],
-              "unedited_trigger_copy": plain["trigger_copy_before"],
-              "how": "copy = paired 1/3 rule over the seeds; trigger_copy_before = the edited model with e_p, "
-                     "trigger_copy_after = the edited model with e_p + Δ (Δ by Adam on the diffusion loss of the "
-                     "paired image, the DoRI probe); the 'none' row audits the unedited model",
-              "provenance": {"subject": subject.describe(), "methods": [m.describe() for m in ms],
-                             "seeds": list(seeds), "guidance": guidance, "steps": steps, "lr": lr, "budget": budget}}
-    write_json(Path(out) / "retrigger.json", result)
+        result = {"rows": rows, "triggers": [p.id for p in trig], "controls": [p.id for p in ctrl],
+                  "unedited_trigger_copy": rows[0]["trigger_copy_before"], "complete": len(rows) == len(ms) + 1,
+                  "how": "copy = paired 1/3 rule over the seeds; trigger_copy_before = the edited model with e_p, "
+                         "trigger_copy_after = the edited model with e_p + Δ (Δ by Adam on the diffusion loss of the "
+                         "paired image, the DoRI probe); the 'none' row audits the unedited model",
+                  "provenance": {"subject": subject.describe(), "methods": [m.describe() for m in ms],
+                                 "seeds": list(seeds), "guidance": guidance, "steps": steps, "lr": lr,
+                                 "budget": budget}}
+        write_json(Path(out) / "retrigger.json", result)  # after each method: a long fit loses nothing before it
     return result
