@@ -70,7 +70,11 @@ def test_rows_csv_and_summary_schema(oracle, tmp_path):
     assert s.row("jain-stp", gated=True).extra_nfe_per_image == pytest.approx(2.0)  # wen-step1: one CFG step
     assert 0 <= plain.alignment_before <= 1 and plain.fid_before is not None and plain.general_fid_delta is not None
     assert s.row("jain-stp", "tau=300.0").trigger_copy_rate_after_ci is not None
-    assert len(trig) == 8 and len(gen) + len(cal) == 8 and s.pareto
+    # results on the evaluation split: its 4 planted prompts and 4 negatives; the gate calibrates on the other 4
+    assert len(trig) == 4 and len(gen) == 4 and len(cal) == 4 and s.pareto
+    assert {r.trigger_split for r in s.rows} == {"evaluation"}
+    assert s.row("jain-stp").chosen_on.startswith("published default")
+    assert s.row("jain-stp", "tau=300.0").chosen_on.startswith("sweep point")
 
 
 def test_gating_at_fpr_zero_on_the_general_set_changes_nothing_there(oracle, tmp_path):

@@ -8,6 +8,14 @@ judgement by the paired 1/3 rule (:func:`diffmem.detectors.labels`), the nearest
 the paired image, the predicted label (alignment, where prompts carry ``meta["label"]`` and an aligner is given) and
 quality features (FID, precision/recall against the subject's references).
 
+**Template copies** are partial (Webster, 2023): a prompt carrying ``meta["template_mask"]`` is also judged by the
+1/3 rule on its template region only (:func:`template_copies`), giving ``template_copy_rate_*`` apart from the
+global rate.
+
+**Held out**: results are reported on the evaluation split (``meta["split"]``); a knob chosen from data (``select``)
+is chosen on the calibration split's trigger and negative prompts and only then run on the evaluation split; every
+row says how its setting was chosen (``chosen_on``).
+
 **Gating** (apply the remedy only to flagged prompts, plain sampling for the rest): a detector's scores, oriented
 higher = memorized, are thresholded at a target FPR calibrated on the calibration prompts' negatives
 (:func:`~diffmem.evaluation.detection.calibrate_threshold`); the false-gate rate is the flagged fraction of the
@@ -26,7 +34,6 @@ import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -34,51 +41,84 @@ import torch
 from torch import Tensor
 
 from diffmem.detectors.base import Detector, generation_seeds, make_detector
-from diffmem.detectors.counting import Cost, measure_call
-from diffmem.detectors.harness import score_task, unit_settings, write_csv
-from diffmem.detectors.labels import NEGATIVE_KINDS, POSITIVE_KINDS, _paired_index, assign_splits
+from diffmem.detectors.counting import Cost, measure, measure_call
+from diffmem.detectors.harness import unit_settings, write_csv
+from diffmem.detectors.labels import NEGATIVE_KINDS, POSITIVE_KINDS, _paired_index, assign_splits, template_mask
 from diffmem.evaluation.detection import calibrate_threshold
 from diffmem.evaluation.fid import fid
 from diffmem.evaluation.precision_recall import precision_recall
-from diffmem.executor import Unit, pick, prompt_refs, run_units
-from diffmem.io import safe_name, write_json
+from diffmem.io import resumable_unit, safe_name, write_json
 from diffmem.mitigations.base import InferenceMitigation, make_mitigation
 from diffmem.results import Record, package_version
 from diffmem.sampling.trajectory import Recorder
 from diffmem.similarity.criteria import COPY_RATIO, nn_ratio, unique_refs
 from diffmem.similarity.digits_classifier import load_digits_classifier
+from diffmem.similarity.local import masked_nn_ratio
 from diffmem.subject import Prompt, Subject
 
 __all__ = ["run_mitigation", "MitigationRow", "MitigationSummary", "MitigationRun", "ROW_COLUMNS", "settings_of",
-           "default_sets", "Evaluator", "pareto_front", "digits_evaluator"]
+           "default_sets", "Evaluator", "pareto_front", "digits_evaluator", "template_copies", "meets_goal",
+           "goal_check", "calibration_sets", "CHOSEN"]
 
 ROW_COLUMNS = ("method", "setting", "gated", "ours", "trigger_copy_rate_before", "trigger_copy_rate_after",
                "template_copy_rate_after", "alignment_before", "alignment_after", "fid_before", "fid_after",
                "general_alignment_delta", "general_fid_delta", "extra_nfe_per_image", "seconds_per_image",
                "peak_mem_mb", "nfe_ratio", "false_gate_rate", "trigger_gate_rate", "paired_distance_before",
                "paired_distance_after", "precision_after", "recall_after", "general_fid_before", "on_pareto",
-               "meets_goal")
+               "meets_goal", "template_copy_rate_before", "trigger_split", "chosen_on")
 GOAL = {"copy_cut": 0.9, "alignment_drop": 0.02, "fid_rise": 0.05, "nfe_ratio": 1.2}
 
 
 @dataclass(frozen=True)
 class Evaluator:
-    """How generations are judged beyond the copy rule: ``aligner(images) -> labels`` (alignment against
-    ``meta["label"]``), ``extractor(images) -> features`` (FID, precision/recall), ``template_judge(prompt, x0,
-    refs) -> bool [G]`` (template-masked copies, for prompts with template masks); each optional, ``describe``
-    recorded."""
+    """How generations are judged beyond the copy rule: ``aligner(images) -> labels`` [N] or [N, K] (alignment
+    against ``meta["label"]``, or the K per-cell ``meta["digits"]`` of a mosaic), ``extractor(images) -> features``
+    (FID, precision/recall), ``template_judge(prompt, x0, refs) -> bool [G] | None`` (template-masked copies; None
+    for a prompt without a template mask); each optional, ``describe`` recorded."""
 
     aligner: Callable[[Tensor], Tensor] | None = None
     extractor: Callable[[Tensor], Tensor] | None = None
-    template_judge: Callable[[Prompt, Tensor, Tensor], Tensor] | None = None
+    template_judge: Callable[[Prompt, Tensor, Tensor], Tensor | None] | None = None
     describe: dict = field(default_factory=dict)
 
 
-def digits_evaluator() -> Evaluator:
-    """The embedded digits classifier as aligner and feature extractor (8×8 grey worlds)."""
+def template_copies(prompt: Prompt, x0: Tensor, refs: Tensor) -> Tensor | None:
+    """Template-masked copies bool [G] of a prompt's generations (Webster, 2023: template verbatims), or None when the
+    prompt has no ``meta["template_mask"]``: the 1/3 ratio rule on the template region only
+    (:func:`~diffmem.similarity.local.masked_nn_ratio` over the distinct regions of ``refs``), and the nearest
+    region is the prompt's own paired image's (any region when the prompt has no paired image)."""
+    mask = template_mask(prompt, refs.shape[1:])
+    if mask is None:
+        return None
+    ratio, nearest = masked_nn_ratio(x0.to(refs.dtype), refs, mask)
+    own = torch.ones_like(ratio, dtype=torch.bool) if prompt.x is None else \
+        (refs[nearest][:, mask] == prompt.x.to(refs.dtype)[mask]).all(1)
+    return (ratio <= COPY_RATIO) & own
+
+
+def _cells(x: Tensor) -> Tensor:
+    """[N, C, 16, 16] 2×2 mosaics → [N·4, C, 8, 8] cells in reading order (0 1 / 2 3)."""
+    N, C = x.shape[:2]
+    return x.view(N, C, 2, 8, 2, 8).permute(0, 2, 4, 1, 3, 5).reshape(N * 4, C, 8, 8)
+
+
+def digits_evaluator(state_shape=(1, 8, 8)) -> Evaluator:
+    """The embedded digits classifier as aligner and feature extractor, and the template-masked copy judge.
+
+    8×8 digits: the predicted digit [N]. 16×16 mosaics of 2×2 digits (digits-bench): the predicted digit per cell
+    [N, 4] (alignment = the share of cells that read as the caption's digit there) and, as features, the mean of
+    the 4 cells' penultimate features (one 128-d vector per image, so FID stays estimable from a few hundred
+    samples)."""
     clf = load_digits_classifier()
-    return Evaluator(lambda x: clf.predict(x.clamp(-1, 1)), lambda x: clf.features(x.clamp(-1, 1)),
-                     describe={"aligner": clf.describe(), "features": clf.describe()})
+    mosaic = tuple(state_shape) == (1, 16, 16)
+    judge = {"template": "masked 1/3 rule on meta['template_mask'], nearest region = the paired image's"}
+    if not mosaic:
+        return Evaluator(lambda x: clf.predict(x.clamp(-1, 1)), lambda x: clf.features(x.clamp(-1, 1)),
+                         template_copies, {"aligner": clf.describe(), "features": clf.describe(), **judge})
+    return Evaluator(lambda x: clf.predict(_cells(x.clamp(-1, 1))).view(len(x), 4),
+                     lambda x: clf.features(_cells(x.clamp(-1, 1))).view(len(x), 4, -1).mean(1), template_copies,
+                     {"aligner": {**clf.describe(), "mosaic": "per 8×8 cell vs meta['digits']"},
+                      "features": {**clf.describe(), "mosaic": "mean of the 4 cells' features"}, **judge})
 
 
 @dataclass(frozen=True)
@@ -86,7 +126,11 @@ class MitigationRow(Record):
     """One method at one setting, ungated or gated: trigger-set memorization and quality, general-set change, cost.
 
     Rates and alignments are fractions (alignment in [0, 1]; a 2-point drop is −0.02); ``*_ci`` are 95 % bootstrap
-    intervals over prompts (generations averaged per prompt first); None where a metric does not apply."""
+    intervals over prompts (generations averaged per prompt first); None where a metric does not apply.
+    ``template_copy_rate_*``: the template prompts' copies judged on their template region only
+    (:func:`template_copies`). ``trigger_split``: the split the trigger prompts come from. ``chosen_on``: how the
+    setting was chosen (:data:`CHOSEN`: a published default, a sweep point, or a knob chosen on the calibration
+    split and reported here on the evaluation split)."""
 
     method: str
     setting: str
@@ -119,6 +163,11 @@ class MitigationRow(Record):
     general_alignment_delta_ci: tuple | None = None
     on_pareto: bool = False
     meets_goal: bool = False
+    template_copy_rate_before: float | None = None
+    trigger_copy_rate_before_ci: tuple | None = None
+    template_copy_rate_after_ci: tuple | None = None
+    trigger_split: str = "evaluation"
+    chosen_on: str = ""
 
 
 @dataclass(frozen=True)
@@ -150,14 +199,31 @@ class MitigationRun:
 
 # --- inputs --------------------------------------------------------------------------------------------------------
 
+def _split_sets(subject: Subject, split: str) -> tuple[list[Prompt], list[Prompt]]:
+    splits, _ = assign_splits(subject.prompts)
+    return ([p for p, s in zip(subject.prompts, splits, strict=True) if p.kind in POSITIVE_KINDS and s == split],
+            [p for p, s in zip(subject.prompts, splits, strict=True) if p.kind in NEGATIVE_KINDS and s == split])
+
+
 def default_sets(subject: Subject) -> tuple[list[Prompt], list[Prompt], list[Prompt]]:
-    """(trigger, general, calibration): the planted kinds; the negatives of the evaluation split; the negatives
-    of the calibration split (the split from ``meta["split"]`` or the stratified hash split)."""
-    split, _ = assign_splits(subject.prompts)
-    trig = [p for p in subject.prompts if p.kind in POSITIVE_KINDS]
-    gen = [p for p, s in zip(subject.prompts, split, strict=True) if p.kind in NEGATIVE_KINDS and s == "evaluation"]
-    cal = [p for p, s in zip(subject.prompts, split, strict=True) if p.kind in NEGATIVE_KINDS and s == "calibration"]
-    return trig, gen, cal
+    """(trigger, general, calibration): the planted kinds and the negatives of the evaluation split (where results
+    are reported); the negatives of the calibration split (where thresholds are set). The split is
+    ``meta["split"]`` or the stratified hash split."""
+    trig, gen = _split_sets(subject, "evaluation")
+    return trig, gen, _split_sets(subject, "calibration")[1]
+
+
+def calibration_sets(subject: Subject) -> tuple[list[Prompt], list[Prompt]]:
+    """(trigger, general) of the calibration split: where a knob chosen from data is chosen."""
+    return _split_sets(subject, "calibration")
+
+
+# how a row's setting was chosen (the ``chosen_on`` column)
+CHOSEN = {"default": "published default (not chosen from data)",
+          "sweep": "sweep point (every grid value reported; not a choice)",
+          "selected": "chosen on the calibration split ({rule}); reported on the evaluation split"}
+SELECT_RULE = (f"largest trigger copy cut with general alignment drop <= {GOAL['alignment_drop'] * 100:g} pts and "
+               f"NFE <= {GOAL['nfe_ratio']:g}x plain; ties: the earlier grid value")
 
 
 def settings_of(method: str | InferenceMitigation, values: Sequence | None = None) -> list[InferenceMitigation]:
@@ -176,13 +242,19 @@ def settings_of(method: str | InferenceMitigation, values: Sequence | None = Non
 
 # --- generation and judgement --------------------------------------------------------------------------------------
 
-def _generate(subject: Subject, prompts, seeds, mitigation, flagged, guidance, batch_size) -> Tensor:
-    """x_0 [P·G, ...] in prompt-major order; the remedy only for prompts with ``flagged`` (all when None)."""
+def _generate(subject: Subject, prompts, seeds, mitigation, flagged, guidance, batch_size,
+              plain: Tensor | None = None) -> Tensor:
+    """x_0 [P·G, ...] in prompt-major order; the remedy only for prompts with ``flagged`` (all when None). The
+    unflagged generations are plain sampling's: taken from ``plain`` (the plain run's x_0) when given."""
     pairs = [(i, s) for i in range(len(prompts)) for s in seeds]
     use = [mitigation is not None and (flagged is None or bool(flagged[i])) for i, _ in pairs]
     out: list[Tensor | None] = [None] * len(pairs)
     for mitigated in (False, True):
         idx = [k for k in range(len(pairs)) if use[k] == mitigated]
+        if not mitigated and plain is not None:
+            for k in idx:
+                out[k] = plain[k]
+            continue
         for b in range(0, len(idx), batch_size):
             chunk = idx[b:b + batch_size]
             cond = subject.cond([prompts[pairs[k][0]] for k in chunk])
@@ -193,6 +265,12 @@ def _generate(subject: Subject, prompts, seeds, mitigation, flagged, guidance, b
             for j, k in enumerate(chunk):
                 out[k] = traj.x_0[j]
     return torch.stack(out)
+
+
+def _target(prompt: Prompt):
+    """What the aligner should read: ``meta["label"]``, else the per-cell ``meta["digits"]``, else None."""
+    label = prompt.meta.get("label")
+    return label if label is not None else prompt.meta.get("digits")
 
 
 def _judge(subject: Subject, prompts, x0: Tensor, n_gen: int, ev: Evaluator) -> dict:
@@ -207,16 +285,16 @@ def _judge(subject: Subject, prompts, x0: Tensor, n_gen: int, ev: Evaluator) -> 
     pd = [math.nan if px[k // n_gen] is None else float((flat[k] - px[k // n_gen]).norm()) / math.sqrt(flat.shape[1])
           for k in range(len(flat))]
     images = x0 if subject.decode is None else subject.decode(x0)
-    labels = [p.meta.get("label") for p in prompts]
+    labels = [_target(p) for p in prompts]
     align = [None] * len(flat)
     if ev.aligner is not None and any(v is not None for v in labels):
-        pred = ev.aligner(images)
-        align = [None if labels[k // n_gen] is None else float(int(pred[k]) == int(labels[k // n_gen]))
+        pred = ev.aligner(images).view(len(flat), -1)
+        align = [None if labels[k // n_gen] is None else
+                 float((pred[k] == torch.as_tensor(labels[k // n_gen]).view(-1)).double().mean())
                  for k in range(len(flat))]
     template = [None] * len(flat)
-    if ev.template_judge is not None:  # partial copies: judged only where the prompt is a template
-        judged = [ev.template_judge(p, x0[i * n_gen:(i + 1) * n_gen], refs) if p.kind == "template" else None
-                  for i, p in enumerate(prompts)]
+    if ev.template_judge is not None:  # partial copies: judged only where the prompt carries a template mask
+        judged = [ev.template_judge(p, x0[i * n_gen:(i + 1) * n_gen], refs) for i, p in enumerate(prompts)]
         template = [None if t is None else float(t[g]) for t in judged for g in range(n_gen)]
     feats = None if ev.extractor is None else ev.extractor(images).double().tolist()
     shape = (P, n_gen)
@@ -226,9 +304,18 @@ def _judge(subject: Subject, prompts, x0: Tensor, n_gen: int, ev: Evaluator) -> 
             "template_copy": np.array(template, dtype=object).reshape(shape).tolist(), "features": feats}
 
 
-def _run_set(subject, prompts, seeds, mitigation, flagged, guidance, batch_size, ev) -> dict:
+def _run_set(subject, prompts, seeds, mitigation, flagged, guidance, batch_size, ev, plain=None) -> dict:
+    """Judge one set's generations and measure their cost. ``plain`` = (plain x_0, the plain unit): the unflagged
+    generations of a gated run are reused from it and charged plain sampling's measured cost per image."""
+    x0_plain = None if plain is None else plain[0]
     x0, cost = measure_call(subject, lambda s: _generate(s, prompts, seeds, mitigation, flagged, guidance,
-                                                           batch_size))
+                                                           batch_size, x0_plain))
+    if plain is not None and flagged is not None:
+        reused = (len(prompts) - int(np.sum(flagged))) * len(seeds)
+        c, f = Cost.from_dict(plain[1]["cost"]), reused / max(len(prompts) * len(seeds), 1)
+        cost = replace(cost, nfe=cost.nfe + round(c.nfe * f), jvp=cost.jvp + round(c.jvp * f),
+                       vjp=cost.vjp + round(c.vjp * f), calls=cost.calls + round(c.calls * f),
+                       seconds=cost.seconds + c.seconds * f, peak_mem_mb=max(cost.peak_mem_mb, c.peak_mem_mb))
     return {**_judge(subject, prompts, x0, len(seeds), ev), "cost": cost.to_dict()}
 
 
@@ -285,7 +372,7 @@ def _cost_per_image(unit: dict, n: int) -> tuple[float, float, float]:
 
 
 def _row(m: InferenceMitigation, setting: str, gated: bool, units: dict, real, gate: dict | None,
-         n_boot: int) -> MitigationRow:
+         n_boot: int, chosen_on: str = "", split: str = "evaluation") -> MitigationRow:
     tb, ta, gb, ga = units["trigger_plain"], units["trigger"], units["general_plain"], units["general"]
     n_t, n_g = len(tb["copy"]) * len(tb["copy"][0]), len(gb["copy"]) * len(gb["copy"][0])
     nfe_b = (Cost.from_dict(tb["cost"]).nfe + Cost.from_dict(gb["cost"]).nfe) / (n_t + n_g)
@@ -318,31 +405,64 @@ def _row(m: InferenceMitigation, setting: str, gated: bool, units: dict, real, g
         trigger_copy_rate_after_ci=_boot_ci(ca, n_boot),
         copy_cut_ci=_boot_ci(np.stack([cb, ca], 1), n_boot, stat=cut),
         alignment_after_ci=_boot_ci(_per_prompt(ta["aligned"]), n_boot),
-        general_alignment_delta_ci=_boot_ci(gaa - gab, n_boot))
+        general_alignment_delta_ci=_boot_ci(gaa - gab, n_boot),
+        template_copy_rate_before=_mean(tb["template_copy"]),
+        trigger_copy_rate_before_ci=_boot_ci(cb, n_boot),
+        template_copy_rate_after_ci=_boot_ci(_per_prompt(ta["template_copy"]), n_boot),
+        trigger_split=split, chosen_on=chosen_on)
     return replace(row, meets_goal=meets_goal(row))
 
 
-def meets_goal(r: MitigationRow) -> bool:
-    """Copy rate cut ≥ 90 %, general alignment drop ≤ 2 points, general FID rise ≤ 5 %, NFE ≤ 1.2× plain."""
-    if r.trigger_copy_rate_before <= 0:
+def meets_goal(r: MitigationRow | Mapping) -> bool:
+    """Copy rate cut ≥ 90 %, general alignment drop ≤ 2 points, general FID rise ≤ 5 %, NFE ≤ 1.2× plain — from a
+    row or from its saved record (a ``summary.json`` row; null read as "not measured", which does not fail)."""
+    g = (lambda k: r.get(k)) if isinstance(r, Mapping) else (lambda k: getattr(r, k))
+    known = _known
+    before, after = g("trigger_copy_rate_before"), g("trigger_copy_rate_after")
+    if not known(before) or not known(after) or before <= 0:
         return False
-    ok = r.trigger_copy_rate_after <= (1 - GOAL["copy_cut"]) * r.trigger_copy_rate_before
-    ok &= r.general_alignment_delta is None or r.general_alignment_delta >= -GOAL["alignment_drop"]
-    ok &= r.general_fid_delta is None or r.general_fid_delta <= GOAL["fid_rise"] * abs(r.general_fid_before)
-    return bool(ok and r.nfe_ratio <= GOAL["nfe_ratio"])
+    ok = after <= (1 - GOAL["copy_cut"]) * before
+    delta, fid_d, fid_b = g("general_alignment_delta"), g("general_fid_delta"), g("general_fid_before")
+    ok &= not known(delta) or delta >= -GOAL["alignment_drop"]
+    ok &= not known(fid_d) or not known(fid_b) or fid_d <= GOAL["fid_rise"] * abs(fid_b)
+    return bool(ok and known(g("nfe_ratio")) and g("nfe_ratio") <= GOAL["nfe_ratio"])
+
+
+def _known(v) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v))
+
+
+def goal_check(summary: Mapping) -> list[dict]:
+    """Per saved row of a ``summary.json`` (a dict): method, setting, gated and ``meets_goal`` recomputed from the
+    saved numbers, with the four criteria apart (True / False, None where not measured)."""
+    out = []
+    for r in summary["rows"]:
+        before = r["trigger_copy_rate_before"]
+        cut = None if not before else 1 - r["trigger_copy_rate_after"] / before
+        fid_d, fid_b, delta = r.get("general_fid_delta"), r.get("general_fid_before"), r.get("general_alignment_delta")
+        fid_rise = fid_d / abs(fid_b) if _known(fid_d) and _known(fid_b) and fid_b else None
+        out.append({"method": r["method"], "setting": r["setting"], "gated": r["gated"], "copy_cut": cut,
+                    "copy_ok": None if cut is None else cut >= GOAL["copy_cut"],
+                    "alignment_ok": delta >= -GOAL["alignment_drop"] if _known(delta) else None,
+                    "fid_ok": None if fid_rise is None else fid_rise <= GOAL["fid_rise"], "fid_rise": fid_rise,
+                    "nfe_ok": r["nfe_ratio"] <= GOAL["nfe_ratio"], "meets_goal": meets_goal(r)})
+    return out
 
 
 # --- gating --------------------------------------------------------------------------------------------------------
 
-def _gate(subject, detector: Detector, fpr: float, trig, gen, cal, seeds, out, run) -> dict:
+def _gate(subject, detector: Detector, fpr: float, trig, gen, cal, seeds, out, tally) -> dict:
     """Scores of the detector on the three sets (units), the calibrated threshold and the flags."""
-    sets = (("calibration", cal), ("trigger", trig), ("general", gen))
-    units = run([Unit(out / "units" / "_gate" / safe_name(detector.name) / f"{name}.json",
-                      unit_settings(subject, prompts, seeds, {"gate": detector.describe()}),
-                      partial(score_task, detector, prompt_refs(subject, prompts), tuple(seeds)))
-                 for name, prompts in sets], description="gate")
     scores, cost_all, n_all = {}, [], 0
-    for (name, prompts), unit in zip(sets, units, strict=True):
+    for name, prompts in (("calibration", cal), ("trigger", trig), ("general", gen)):
+        settings = unit_settings(subject, prompts, seeds, {"gate": detector.describe()})
+
+        def compute(prompts=prompts):
+            s, cost = measure(detector, subject, prompts, seeds)
+            return {"scores": s.tolist(), "cost": cost.to_dict()}
+
+        path = out / "units" / "_gate" / safe_name(detector.name) / f"{name}.json"
+        unit = resumable_unit(path, settings, compute, tally)
         sign = 1.0 if detector.higher_is_memorized else -1.0
         scores[name] = sign * np.asarray(unit["scores"], dtype=np.float64)
         if name != "calibration":
@@ -363,15 +483,8 @@ def _gate(subject, detector: Detector, fpr: float, trig, gen, cal, seeds, out, r
 
 # --- the run -------------------------------------------------------------------------------------------------------
 
-@lru_cache(maxsize=1)
-def _default_evaluator(shape: tuple) -> Evaluator:
-    return digits_evaluator() if shape == (1, 8, 8) else Evaluator()
-
-
-def _set_task(refs, seeds, mitigation, flagged, guidance, batch_size, evaluator, subject) -> dict:
-    """One set's generations under one method, judged (``evaluator`` None: the default, built once per worker)."""
-    evaluator = evaluator or _default_evaluator(tuple(subject.state_shape))
-    return _run_set(subject, pick(subject, refs), seeds, mitigation, flagged, guidance, batch_size, evaluator)
+def _set_unit(subject, prompts, seeds, what: dict, path: Path, tally, compute) -> dict:
+    return resumable_unit(path, unit_settings(subject, prompts, seeds, what), compute, tally)
 
 
 def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitigation] | Mapping, *,
@@ -379,19 +492,25 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
                    calibration: Sequence[Prompt] | None = None, n_gen: int = 4, base_seed: int = 0,
                    guidance: float = 7.5, gate: str | Detector | None = None, gate_fpr: float = 0.01,
                    out: str | Path, evaluator: Evaluator | None = None, batch_size: int = 64, n_boot: int = 1000,
-                   progress: Callable[[str], None] | None = None, executor=None) -> MitigationRun:
+                   select: Sequence[str] = (), selection_sets: tuple[Sequence[Prompt], Sequence[Prompt]] | None = None,
+                   progress: Callable[[str], None] | None = None) -> MitigationRun:
     """Run each method at its default and along its knob, ungated (and gated by ``gate``); write ``out``.
 
     Args:
-        subject: the model, its prompts (kinds, ``meta["label"]``, ``meta["split"]``) and references.
+        subject: the model, its prompts (kinds, ``meta["label"]`` or ``meta["digits"]``, ``meta["split"]``) and
+            references.
         mitigations: names or instances (each swept over its grid), or a mapping name → knob values.
-        trigger, general, calibration: the memorized prompts, the general prompts and the negatives that calibrate
-            the gate (default: :func:`default_sets`).
+        trigger, general, calibration: the memorized prompts and the general prompts where results are reported,
+            and the negatives that calibrate the gate (default: :func:`default_sets`, the evaluation split for the
+            first two and the calibration split's negatives for the gate).
         n_gen: generations per prompt (seed ``base_seed + j``); guidance: the plain CFG weight.
         gate: a detector (name or instance) whose threshold at ``gate_fpr`` decides which prompts get the remedy.
-        evaluator: aligner, feature extractor and template judge (default: the digits classifier on 1×8×8 states).
-        executor: where the units run (:mod:`diffmem.executor`; default: here). The gate's units run first, then
-            every other unit at once; a given evaluator travels with each unit, the default is built per worker.
+        evaluator: aligner, feature extractor and template judge (default: :func:`digits_evaluator` on 8×8 and
+            16×16 grey states; otherwise the template judge only).
+        select: methods (among ``mitigations``) whose knob is chosen from data: each is swept over its grid on
+            ``selection_sets`` (default: :func:`calibration_sets`, the calibration split's trigger and negatives),
+            the setting meeting :data:`SELECT_RULE` is kept, and it is reported on the evaluation sets as an extra
+            row with setting ``"selected <knob>=<value>"``; the selection rows are kept in the provenance.
     Returns:
         A :class:`MitigationRun`; ``out`` gets ``summary.json``, ``rows.csv`` and ``units/``.
     """
@@ -403,64 +522,132 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
     cal = list(d_cal if calibration is None else calibration)
     if not trig or not gen:
         raise ValueError(f"need a trigger set and a general set, got {len(trig)} and {len(gen)} prompts")
-    given, evaluator = evaluator, evaluator or _default_evaluator(tuple(subject.state_shape))
+    if evaluator is None:
+        shape = tuple(subject.state_shape)
+        evaluator = digits_evaluator(shape) if shape in ((1, 8, 8), (1, 16, 16)) else Evaluator(
+            template_judge=template_copies, describe={"template": "masked 1/3 rule on meta['template_mask']"})
     items = mitigations.items() if isinstance(mitigations, Mapping) else [(m, None) for m in mitigations]
     methods = [(s, "default" if k == 0 else s.setting) for m, v in items for k, s in enumerate(settings_of(m, v))]
+    unknown = [n for n in select if n not in {m.name for m, _ in methods}]
+    if unknown:
+        raise ValueError(f"select names {unknown[0]!r}, which is not among the methods run; add it to the methods")
     seeds, tally = generation_seeds(n_gen, base_seed), {"computed": 0, "reused": 0, "recomputed": 0}
-    run = partial(run_units, tally=tally, executor=executor, state=subject, progress=progress is not None,
-                  on_unit=lambda u: say(str(u.path.relative_to(out / "units").with_suffix(""))))
     gate_info = None
     if gate is not None:
         det = make_detector(gate) if isinstance(gate, str) else gate
         say(f"gate {det.name}")
-        gate_info = _gate(subject, det, gate_fpr, trig, gen, cal, seeds, out, run)
+        gate_info = _gate(subject, det, gate_fpr, trig, gen, cal, seeds, out, tally)
     real = None if evaluator.extractor is None else evaluator.extractor(
         subject.references if subject.decode is None else subject.decode(subject.references)).double()
+    plain_x0: dict[str, Tensor] = {}
 
-    def unit(set_name, prompts, m, flags, label=""):
+    def unit(set_name, prompts, m, flags, label="", root="units"):
         what = {"run": "plain" if m is None else m.describe(), "guidance": guidance, "steps": subject.steps,
                 "gate": None if flags is None else {"detector": gate_info["detector"],
                                                      "threshold": gate_info["threshold"].value,
-                                                     "flags": [bool(f) for f in flags]},
+                                                     "flags": [bool(f) for f in flags], "unflagged": "plain reused"},
                 "evaluator": evaluator.describe}
         tag = "plain" if m is None else f"{safe_name(m.name)}/{safe_name(label)}{'-gated' if flags is not None else ''}"
-        return Unit(out / "units" / tag / f"{set_name}.json", unit_settings(subject, prompts, seeds, what),
-                    partial(_set_task, prompt_refs(subject, prompts), tuple(seeds), m, flags, guidance, batch_size,
-                            given))
+        key = f"{root}/{set_name}"
 
-    plan = {"trigger_plain": unit("trigger", trig, None, None), "general_plain": unit("general", gen, None, None)}
-    for m, label in methods:
+        def compute():
+            if m is None:  # keep plain x_0 for the gated runs' unflagged prompts
+                x0, cost = measure_call(subject, lambda s: _generate(s, prompts, seeds, None, None, guidance,
+                                                                       batch_size))
+                plain_x0[key] = x0
+                return {**_judge(subject, prompts, x0, len(seeds), evaluator), "cost": cost.to_dict()}
+            reuse = None
+            if flags is not None:
+                if key not in plain_x0:  # the plain unit was reused from disk: regenerate its x_0 once
+                    plain_x0[key] = _generate(subject, prompts, seeds, None, None, guidance, batch_size)
+                reuse = (plain_x0[key], plains[key])
+            return _run_set(subject, prompts, seeds, m, flags, guidance, batch_size, evaluator, reuse)
+
+        return _set_unit(subject, prompts, seeds, what, out / root / tag / f"{set_name}.json", tally, compute)
+
+    plains: dict[str, dict] = {}
+    selected, selection = [], []
+    if select:
+        s_trig, s_gen = calibration_sets(subject) if selection_sets is None else map(list, selection_sets)
+        if not s_trig or not s_gen:
+            raise ValueError(f"selection needs calibration trigger and general prompts, got {len(s_trig)} and "
+                             f"{len(s_gen)}; give selection_sets")
+        say("plain (calibration split)")
+        plains["selection/trigger"] = unit("trigger", s_trig, None, None, root="selection")
+        plains["selection/general"] = unit("general", s_gen, None, None, root="selection")
+        for name in select:
+            cands = [(m, label) for m, label in methods if m.name == name]
+            rows_s = []
+            for m, label in cands:
+                say(f"select {m.name} {label} (calibration split)")
+                u = {"trigger_plain": plains["selection/trigger"], "general_plain": plains["selection/general"],
+                     "trigger": unit("trigger", s_trig, m, None, label, root="selection"),
+                     "general": unit("general", s_gen, m, None, label, root="selection")}
+                rows_s.append(_row(m, label, False, u, real, None, n_boot, "selection sweep", "calibration"))
+            best = _select(rows_s)
+            chosen = cands[best][0]
+            label = f"selected {chosen.setting}" if chosen.knob else "selected default"
+            selected.append((chosen, label))
+            selection.append({"method": name, "rule": SELECT_RULE, "chosen": chosen.describe()["params"],
+                              "n_trigger": len(s_trig), "n_general": len(s_gen),
+                              "trigger": [p.id for p in s_trig], "general": [p.id for p in s_gen],
+                              "rows": [{k: getattr(r, k) for k in ROW_COLUMNS} for r in rows_s]})
+    say("plain")
+    plains["units/trigger"] = unit("trigger", trig, None, None)
+    plains["units/general"] = unit("general", gen, None, None)
+    plain = {"trigger_plain": plains["units/trigger"], "general_plain": plains["units/general"]}
+    split = _split_of(subject, trig)
+    rows = []
+    for m, label in methods + selected:
+        chosen_on = (CHOSEN["default"] if label == "default" else
+                     CHOSEN["selected"].format(rule=SELECT_RULE) if label.startswith("selected") else CHOSEN["sweep"])
         for gated in (False, True) if gate_info else (False,):
+            say(f"{m.name} {label}{' gated' if gated else ''}")
             f = gate_info["flags"] if gated else {"trigger": None, "general": None}
-            plan[m, label, gated] = (unit("trigger", trig, m, f["trigger"], label),
-                                     unit("general", gen, m, f["general"], label))
-    say(f"plain and {len(methods)} setting(s){' ungated and gated' if gate_info else ''}")
-    flat = [u for v in plan.values() for u in (v if isinstance(v, tuple) else (v,))]
-    done = iter(run(flat, description="units"))
-    got = {k: (next(done), next(done)) if isinstance(v, tuple) else next(done) for k, v in plan.items()}
-    plain = {"trigger_plain": got["trigger_plain"], "general_plain": got["general_plain"]}
-    rows = [_row(m, label, gated, {**plain, "trigger": got[key][0], "general": got[key][1]}, real, gate_info, n_boot)
-            for key in plan if isinstance(key, tuple) for m, label, gated in [key]]
+            units = {**plain, "trigger": unit("trigger", trig, m, f["trigger"], label),
+                     "general": unit("general", gen, m, f["general"], label)}
+            rows.append(_row(m, label, gated, units, real, gate_info, n_boot, chosen_on, split))
     rows, pareto = _with_pareto(rows)
     gate_out = None if gate_info is None else {
         "detector": gate_info["detector"], "threshold": asdict(gate_info["threshold"]), "how": gate_info["how"],
         "false_gate_rate": gate_info["false_gate_rate"], "trigger_gate_rate": gate_info["trigger_gate_rate"],
         "nfe_per_image": gate_info["nfe_per_image"]}
-    prov = {"subject": subject.describe(), "methods": [{**m.describe(), "setting": k} for m, k in methods],
+    prov = {"subject": subject.describe(), "methods": [{**m.describe(), "setting": k} for m, k in methods + selected],
             "seeds": seeds,
             "base_seed": base_seed, "n_gen": n_gen, "guidance": guidance, "steps": subject.steps,
             "trigger": [p.id for p in trig], "general": [p.id for p in gen], "calibration": [p.id for p in cal],
+            "trigger_split": split, "selection": selection,
             "evaluator": evaluator.describe, "copy_rule": f"paired NN ratio <= {COPY_RATIO:g} (Ye et al., 2025)",
+            "template_rule": f"masked NN ratio <= {COPY_RATIO:g} on meta['template_mask'], nearest region = the "
+                             "paired image's (template prompts only)",
             "fid_real": "the subject's distinct references", "n_boot": n_boot, "package": package_version(),
             "ci": "95 % percentile bootstrap over prompts (generations averaged per prompt)",
             "cost": "NFE counted by CountingDenoiser over both sets; extra = after − plain per image (+ the gate "
-                    "detector's NFE per image when gated)"}
+                    "detector's NFE per image when gated); a gated run's unflagged generations are plain "
+                    "sampling's, reused and charged the plain run's measured cost per image"}
     summary = MitigationSummary(tuple(rows), tuple(pareto), dict(GOAL), gate_out, dict(tally), prov,
                                 time.perf_counter() - start)
     records = tuple({k: getattr(r, k) for k in ROW_COLUMNS} for r in rows)
     write_csv(out / "rows.csv", records, ROW_COLUMNS)
     write_json(out / "summary.json", summary.to_dict())
     return MitigationRun(summary, records)
+
+
+def _split_of(subject: Subject, prompts: Sequence[Prompt]) -> str:
+    """The one split the prompts come from, or "mixed"."""
+    splits, _ = assign_splits(subject.prompts)
+    of = dict(zip([p.id for p in subject.prompts], splits, strict=True))
+    found = {of.get(p.id, p.meta.get("split")) for p in prompts}
+    return found.pop() if len(found) == 1 else "mixed"
+
+
+def _select(rows: Sequence[MitigationRow]) -> int:
+    """Index of the row :data:`SELECT_RULE` picks: the largest copy cut among the rows within the alignment and
+    NFE budgets (all rows when none is), ties to the earlier one."""
+    ok = [i for i, r in enumerate(rows) if (r.general_alignment_delta is None
+                                             or r.general_alignment_delta >= -GOAL["alignment_drop"])
+          and r.nfe_ratio <= GOAL["nfe_ratio"]] or list(range(len(rows)))
+    return max(ok, key=lambda i: (rows[i].trigger_copy_rate_before - rows[i].trigger_copy_rate_after, -i))
 
 
 def _with_pareto(rows: list[MitigationRow]) -> tuple[list[MitigationRow], list[dict]]:
