@@ -106,6 +106,10 @@ def test_pandas_reads_each_per_prompt_csv_with_one_row_per_prompt(tiny_run):
     for folder in ("kim", "world", "detect"):
         frame = pd.read_csv(tiny_run / folder / "prompts.csv")
         assert frame["prompt"].notna().all() and len(frame) == len(_csv(tiny_run / folder / "prompts.csv"))
+    audit = pd.read_csv(tiny_run / "audit" / "audit.csv")
+    assert audit["prompt"].notna().all() and audit["prompt_id"].is_unique and len(audit) == len(
+        _csv(tiny_run / "audit" / "audit.csv"))
+    assert (tiny_run / "mitigate" / "report.html").exists() and (tiny_run / "audit" / "report.html").exists()
 
 
 def test_to_frame_has_one_row_per_prompt(tiny_run):

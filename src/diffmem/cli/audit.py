@@ -18,6 +18,7 @@ from diffmem.cli.detect import add_subject_args, executor_from_args, subject_fro
 from diffmem.detectors.audit import AuditResult, audit, threshold_from_summary
 from diffmem.detectors.base import generation_seeds, make_detector
 from diffmem.detectors.counting import measure
+from diffmem.reports.html import finish_report
 
 __all__ = ["add_parser"]
 
@@ -87,7 +88,7 @@ def _cli(args) -> int:
     subject = subject_from_args(args)
     if args.dry_run:
         return emit(args, _plan(subject, args, threshold))
-    start_run(args.out, ("audit.json", "audit.csv"))
+    start_run(args.out, ("audit.json", "audit.csv", "report.html"))
     with executor_from_args(args) as executor:
         result = audit(subject, out=args.out, screen=args.screen, expensive=args.expensive, fraction=args.fraction,
                        n_gen=args.n_gen, base_seed=args.seed, threshold=threshold, refs=args.refs,
@@ -98,4 +99,5 @@ def _cli(args) -> int:
     return emit(args, {"subject": subject.name, "prompts": len(result.rows),
                        "escalated": sum(bool(r.escalated) for r in result.rows), "flagged": flagged,
                        "nfe": result.nfe, "full": result.full, "seconds": round(result.seconds, 1),
-                       "threads": args.threads, "out": str(args.out)}, table=lambda: _print(result, args.top))
+                       "threads": args.threads, "out": str(args.out), "report": str(finish_report(args.out))},
+                table=lambda: _print(result, args.top))

@@ -20,6 +20,7 @@ from diffmem.cli.common import _positive, add_command, emit, progress_enabled, s
 from diffmem.cli.detect import add_subject_args, names, subject_from_args, wide_console
 from diffmem.detectors.base import make_detector
 from diffmem.mitigations.base import make_mitigation
+from diffmem.reports.html import finish_report
 from diffmem.runners.mitigate import QUICK, format_table, inference_methods, run_mitigate
 
 __all__ = ["add_parser"]
@@ -122,5 +123,6 @@ def _cli(args) -> int:
             t.add_row(*line)
         Console(width=max(wide_console().width, 200)).print(t)
     # the closing line stays one JSON object (scripts and the resume tests read it)
-    print(json.dumps({"out": str(args.out), "seconds": round(run.summary.seconds, 1), **run.summary.units}))
+    print(json.dumps({"out": str(args.out), "report": str(finish_report(args.out)),
+                      "seconds": round(run.summary.seconds, 1), **run.summary.units}))
     return 0
