@@ -388,6 +388,7 @@ def _float_outside(ok):
 finite = _float_outside(lambda v: v == v and abs(v) != float("inf"))
 WR, AN, DT, AU = ["world-report", "digits-t2i"], ["analyze", "kim"], ["detect", "--world", "digits-t2i"], \
     ["audit", "--world", "digits-t2i"]
+MI = ["mitigate", "--world", "digits-t2i"]
 VALUES = [  # (argv before the flag, flag, strategy of values that must be refused)
     (WR, "--samples", bad_ints), (WR, "--steps", bad_ints), (WR, "--threads", bad_ints),
     (WR, "--weights", st.one_of(finite, st.lists(finite, min_size=2, max_size=3).map(",".join))),
@@ -419,6 +420,12 @@ VALUES = [  # (argv before the flag, flag, strategy of values that must be refus
     (["similarity", "memorization"], "--k", bad_ints),
     (["similarity", "duplicates"], "--threshold", _float_outside(lambda v: v >= 0)),
     (["report"], "--dpi", bad_ints_below(10)),
+    (MI, "--gate-fpr", _float_outside(lambda v: 0 < v < 1)), (MI, "--guidance", _float_outside(lambda v: v >= 0)),
+    (MI, "--n-gen", bad_ints), (MI, "--negatives-per-kind", bad_ints),
+    (MI, "--methods", st.text("abcz-", min_size=1, max_size=6).filter(lambda t: t.strip(", "))),
+    (MI, "--gate", st.text("abcz-", min_size=1, max_size=6)), (MI, "--workers", st.sampled_from(["1", "2"])),
+    (["analyze", "kim-theory"], "--workers", st.sampled_from(["1", "2"])),
+    (["analyze", "kim-theory"], "--per-kind", st.sampled_from(["1", "3"])),
 ]
 
 
