@@ -78,12 +78,17 @@ def test_copy_similarity_is_ssim_on_images_and_cosine_on_vectors():
         copy_similarity(v, torch.zeros(3))
 
 
-def test_bands_coincide_on_a_trajectory_equal_to_the_forward_corruption():
+def _states(prompt: int, seeds: int, g: float):
+    """A closed-form subject's prompt, its recorded trajectory and the ᾱ of every state (x_t[0…S−1], then x_0)."""
     s = _subject(_train())
-    p = s.prompts[0]
-    traj = s.sample(p.cond.select(torch.zeros(3, dtype=torch.long)), range(3), guidance=Constant(7.5),
+    p = s.prompts[prompt]
+    traj = s.sample(p.cond.select(torch.zeros(seeds, dtype=torch.long)), range(seeds), guidance=Constant(g),
                     recorder=Recorder(keep=("x_t",)))
-    ab = torch.cat([traj.alpha_bar, traj.alpha_bar_next[-1:]]).to(F64)
+    return p, traj, torch.cat([traj.alpha_bar, traj.alpha_bar_next[-1:]]).to(F64)
+
+
+def test_bands_coincide_on_a_trajectory_equal_to_the_forward_corruption():
+    p, traj, ab = _states(0, 3, 7.5)
     assert float(ab[-1]) == 1.0
     xs, x_T = p.x.to(F64), traj.x_T.to(F64)
     fwd = ab.sqrt()[:, None, None] * xs + (1 - ab).sqrt()[:, None, None] * x_T[None]  # α_k x* + σ_k x_T
@@ -95,18 +100,13 @@ def test_bands_coincide_on_a_trajectory_equal_to_the_forward_corruption():
 
 def test_exact_denoiser_unguided_trajectory_is_the_ddim_pure_noise_reference():
     # with x̂₀ = x* at every step, DDIM from x_T gives z_k = ω_0(k) x* + ω_T(k) x_T, ω_T = σ_k/σ_0 (VP σ)
-    s = _subject(_train())
-    p = s.prompts[2]
-    traj = s.sample(p.cond.select(torch.zeros(2, dtype=torch.long)), range(2), guidance=Constant(1.0),
-                    recorder=Recorder(keep=("x_t",)))
-    ab = torch.cat([traj.alpha_bar, traj.alpha_bar_next[-1:]]).to(F64)
+    p, traj, ab = _states(2, 2, 1.0)
     xs, x_T = p.x.to(F64), traj.x_t[0].to(F64)
     A = torch.tensor([ddim_coefficients(float(ab[0]), float(a))[0] for a in ab], dtype=F64)
     w0 = ab.sqrt() - ab[0].sqrt() * A
     expect = ((w0 - 1)[:, None, None] * xs + A[:, None, None] * x_T[None]).norm(dim=2)
     d_gen, d_fwd = trajectory_distances(traj, p.x)
     assert float((d_gen - expect).abs().max()) <= order_atol(d_gen, xs, x_T, ulps=1000)
-    # the generated state keeps more noise than the forward corruption at the same ᾱ: d_gen ≥ d_fwd along the way
     direct = corruption_distances(torch.cat([traj.x_t, traj.x_0[None]]), ab, traj.x_T, p.x)
     torch.testing.assert_close(direct[0], d_gen)
 

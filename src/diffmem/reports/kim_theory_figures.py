@@ -155,6 +155,7 @@ def plot_proximity(res, ax=None):
         ax.axhline(med, color="C1", ls="--", lw=1, label=f"median ρ = {med:.2f}")
         ax.legend(fontsize=7)
     ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(-0.5, 1.5 * max(_rungs(res) + [1]))
     ax.set(xlabel="rung m (0: none)", ylabel="Spearman ρ(l, s)", ylim=(-1.05, 1.05), title="Proximity")
     return ax
 
