@@ -32,7 +32,14 @@ def test_kim_theory_end_to_end(tiny_world, tmp_path, capsys):
     rows = list(csv.DictReader((out / "prompts.csv").open()))
     assert len(rows) == len(res.prompts) == s["n_prompts"] > 0
     assert res.arrays["delta"].shape == (len(rows), 4, 2)
-    assert "revised theory against the exact training law" in (out / "report.html").read_text()
+    html = (out / "report.html").read_text()
+    assert "revised theory against the exact training law" in html
+    assert "selection rule and the forward-corruption" in html
+    assert s["selection_kept"] + s["selection_dropped"] == s["n_prompts"]
+    assert s["bands_intermediate_steps"] == 3 and 0 <= s["bands_overlap_steps_median"] <= 3
+    assert res.arrays["d_gen"].shape == (len(rows), 5, 2)
+    pytest.importorskip("matplotlib")
+    assert all((out / f"{name}.png").exists() for name in ("M8_proximity", "M9_selection", "M10_bands"))
 
 
 def test_kim_theory_rejects_options_of_the_kim_study(tiny_world, tmp_path, capsys):

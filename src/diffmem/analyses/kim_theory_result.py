@@ -16,6 +16,11 @@ What "holds" means for each result (ρ the RMS recovery radius, ``rho``):
 * Prop. 5, per non-terminal transition: premise M > 0 and resolved (M larger than its quadrature error, H above
   round-off and the posterior not saturated on x*); conclusion H > 0; a violation is a resolved M > 0 with H ≤ 0.
 * Thm 7, per seed: premise clean final update (ᾱ_final = 1) and x* an atom; conclusion E_end ≤ B_ref.
+
+Beside the seven results, the authors' proximity analysis, prompt-selection rule and forward-corruption bands
+(:mod:`diffmem.analyses.kim_selection`): per prompt Spearman ρ(‖x_0 − x*‖, similarity), the GMM rule's kept/dropped
+prompts against the planted ground truth, and how many intermediate states the generated and forward-corrupted
+distance bands share. The selection runs on the evaluation seeds (the authors use a disjoint reference block).
 """
 
 from __future__ import annotations
@@ -28,16 +33,25 @@ import torch
 from torch import Tensor
 
 from diffmem.analyses.finite_law import FiniteLaw, finite_law
+from diffmem.analyses.kim_selection import (
+    COPY_SIMILARITY,
+    band_overlap,
+    copy_similarity,
+    select_prompts,
+    similarity_name,
+    spearman,
+    trajectory_distances,
+)
 from diffmem.analyses.kim_theory import QUAD_NODES, lemma2_curve, loss_recovery, theory_trace
 from diffmem.results import Provenance, Record, Result
 from diffmem.sampling.guidance import Constant
 from diffmem.sampling.solvers import resolve_solver
 from diffmem.sampling.trajectory import Recorder, Trajectory
 from diffmem.schedules import DiscreteSchedule, snr
-from diffmem.subject import Subject
+from diffmem.subject import Prompt, Subject
 
 __all__ = ["KimTheoryConfig", "TheoryPrompt", "KimTheorySummary", "KimTheoryResult", "run_kim_theory",
-           "AUTHORS_SD", "RESULTS", "TRACE_ARRAYS", "END_ARRAYS"]
+           "AUTHORS_SD", "RESULTS", "TRACE_ARRAYS", "END_ARRAYS", "SELECTION_ARRAYS"]
 
 # the authors' measured outcome on Stable Diffusion (837 prompts × 20 seeds, four model/sampler pairs)
 AUTHORS_SD = {"prop5_condition_met": "0 / 820,260", "prop5_gain_positive": 0.504, "thm7_clean_endpoints": 0}
@@ -45,6 +59,8 @@ RESULTS = ("thm1", "lemma2", "cor3", "lemma4", "lemma6", "prop5", "thm7")
 TRACE_ARRAYS = ("e_c", "log_p", "delta", "bound_code", "lemma4_residual", "lemma4_residual_solver", "margin",
                 "gain", "dist_model", "dist_exact", "ghat", "ghat_resid")  # [P, S, B] kept for the figures
 END_ARRAYS = ("E_end", "B_ref", "B_paper", "delta_sched", "E_end_unclean", "delta_sched_unclean", "radius")  # [P, B]
+# proximity l and similarity s [P, B], the selection's low assignments [P, B], the bands' distances [P, S + 1, B]
+SELECTION_ARRAYS = ("prox_l", "prox_s", "sel_low", "d_gen", "d_fwd")
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,13 @@ class TheoryPrompt:
     prop5_holds: float = 0.0
     thm7_premise: float = 0.0
     thm7_holds: float = 0.0
+    planted: int | None = None  # the world's ground truth (1 planted, 0 negative, None unknown)
+    prox_rho: float = math.nan  # Spearman ρ(‖x_0 − x*‖, similarity) across seeds
+    sim_min: float = math.nan
+    sim_max: float = math.nan
+    sel_low_fraction: float = math.nan  # share of seeds in the GMM's low-similarity component
+    sel_dropped: bool = False
+    bands_overlap_steps: int = 0  # intermediate states (neither first nor last) where the two bands intersect
 
 
 @dataclass(frozen=True)
@@ -133,7 +156,11 @@ class KimTheorySummary(Record):
     (``authors_sd``), Theorem 7's median slack (B_ref − E_end)/√d as sampled and (B_ref + δ_sched − E_end)/√d with
     the last step replayed onto ᾱ < 1, the share of endpoints where B_ref < R (tighter than the law's radius around
     x*; where p ≈ 0 the bound is ≈ (g − 1) R and says nothing), and ``by_group[group][result]`` = {"n", "premise",
-    "holds", "holds_given_premise"}."""
+    "holds", "holds_given_premise"}. Proximity: the share of prompts with ρ < 0 and the median ρ (prompts with a
+    defined ρ; no pooled r), also per group. Selection: kept/dropped, ``selection["by_group"]``, against the ground
+    truth (``selection["vs_planted"]``) and the GMM's component means. Bands: the number of intermediate states, the
+    median overlap count over prompts, and ``bands`` = the most memorized prompt (largest min-similarity), the least
+    (smallest max-similarity) and the median per group."""
 
     n_prompts: int
     n_seeds: int
@@ -164,6 +191,16 @@ class KimTheorySummary(Record):
     thm7_informative_fraction: float
     by_group: dict
     authors_sd: dict = field(default_factory=lambda: dict(AUTHORS_SD))
+    similarity: str = ""
+    proximity_rho_negative_fraction: float = math.nan
+    proximity_rho_median: float = math.nan
+    proximity_by_group: dict = field(default_factory=dict)
+    selection_kept: int = 0
+    selection_dropped: int = 0
+    selection: dict = field(default_factory=dict)
+    bands_intermediate_steps: int = 0
+    bands_overlap_steps_median: float = math.nan
+    bands: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -287,8 +324,10 @@ def _unclean_alpha_bar(subject: Subject) -> float | None:
 
 
 def run_kim_theory(subject: Subject, cfg: KimTheoryConfig = KimTheoryConfig(), *, law: FiniteLaw | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> KimTheoryResult:
-    """Test the seven results on every prompt of ``subject`` that has a paired training sample."""
+                   progress: Callable[[int, int], None] | None = None,
+                   planted: Callable[[Prompt], int | None] | None = None) -> KimTheoryResult:
+    """Test the seven results on every prompt of ``subject`` that has a paired training sample; ``planted`` gives
+    a prompt's ground truth (1 planted, 0 negative, None unknown) for judging the selection rule."""
     prompts = [p for p in subject.prompts if p.x is not None]
     if not prompts:
         raise ValueError(f"subject {subject.name!r} has no prompt with a paired training sample (x*)")
@@ -297,7 +336,8 @@ def run_kim_theory(subject: Subject, cfg: KimTheoryConfig = KimTheoryConfig(), *
         subject = replace(subject, sampler=lambda n, own=subject.sampler: replace(own(n), solver="ddim"))
     solver = resolve_solver(subject.spec.solver)
     ab_unclean = _unclean_alpha_bar(subject) if cfg.unclean else None
-    B, rows, flags, arrays, e_T, traj = cfg.n_seeds, [], [], {k: [] for k in TRACE_ARRAYS + END_ARRAYS}, [], None
+    names = TRACE_ARRAYS + END_ARRAYS + SELECTION_ARRAYS
+    B, rows, flags, arrays, e_T, traj = cfg.n_seeds, [], [], {k: [] for k in names if k != "sel_low"}, [], None
     d = law.dim
     if progress:
         progress(0, len(prompts))
@@ -313,20 +353,30 @@ def run_kim_theory(subject: Subject, cfg: KimTheoryConfig = KimTheoryConfig(), *
             lr = loss_recovery(subject, p, tp, draws=cfg.draws)
             atom = law.index(p.x) >= 0
             flags.append(_flags(tr, lr, cfg, clean, atom, d))
-            rows.append(_row(p, tr, lr, cfg, flags[-1], atom, d))
+            prox = _proximity(tp, p)
+            rows.append(replace(_row(p, tr, lr, cfg, flags[-1], atom, d), planted=planted(p) if planted else None,
+                                **prox.pop("row")))
             for k in TRACE_ARRAYS + END_ARRAYS:
                 arrays[k].append(getattr(tr, k).to(torch.float32))
+            for k, v in prox.items():
+                arrays[k].append(v)
             e_T.append(lr.e_T)
         if progress:
             progress(min(lo + len(chunk), len(prompts)), len(prompts))
     flag_lists = {k: [f[k] for f in flags] for k in RESULTS}
     arrays = {k: torch.stack(v) for k, v in arrays.items()}
-    summary = _summary(rows, flag_lists, cfg, clean, arrays, d)
+    sel = select_prompts(arrays["prox_l"], arrays["prox_s"])
+    arrays["sel_low"] = sel.low.to(torch.float32)
+    rows = [replace(r, sel_low_fraction=_frac(low), sel_dropped=bool(drop)) for r, low, drop in
+            zip(rows, sel.low, sel.dropped, strict=True)]
+    summary = replace(_summary(rows, flag_lists, cfg, clean, arrays, d), **_selection_summary(rows, sel, arrays),
+                      similarity=similarity_name(prompts[0].x))
     curve_snr, curve_dist = lemma2_curve(law, float(snr(traj.alpha_bar[0])))
     prov = Provenance(model=traj.provenance.model, solver=traj.provenance.solver, grid=traj.provenance.grid,
                       guidance=traj.provenance.guidance, seeds=list(range(B)),
                       extra={"subject": subject.name, "law_atoms": len(law.atoms), "dim": d,
-                             "alpha_bar_unclean": ab_unclean})
+                             "alpha_bar_unclean": ab_unclean, "similarity": similarity_name(prompts[0].x),
+                             "selection_seeds": "the evaluation seeds (no disjoint reference block)"})
     return KimTheoryResult(rows, summary, arrays, traj.t, traj.alpha_bar,
                            snr(traj.alpha_bar), torch.stack(e_T), curve_snr, curve_dist, prov, cfg)
 
@@ -360,3 +410,50 @@ def _summary(rows: list[TheoryPrompt], flags: dict, cfg: KimTheoryConfig, clean:
                                       .double().nanmedian()) / d**0.5,
         thm7_informative_fraction=float((arrays["B_ref"] < arrays["radius"]).double().mean()),
         by_group=_by_group(rows, flags))
+
+
+def _proximity(traj: Trajectory, p: Prompt) -> dict:
+    """One prompt's proximity l, similarity s [B], its distance bands [S + 1, B] and its row fields."""
+    x0 = traj.x_0.to(torch.float64)
+    dist = (x0.flatten(1) - p.x.flatten().to(torch.float64)).norm(dim=1)
+    s = copy_similarity(x0, p.x)
+    d_gen, d_fwd = trajectory_distances(traj, p.x)
+    row = {"prox_rho": spearman(dist, s), "sim_min": float(s.min()), "sim_max": float(s.max()),
+           "bands_overlap_steps": int(band_overlap(d_gen, d_fwd)[1:-1].sum())}
+    f32 = lambda v: v.to(torch.float32)
+    return {"prox_l": f32(dist), "prox_s": f32(s), "d_gen": f32(d_gen), "d_fwd": f32(d_fwd), "row": row}
+
+
+def _rho_stats(rhos: list[float]) -> dict:
+    """Prompts with a defined ρ, the share with ρ < 0 and the median ρ (None without any: strict JSON)."""
+    r = torch.tensor([v for v in rhos if not math.isnan(v)], dtype=torch.float64)
+    if not len(r):
+        return {"n": 0, "negative_fraction": None, "median": None}
+    return {"n": len(r), "negative_fraction": _frac(r < 0), "median": float(r.quantile(0.5))}
+
+
+def _selection_summary(rows: list[TheoryPrompt], sel, arrays: dict) -> dict:
+    """The summary fields of the proximity analysis, the selection rule and the bands."""
+    groups = list(dict.fromkeys(r.group for r in rows))
+    in_group = lambda g: [r for r in rows if r.group == g]
+    prox = _rho_stats([r.prox_rho for r in rows])
+    nan = lambda v: math.nan if v is None else v
+    truth = {f"{name}_{act}": sum(1 for r in rows if r.planted == lab and r.sel_dropped == drop)
+             for name, lab in (("planted", 1), ("negative", 0), ("unknown", None))
+             for act, drop in (("kept", False), ("dropped", True))}
+    med = lambda rs: float(torch.tensor([r.bands_overlap_steps for r in rs], dtype=torch.float64).quantile(0.5))
+    pick = lambda r: {"id": r.id, "group": r.group, "sim_min": r.sim_min, "sim_max": r.sim_max,
+                      "overlap_steps": r.bands_overlap_steps}
+    return {
+        "proximity_rho_negative_fraction": nan(prox["negative_fraction"]), "proximity_rho_median": nan(prox["median"]),
+        "proximity_by_group": {g: _rho_stats([r.prox_rho for r in in_group(g)]) for g in groups},
+        "selection_kept": sum(not r.sel_dropped for r in rows), "selection_dropped": sum(r.sel_dropped for r in rows),
+        "selection": {"threshold": COPY_SIMILARITY, "low_seed_fraction": _frac(sel.low),
+                      "low_mean": sel.means[0].tolist(), "high_mean": sel.means[1].tolist(), "vs_planted": truth,
+                      "by_group": {g: {"kept": sum(not r.sel_dropped for r in in_group(g)),
+                                       "dropped": sum(r.sel_dropped for r in in_group(g))} for g in groups}},
+        "bands_intermediate_steps": int(arrays["d_gen"].shape[1]) - 2, "bands_overlap_steps_median": med(rows),
+        "bands": {"memorized": pick(max(rows, key=lambda r: r.sim_min)),
+                  "normal": pick(min(rows, key=lambda r: r.sim_max)),
+                  "by_group": {g: med(in_group(g)) for g in groups}},
+    }

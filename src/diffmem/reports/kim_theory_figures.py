@@ -14,7 +14,8 @@ import torch
 from diffmem.reports.kim_figures import FORMATS, save_figure
 
 __all__ = ["plot_loss_recovery", "plot_unconditional_baseline", "plot_guidance_fit", "plot_displacement",
-           "plot_feedback", "plot_synchronisation", "plot_terminal", "KIM_THEORY_FIGURES",
+           "plot_feedback", "plot_synchronisation", "plot_terminal", "plot_proximity", "plot_selection",
+           "plot_bands", "KIM_THEORY_FIGURES",
            "render_kim_theory_figures"]
 
 
@@ -142,10 +143,67 @@ def plot_terminal(res, ax=None):
     return ax
 
 
+def plot_proximity(res, ax=None):
+    """Proximity: per-prompt Spearman ρ(‖x_0 − x*‖, similarity) across seeds against the duplication rung m, with
+    the median (a memorizing prompt has ρ < 0: closer terminals are better copies)."""
+    ax = _ax(ax)
+    rho = [r.prox_rho for r in res.prompts]
+    ax.scatter(_rungs(res), rho, s=14, alpha=0.7)
+    ax.axhline(0, color="k", lw=0.8)
+    med = res.summary.proximity_rho_median
+    if med == med:  # not NaN
+        ax.axhline(med, color="C1", ls="--", lw=1, label=f"median ρ = {med:.2f}")
+        ax.legend(fontsize=7)
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(-0.5, 1.5 * max(_rungs(res) + [1]))
+    ax.set(xlabel="rung m (0: none)", ylabel="Spearman ρ(l, s)", ylim=(-1.05, 1.05), title="Proximity")
+    return ax
+
+
+def plot_selection(res, ax=None):
+    """Selection: every (prompt, seed) at (‖x_0 − x*‖/√d, similarity), coloured by the GMM component; seeds of
+    dropped prompts marked ×; the dashed line is the keep threshold 0.75."""
+    ax = _ax(ax)
+    a = res.arrays
+    dist, s, low = a["prox_l"].double() / _rd(res), a["prox_s"].double(), a["sel_low"].bool()
+    drop = torch.tensor([r.sel_dropped for r in res.prompts])[:, None].expand_as(low)
+    for mask, label, color in ((~low, "high component", "C0"), (low, "low component", "C3")):
+        ax.scatter(dist[mask & ~drop], s[mask & ~drop], s=8, alpha=0.5, color=color, label=label)
+        ax.scatter(dist[mask & drop], s[mask & drop], s=16, marker="x", color=color)
+    ax.axhline(res.summary.selection.get("threshold", 0.75), color="k", ls="--", lw=1)
+    ax.set(xlabel="‖x_0 − x*‖ / √d", ylabel="similarity to x*",
+           title=f"Selection: {res.summary.selection_dropped} of {len(res.prompts)} dropped (×)")
+    ax.legend(fontsize=7)
+    return ax
+
+
+def plot_bands(res, ax=None):
+    """Bands: min–max over seeds of d_gen(k) = ‖z_k − x*‖ and d_fwd(k) = ‖(α_k − 1)x* + σ_k x_T‖ (divided by √d)
+    along the trajectory, for the most memorized prompt (largest min-similarity) and the least (smallest max)."""
+    ax = _ax(ax)
+    ids = [r.id for r in res.prompts]
+    rd = _rd(res)
+    for tag, style in (("memorized", "-"), ("normal", ":")):
+        pick = res.summary.bands.get(tag)
+        if not pick:
+            continue
+        i = ids.index(pick["id"])
+        for key, color in (("d_gen", "C0"), ("d_fwd", "C1")):
+            v = res.arrays[key][i].double() / rd
+            k = torch.arange(len(v))
+            ax.fill_between(k, v.amin(1), v.amax(1), color=color, alpha=0.25 if tag == "memorized" else 0.1)
+            ax.plot(k, v.median(1).values, color=color, ls=style,
+                    label=f"{key} {tag} ({pick['id']}, overlap {pick['overlap_steps']})")
+    ax.set(xlabel="state k (0: x_T, last: x_0)", ylabel="distance to x* / √d", title="Forward corruption vs generated")
+    ax.legend(fontsize=6)
+    return ax
+
+
 KIM_THEORY_FIGURES = {"M1_loss_recovery": plot_loss_recovery, "M2_unconditional": plot_unconditional_baseline,
                       "M3_guidance_fit": plot_guidance_fit, "M4_feedback": plot_feedback,
                       "M5_synchronisation": plot_synchronisation, "M6_terminal": plot_terminal,
-                      "M7_displacement": plot_displacement}
+                      "M7_displacement": plot_displacement, "M8_proximity": plot_proximity,
+                      "M9_selection": plot_selection, "M10_bands": plot_bands}
 
 
 def render_kim_theory_figures(res, out: str | Path, *, fmt: str = "png", dpi: int = 110) -> list[Path]:

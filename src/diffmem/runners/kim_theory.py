@@ -16,6 +16,7 @@ import torch
 
 from diffmem.analyses.kim_theory_result import KimTheoryConfig, KimTheoryResult, TheoryPrompt, run_kim_theory
 from diffmem.detectors.harness import write_csv
+from diffmem.detectors.labels import planted_label
 from diffmem.io import claim_out_dir, mark_stale, remove_stale_tmp, write_json
 from diffmem.progress import progress_bar
 from diffmem.reports.html import finish_report
@@ -40,7 +41,8 @@ def run_kim_theory_job(subject: Subject, out: str | Path, *, quick: bool = False
     start = time.perf_counter()
     with progress_bar(progress) as bar:
         task = bar.add_task("kim theory: prompts")
-        res = run_kim_theory(subject, cfg, progress=lambda k, n: bar.update(task, completed=k, total=n))
+        res = run_kim_theory(subject, cfg, progress=lambda k, n: bar.update(task, completed=k, total=n),
+                             planted=planted_label)
     res.save(out)
     columns = [f.name for f in dataclasses.fields(TheoryPrompt)]
     write_csv(out / "prompts.csv", [dataclasses.asdict(r) for r in res.prompts], columns)
