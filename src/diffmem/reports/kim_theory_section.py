@@ -52,7 +52,8 @@ def _kim_theory(folder: Path, page: Page) -> str:
     authors = s.get("authors_sd", {})
     head = [{"quantity": k, "here": s.get(k), "authors (SD)": authors.get(AUTHORS.get(k, ""), "")} for k in HEADLINE]
     out = [table(head, caption=f"Headline ({folder.name}; {s.get('wall_seconds', 0):.0f} s)", sortable=False),
-           table(group_rows(s), caption="Premise and conclusion shares by group (kind / regime / rung m)"),
+           table(group_rows(s), caption="Premise and conclusion shares by group (kind / regime / rung m)",
+                 scroll=True),
            table(selection_rows(s), caption=f"Proximity, the authors' selection rule and the forward-corruption "
                  f"bands by group (similarity: {s.get('similarity', '?')}; selection on the evaluation seeds)")]
     sel, bands = s.get("selection", {}), s.get("bands", {})
