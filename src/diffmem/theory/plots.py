@@ -13,6 +13,8 @@ from diffmem.io import read_arrays, read_json
 
 __all__ = ["plot_loss_gap", "plot_collapse", "plot_lipschitz", "plot_sweep_panel", "plot_teaser", "render_figures"]
 
+T_LABEL = "t (OU time, ᾱ_t = e^{−t})"  # the theory lab's time axis (Ye et al. 2025)
+
 
 def _figure(ncols: int = 1, size=(5.0, 3.6)):
     try:
@@ -35,7 +37,7 @@ def plot_loss_gap(summary: dict, ax=None):
     for n, gap in summary["gap_mc"].items():
         ax.errorbar(t, [max(g, 1e-6) for g in gap], yerr=summary["gap_se"][n], marker="o", ms=3, label=f"n = {n}")
     ax.plot(t, summary["gap_closed_form"], "k--", label="closed form (small t)")
-    ax.set(xscale="log", yscale="log", xlabel="t", ylabel="loss gap = Fisher(P̂_t, P_t)",
+    ax.set(xscale="log", yscale="log", xlabel=T_LABEL, ylabel="loss gap = Fisher(P̂_t, P_t)",
            title=f"Prop. 4.1, d = {summary['dim']}")
     ax.legend(fontsize=8)
     return ax
@@ -48,7 +50,7 @@ def plot_collapse(summary: dict, ax=None):
     for row in col["rows"]:
         ax.plot(col["t"], row["curve"], label=f"d={row['dim']}, n={row['n']}")
     ax.axhline(col["level"], color="grey", lw=0.8, ls=":")
-    ax.set(xscale="log", xlabel="t", ylabel="E max_i w_i(X_t)", title="collapse of the empirical posterior")
+    ax.set(xscale="log", xlabel=T_LABEL, ylabel="E max_i w_i(X_t)", title="collapse of the empirical posterior")
     ax.legend(fontsize=7)
     return ax
 
@@ -60,7 +62,7 @@ def plot_lipschitz(summary: dict, ax=None):
     t = [r["t"] for r in rows]
     for key, style in (("upper", "k--"), ("measured", "o-"), ("lower", "k:"), ("measured_true_mixture", "s-")):
         ax.plot(t, [max(r[key], 1e-3) for r in rows], style, ms=3, label=key.replace("_", " "))
-    ax.set(xscale="log", yscale="log", xlabel="t", ylabel="Lipschitz constant", title="empirical vs true score")
+    ax.set(xscale="log", yscale="log", xlabel=T_LABEL, ylabel="Lipschitz constant", title="empirical vs true score")
     ax.legend(fontsize=8)
     return ax
 
