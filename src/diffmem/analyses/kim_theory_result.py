@@ -25,9 +25,13 @@ distance bands share. The selection runs on the evaluation seeds (the authors us
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -43,6 +47,7 @@ from diffmem.analyses.kim_selection import (
     trajectory_distances,
 )
 from diffmem.analyses.kim_theory import QUAD_NODES, lemma2_curve, loss_recovery, theory_trace
+from diffmem.io import read_arrays, resumable_unit, strict_json, write_arrays
 from diffmem.results import Provenance, Record, Result
 from diffmem.sampling.guidance import Constant
 from diffmem.sampling.solvers import resolve_solver
@@ -325,60 +330,133 @@ def _unclean_alpha_bar(subject: Subject) -> float | None:
 
 def run_kim_theory(subject: Subject, cfg: KimTheoryConfig = KimTheoryConfig(), *, law: FiniteLaw | None = None,
                    progress: Callable[[int, int], None] | None = None,
-                   planted: Callable[[Prompt], int | None] | None = None) -> KimTheoryResult:
+                   planted: Callable[[Prompt], int | None] | None = None, units: str | Path | None = None,
+                   tally: dict | None = None) -> KimTheoryResult:
     """Test the seven results on every prompt of ``subject`` that has a paired training sample; ``planted`` gives
-    a prompt's ground truth (1 planted, 0 negative, None unknown) for judging the selection rule."""
+    a prompt's ground truth (1 planted, 0 negative, None unknown) for judging the selection rule. ``units``: a
+    folder where each chunk of ``cfg.batch_prompts`` prompts is saved as it finishes and found again by a rerun
+    under the same settings (resume after a kill); ``tally`` counts computed, reused and recomputed chunks."""
     prompts = [p for p in subject.prompts if p.x is not None]
     if not prompts:
         raise ValueError(f"subject {subject.name!r} has no prompt with a paired training sample (x*)")
     law = law or finite_law(subject)
     if cfg.plain_ddim:
         subject = replace(subject, sampler=lambda n, own=subject.sampler: replace(own(n), solver="ddim"))
-    solver = resolve_solver(subject.spec.solver)
     ab_unclean = _unclean_alpha_bar(subject) if cfg.unclean else None
-    names = TRACE_ARRAYS + END_ARRAYS + SELECTION_ARRAYS
-    B, rows, flags, arrays, e_T, traj = cfg.n_seeds, [], [], {k: [] for k in names if k != "sel_low"}, [], None
-    d = law.dim
+    tally = {"computed": 0, "reused": 0, "recomputed": 0} if tally is None else tally
+    done = []
     if progress:
         progress(0, len(prompts))
     for lo in range(0, len(prompts), cfg.batch_prompts):
         chunk = prompts[lo:lo + cfg.batch_prompts]
-        cond = subject.cond(chunk).select(torch.arange(len(chunk)).repeat_interleave(B))
-        traj = subject.sample(cond, list(range(B)) * len(chunk), guidance=Constant(cfg.guidance, always_uncond=True),
-                              recorder=Recorder(keep=("x_t", "eps_c", "eps_u")))
-        clean = float(traj.alpha_bar_next[-1]) == 1.0
-        for i, p in enumerate(chunk):
-            tp = _split(traj, i * B, (i + 1) * B)
-            tr = theory_trace(tp, p.x, law, solver=solver, alpha_bar_unclean=ab_unclean, nodes=cfg.nodes)
-            lr = loss_recovery(subject, p, tp, draws=cfg.draws)
-            atom = law.index(p.x) >= 0
-            flags.append(_flags(tr, lr, cfg, clean, atom, d))
-            prox = _proximity(tp, p)
-            rows.append(replace(_row(p, tr, lr, cfg, flags[-1], atom, d), planted=planted(p) if planted else None,
-                                **prox.pop("row")))
-            for k in TRACE_ARRAYS + END_ARRAYS:
-                arrays[k].append(getattr(tr, k).to(torch.float32))
-            for k, v in prox.items():
-                arrays[k].append(v)
-            e_T.append(lr.e_T)
+        compute = partial(_chunk, subject, chunk, cfg, law, ab_unclean, planted)
+        if units is None:
+            done.append(_from_json(compute()))
+        else:
+            done.append(_resumed(Path(units) / f"chunk-{lo // cfg.batch_prompts:05d}",
+                                 _unit_settings(subject, chunk, cfg, law, ab_unclean, planted), compute, tally))
         if progress:
             progress(min(lo + len(chunk), len(prompts)), len(prompts))
-    flag_lists = {k: [f[k] for f in flags] for k in RESULTS}
-    arrays = {k: torch.stack(v) for k, v in arrays.items()}
+    return _merge(subject, prompts, cfg, law, ab_unclean, done)
+
+
+def _unit_settings(subject: Subject, chunk: list[Prompt], cfg: KimTheoryConfig, law: FiniteLaw,
+                   ab_unclean: float | None, planted) -> dict:
+    """Everything a chunk's unit depends on, as JSON reads it back (so a resumed run compares equal)."""
+    solver = subject.spec.solver
+    fingerprint = hashlib.sha256(law.atoms.numpy().tobytes() + law.masses.numpy().tobytes()).hexdigest()
+    return json.loads(strict_json({
+        "subject": subject.name, "info": {k: str(v) for k, v in (subject.info or {}).items()}, "steps": subject.steps,
+        "solver": solver if isinstance(solver, str) else getattr(solver, "__qualname__", type(solver).__name__),
+        "alpha_bar": subject.spec.grid.alpha_bar.tolist(), "config": asdict(cfg),
+        "prompts": [{"id": p.id, "text": p.text, "planted": planted(p) if planted else None} for p in chunk],
+        "law": {"atoms": len(law.atoms), "dim": law.dim, "sha256": fingerprint}, "alpha_bar_unclean": ab_unclean}))
+
+
+def _resumed(stem: Path, settings: dict, compute, tally: dict) -> dict:
+    """The chunk saved at ``stem``.json/.safetensors under ``settings`` (reused), else computed and saved there:
+    the tensors first, then the JSON stamp, so a unit exists once its JSON does."""
+    def save():
+        unit = compute()
+        write_arrays(stem.with_suffix(".safetensors"), unit.pop("tensors"))
+        return unit
+
+    unit = resumable_unit(stem.with_suffix(".json"), settings, save, tally)
+    return _from_json({**unit, "tensors": read_arrays(stem.with_suffix(".safetensors"))})
+
+
+def _from_json(unit: dict) -> dict:
+    """A chunk as its saved JSON reads back: non-finite floats restored, rows and flags rebuilt (an unsaved chunk
+    goes through the same conversion, so a resumed run merges exactly what an uninterrupted one does)."""
+    unit = json.loads(strict_json({k: v for k, v in unit.items() if k != "tensors"})) | {"tensors": unit["tensors"]}
+    for where, value in unit.pop("nonfinite", {}).items():
+        *path, key = where.split("/")[1:]
+        node = unit
+        for step in path:
+            node = node[int(step) if isinstance(node, list) else step]
+        node[int(key) if isinstance(node, list) else key] = float(value)
+    x = unit["tensors"]
+    n = len(unit["rows"])
+    unit["rows"] = [TheoryPrompt(**r) for r in unit["rows"]]
+    unit["flags"] = [{name: (x[f"flag.{i}.{name}.0"].bool(), x[f"flag.{i}.{name}.1"].bool()) for name in RESULTS}
+                     for i in range(n)]
+    return unit
+
+
+def _chunk(subject: Subject, chunk: list[Prompt], cfg: KimTheoryConfig, law: FiniteLaw, ab_unclean: float | None,
+           planted) -> dict:
+    """Sample one chunk of prompts and reduce each to its row, flags and arrays: JSON fields and ``tensors``."""
+    B, d, solver = cfg.n_seeds, law.dim, resolve_solver(subject.spec.solver)
+    cond = subject.cond(chunk).select(torch.arange(len(chunk)).repeat_interleave(B))
+    traj = subject.sample(cond, list(range(B)) * len(chunk), guidance=Constant(cfg.guidance, always_uncond=True),
+                          recorder=Recorder(keep=("x_t", "eps_c", "eps_u")))
+    clean = float(traj.alpha_bar_next[-1]) == 1.0
+    rows, tensors, arrays = [], {}, {k: [] for k in TRACE_ARRAYS + END_ARRAYS + SELECTION_ARRAYS + ("e_T",)
+                                     if k != "sel_low"}
+    for i, p in enumerate(chunk):
+        tp = _split(traj, i * B, (i + 1) * B)
+        tr = theory_trace(tp, p.x, law, solver=solver, alpha_bar_unclean=ab_unclean, nodes=cfg.nodes)
+        lr = loss_recovery(subject, p, tp, draws=cfg.draws)
+        atom = law.index(p.x) >= 0
+        flags = _flags(tr, lr, cfg, clean, atom, d)
+        prox = _proximity(tp, p)
+        rows.append(asdict(replace(_row(p, tr, lr, cfg, flags, atom, d), planted=planted(p) if planted else None,
+                                   **prox.pop("row"))))
+        tensors |= {f"flag.{i}.{name}.{k}": flags[name][k].bool() for name in RESULTS for k in (0, 1)}
+        for k in TRACE_ARRAYS + END_ARRAYS:
+            arrays[k].append(getattr(tr, k).to(torch.float32))
+        for k, v in prox.items():
+            arrays[k].append(v)
+        arrays["e_T"].append(lr.e_T)
+    tensors |= {f"arr.{k}": torch.stack(v) for k, v in arrays.items()}
+    tensors |= {"t": traj.t, "alpha_bar": traj.alpha_bar}
+    pv = traj.provenance
+    return {"rows": rows, "clean": clean, "tensors": tensors,
+            "provenance": {"model": pv.model, "solver": pv.solver, "grid": pv.grid, "guidance": pv.guidance}}
+
+
+def _merge(subject: Subject, prompts: list[Prompt], cfg: KimTheoryConfig, law: FiniteLaw, ab_unclean: float | None,
+           done: list[dict]) -> KimTheoryResult:
+    """The result from every chunk (computed or loaded): the selection, summary, curve and provenance."""
+    B, d, last = cfg.n_seeds, law.dim, done[-1]
+    rows = [r for u in done for r in u["rows"]]
+    flag_lists = {k: [f[k] for u in done for f in u["flags"]] for k in RESULTS}
+    names = [k for k in TRACE_ARRAYS + END_ARRAYS + SELECTION_ARRAYS if k != "sel_low"]
+    arrays = {k: torch.cat([u["tensors"][f"arr.{k}"] for u in done]) for k in names}
+    e_T = torch.cat([u["tensors"]["arr.e_T"] for u in done])
     sel = select_prompts(arrays["prox_l"], arrays["prox_s"])
     arrays["sel_low"] = sel.low.to(torch.float32)
     rows = [replace(r, sel_low_fraction=_frac(low), sel_dropped=bool(drop)) for r, low, drop in
             zip(rows, sel.low, sel.dropped, strict=True)]
-    summary = replace(_summary(rows, flag_lists, cfg, clean, arrays, d), **_selection_summary(rows, sel, arrays),
-                      similarity=similarity_name(prompts[0].x))
-    curve_snr, curve_dist = lemma2_curve(law, float(snr(traj.alpha_bar[0])))
-    prov = Provenance(model=traj.provenance.model, solver=traj.provenance.solver, grid=traj.provenance.grid,
-                      guidance=traj.provenance.guidance, seeds=list(range(B)),
+    summary = replace(_summary(rows, flag_lists, cfg, last["clean"], arrays, d),
+                      **_selection_summary(rows, sel, arrays), similarity=similarity_name(prompts[0].x))
+    t, alpha_bar = last["tensors"]["t"], last["tensors"]["alpha_bar"]
+    curve_snr, curve_dist = lemma2_curve(law, float(snr(alpha_bar[0])))
+    prov = Provenance(**last["provenance"], seeds=list(range(B)),
                       extra={"subject": subject.name, "law_atoms": len(law.atoms), "dim": d,
                              "alpha_bar_unclean": ab_unclean, "similarity": similarity_name(prompts[0].x),
                              "selection_seeds": "the evaluation seeds (no disjoint reference block)"})
-    return KimTheoryResult(rows, summary, arrays, traj.t, traj.alpha_bar,
-                           snr(traj.alpha_bar), torch.stack(e_T), curve_snr, curve_dist, prov, cfg)
+    return KimTheoryResult(rows, summary, arrays, t, alpha_bar, snr(alpha_bar), e_T, curve_snr, curve_dist, prov, cfg)
 
 
 def _summary(rows: list[TheoryPrompt], flags: dict, cfg: KimTheoryConfig, clean: bool, arrays: dict,

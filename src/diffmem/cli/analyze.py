@@ -94,4 +94,4 @@ def _theory(args, settings: dict, overrides: dict) -> int:
     keep = ("world", "model", "model_kind", "prompts", "steps", "quick", "device", "dtype")
     s = analyze_kim_theory(args.out, **{k: settings[k] for k in keep}, progress=progress_enabled(args), **overrides)
     return emit(args, {**{k: s[k] for k in THEORY_PRINTED}, "wall_seconds": s["wall_seconds"],
-                       "threads": args.threads, "out": str(args.out)})
+                       "units": s["units"], "threads": args.threads, "out": str(args.out)})

@@ -3,12 +3,14 @@
 Files in the output folder: ``summary.json`` (:class:`~diffmem.analyses.kim_theory_result.KimTheorySummary` with
 ``wall_seconds``, ``quick`` and the provenance), ``kimtheoryresult.json``/``.safetensors`` (per-prompt rows, per-step
 arrays, Lemma 2's exact curve), ``prompts.csv`` (one row per prompt), the figures (PNG, rendered from the saved
-result) and ``report.html``.
+result) and ``report.html``. While it runs, ``units/chunk-NNNNN.json``/``.safetensors`` hold each finished chunk of
+prompts: a killed run resumes from them and they are deleted once the result is saved.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
@@ -33,26 +35,28 @@ KIM_THEORY_PRESETS = {"quick": {"n_seeds": 4, "draws": 16}, "full": {"n_seeds": 
 def run_kim_theory_job(subject: Subject, out: str | Path, *, quick: bool = False, progress: bool = True,
                        **overrides) -> dict:
     """Test the results on ``subject`` (``overrides``: :class:`KimTheoryConfig` fields) and save everything into
-    ``out``; returns the summary as written to ``summary.json``."""
+    ``out``, resuming from the chunks in ``out/units`` (deleted at the end); returns the summary as written to
+    ``summary.json`` with the tally of ``units`` computed, reused and recomputed."""
     cfg = KimTheoryConfig(**{**KIM_THEORY_PRESETS["quick" if quick else "full"], **overrides})
     out = claim_out_dir(out)
     remove_stale_tmp(out)
     mark_stale(out, ["summary.json"])
-    start = time.perf_counter()
+    start, tally = time.perf_counter(), {"computed": 0, "reused": 0, "recomputed": 0}
     with progress_bar(progress) as bar:
         task = bar.add_task("kim theory: prompts")
         res = run_kim_theory(subject, cfg, progress=lambda k, n: bar.update(task, completed=k, total=n),
-                             planted=planted_label)
+                             planted=planted_label, units=out / "units", tally=tally)
     res.save(out)
     columns = [f.name for f in dataclasses.fields(TheoryPrompt)]
     write_csv(out / "prompts.csv", [dataclasses.asdict(r) for r in res.prompts], columns)
     summary = {**res.summary.to_dict(), "wall_seconds": round(time.perf_counter() - start, 1), "quick": quick,
-               "config": dataclasses.asdict(cfg), "provenance": res.to_dict()[0]["provenance"]}
+               "units": tally, "config": dataclasses.asdict(cfg), "provenance": res.to_dict()[0]["provenance"]}
     write_json(out / "summary.json", summary)
     try:
         render_kim_theory_figures(KimTheoryResult.load(out), out)
     except ImportError:  # matplotlib is the optional ``plots`` extra
         pass
+    shutil.rmtree(out / "units", ignore_errors=True)  # the result holds every prompt now
     finish_report(out)
     return summary
 
