@@ -13,18 +13,10 @@ import torch
 from diffmem.analyses.kim_theory_result import KimTheoryResult
 from diffmem.io import read_json
 from diffmem.runners.kim_theory import analyze_kim_theory
+from test_hardening_kill import KILL as HARD_KILL
 
-# Hard kill once the K-th unit stamp (a JSON under units/) is published through io's atomic rename.
-KILL = """
-import json, os, sys
-real, seen = os.replace, [0]
-def replace(src, dst):
-    real(src, dst)
-    if "/units/" in str(dst) and str(dst).endswith(".json"):
-        seen[0] += 1
-        if seen[0] == int(sys.argv[1]):
-            os._exit(137)
-os.replace = replace
+# the hard kill of test_hardening_kill (after the K-th unit stamp published), then the job itself
+KILL = HARD_KILL.split("from diffmem.cli.main")[0] + """import json
 from diffmem.runners.kim_theory import analyze_kim_theory
 analyze_kim_theory(sys.argv[2], progress=False, **json.loads(sys.argv[3]))
 """
