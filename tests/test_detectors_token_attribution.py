@@ -7,27 +7,15 @@ import torch
 
 from diffmem.detectors.token_attribution import token_attribution
 from diffmem.types import Cond
+from mitigation_subjects import tiny_text_subject
 
 EPS64 = torch.finfo(torch.float64).eps
 
 
 @pytest.fixture(scope="module")
-def text_world(tmp_path_factory):
-    """The tiny digits-t2i world in float64, weights perturbed: two training steps leave adaLN-Zero gates near 0,
-    where the prompt barely reaches ε_c."""
-    from diffmem.worlds.subject import world_subject
-    from diffmem.worlds.world import load_world
-    from test_training import tiny
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("DIFFMEM_HOME", str(tmp_path_factory.mktemp("home")))
-        world = load_world(tiny(steps=2), progress=False)
-    world.net.double()
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in world.net.parameters():
-            p.add_(torch.randn(p.shape, generator=g, dtype=p.dtype), alpha=0.3)
-    return world, world_subject(world, steps=10)
+def text_world():
+    """The tiny digits-t2i world in float64, weights perturbed (shared with the mitigation tests, read only)."""
+    return tiny_text_subject(steps=10)
 
 
 def test_one_score_per_real_token_and_zero_on_padding(text_world):
