@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from detector_oracles import oracle_subjects
+from diffmem.executor import SerialExecutor
 from diffmem.io import read_json
 from diffmem.mitigations.harness import (
     ROW_COLUMNS,
     Evaluator,
     MitigationSummary,
     default_sets,
+    merge_gated,
     pareto_front,
     run_mitigation,
     settings_of,
@@ -86,26 +88,61 @@ def test_gating_at_fpr_zero_on_the_general_set_changes_nothing_there(oracle, tmp
     assert row.false_gate_rate == 0.0 and row.general_alignment_delta == 0.0 and row.general_fid_delta == 0.0
     gated = read_json(tmp_path / "units/jain-og/default-gated/general.json")
     plain = read_json(tmp_path / "units/plain/general.json")
-    assert gated["ratio"] == plain["ratio"] and gated["features"] == plain["features"]
+    assert gated["ratio"] == [] and gated["cost"]["nfe"] == 0  # nothing flagged: nothing generated
+    merged = merge_gated(plain, gated, [False] * len(gen))
+    assert merged["ratio"] == plain["ratio"] and merged["features"] == plain["features"]
+    assert merged["cost"]["nfe"] == plain["cost"]["nfe"]  # charged plain sampling's cost
+    # the exact memorizer's planted prompts are all flagged: the gated trigger run is the ungated one, record for
+    # record (the same prompts in the same batch)
+    assert row.trigger_gate_rate == 1.0
+    part = read_json(tmp_path / "units/jain-og/default-gated/trigger.json")
+    whole = read_json(tmp_path / "units/jain-og/default/trigger.json")
+    assert {k: v for k, v in part.items() if k not in ("settings", "cost")} == {
+        k: v for k, v in whole.items() if k not in ("settings", "cost")}
+    assert row.trigger_copy_rate_after == run.summary.row("jain-og").trigger_copy_rate_after
     ungated = read_json(tmp_path / "units/jain-og/default/general.json")
     assert ungated["ratio"] != plain["ratio"]  # ungated, the remedy does act on the general set
+
+
+def test_merge_gated_takes_flagged_prompts_from_the_remedy_and_the_rest_from_plain():
+    G = 2
+    plain = {"copy": [[1, 1], [1, 0], [0, 0]], "ratio": [[.1, .2], [.3, .4], [.5, .6]],
+             "paired_distance": [[1, 2], [3, 4], [5, 6]], "aligned": [[1, 1], [1, 1], [0, 1]],
+             "template_copy": [[None] * G] * 3, "features": [[p, g] for p in range(3) for g in range(G)],
+             "cost": {"nfe": 60, "jvp": 0, "vjp": 0, "calls": 30, "seconds": 3.0, "peak_mem_mb": 5.0, "memory": "m"}}
+    part = {"copy": [[0, 0], [0, 1]], "ratio": [[.9, .8], [.7, .6]], "paired_distance": [[9, 9], [8, 8]],
+            "aligned": [[0, 0], [1, 0]], "template_copy": [[None] * G] * 2,
+            "features": [[10 + p, g] for p in range(2) for g in range(G)],
+            "cost": {"nfe": 44, "jvp": 0, "vjp": 0, "calls": 22, "seconds": 2.0, "peak_mem_mb": 7.0, "memory": "m"}}
+    m = merge_gated(plain, part, np.array([True, False, True]))
+    assert m["copy"] == [[0, 0], [1, 0], [0, 1]] and m["ratio"] == [[.9, .8], [.3, .4], [.7, .6]]
+    assert m["features"] == [[10, 0], [10, 1], [1, 0], [1, 1], [11, 0], [11, 1]]
+    # the remedy's measured cost plus a third of plain sampling's (one prompt of three reused)
+    assert m["cost"]["nfe"] == 44 + 20 and m["cost"]["calls"] == 22 + 10 and m["cost"]["seconds"] == 3.0
+    assert m["cost"]["peak_mem_mb"] == 7.0
 
 
 class Kill(Exception):
     pass
 
 
+class DieAfter(SerialExecutor):
+    """Runs ``n`` units, then dies as a killed driver would."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def imap(self, tasks, state):
+        for k, item in enumerate(super().imap(tasks, state)):
+            if k == self.n:
+                raise Kill
+            yield item
+
+
 def test_kill_and_resume_equals_uninterrupted(oracle, tmp_path):
     full = _run(oracle, tmp_path / "full")
-    calls = []
-
-    def die(msg):
-        calls.append(msg)
-        if len(calls) == 3:  # after the plain units and the first method's units
-            raise Kill
-
-    with pytest.raises(Kill):
-        _run(oracle, tmp_path / "resumed", progress=die)
+    with pytest.raises(Kill):  # after the plain units and the first method's trigger unit
+        _run(oracle, tmp_path / "resumed", executor=DieAfter(3))
     resumed = _run(oracle, tmp_path / "resumed")
     assert resumed.summary.units["reused"] > 0 and resumed.summary.units["computed"] > 0
     timing = {"seconds_per_image", "peak_mem_mb"}

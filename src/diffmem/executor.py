@@ -138,6 +138,8 @@ class RayExecutor:
         env = {"env_vars": {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}}
         if self.address is None:  # local workers import the driver's diffmem (a checkout, a test folder), not another
             env["env_vars"]["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+            if os.environ.get("DIFFMEM_HOME"):  # and read the driver's cache (worlds, the digits classifier)
+                env["env_vars"]["DIFFMEM_HOME"] = os.environ["DIFFMEM_HOME"]
         if not ray.is_initialized():
             if self.address is None:
                 ray.init(num_cpus=self.workers, include_dashboard=False, log_to_driver=False, runtime_env=env,

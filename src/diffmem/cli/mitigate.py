@@ -3,13 +3,17 @@
 Runs every inference-time mitigation (or ``--methods``) at its default and along its knob's published grid, ungated
 and, with ``--gate``, gated by a detector calibrated at ``--gate-fpr`` on the calibration split's negatives. The
 trigger set is the planted (memorized) prompts, the general set the evaluation split's negatives. Writes
-DIR/summary.json (rows, Pareto front, provenance) and DIR/rows.csv; resumes a killed run in the same DIR.
+DIR/summary.json (rows, Pareto front, provenance) and DIR/rows.csv; resumes a killed run in the same DIR; runs its
+units on Ray with --workers/--ray.
+
+--retrigger METHODS instead audits permanent mitigations (head-pruning, nemo): each is fitted on the evaluation
+split's most duplicated planted prompts, then a small learned perturbation of each prompt embedding tries to bring
+the copies back (the "Finding Dori" probe); writes DIR/retrigger.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 
@@ -17,11 +21,18 @@ from rich.console import Console
 from rich.table import Table
 
 from diffmem.cli.common import _positive, add_command, emit, progress_enabled, start_run
-from diffmem.cli.detect import add_subject_args, names, subject_from_args, wide_console
+from diffmem.cli.detect import add_subject_args, executor_from_args, names, subject_from_args, wide_console
 from diffmem.detectors.base import make_detector
 from diffmem.mitigations.base import make_mitigation
 from diffmem.reports.html import finish_report
-from diffmem.runners.mitigate import QUICK, format_table, inference_methods, run_mitigate
+from diffmem.runners.mitigate import (
+    QUICK,
+    format_table,
+    inference_methods,
+    permanent_methods,
+    run_mitigate,
+    run_retrigger,
+)
 
 __all__ = ["add_parser"]
 
@@ -41,6 +52,16 @@ def add_parser(sub) -> None:
                    help="methods whose knob is chosen on the calibration split and reported on the evaluation split")
     p.add_argument("--negatives-per-kind", type=_positive, metavar="N",
                    help="at most N prompts of each negative kind per split (general and calibration sets)")
+    p.add_argument("--retrigger", type=names, metavar="METHODS",
+                   help="audit these permanent mitigations (e.g. head-pruning,nemo) instead of the inference table")
+    p.add_argument("--triggers", type=_positive, default=8, metavar="N",
+                   help="--retrigger: planted prompts audited, most duplicated first (default: %(default)s)")
+    p.add_argument("--probe-lr", type=float, default=0.1, metavar="LR",
+                   help="--retrigger: Adam step of the embedding probe (default: %(default)s)")
+    p.add_argument("--probe-steps", type=_positive, default=50, metavar="N",
+                   help="--retrigger: Adam steps of the embedding probe per prompt (default: %(default)s)")
+    p.add_argument("--probe-budget", type=float, metavar="EPS",
+                   help="--retrigger: bound on the probe's ||Δ|| relative to ||e_p|| (default: unbounded)")
     p.set_defaults(run=_cli)
 
 
@@ -74,8 +95,8 @@ def knob_values(method: str, values: tuple) -> tuple:
 
 def _check(args) -> None:
     """Every value checked before any model loads: names against the registries, numbers finite and in range."""
-    if args.workers or args.ray:
-        raise ValueError("--workers/--ray: 'mitigate' runs in this process only for now; drop the flag")
+    if args.retrigger:
+        _check_retrigger(args)
     if not 0 < args.gate_fpr < 1:  # NaN fails this too
         raise ValueError(f"--gate-fpr {args.gate_fpr!r} must lie in (0, 1), e.g. 0.01")
     if not math.isfinite(args.guidance) or args.guidance < 0:
@@ -84,6 +105,19 @@ def _check(args) -> None:
         make_detector(args.gate)
     for m in (*(args.methods or ()), *args.select, *(m for m, _ in args.grid)):
         make_mitigation(m)
+
+
+def _check_retrigger(args) -> None:
+    if args.workers or args.ray:
+        raise ValueError("--workers/--ray: --retrigger runs in this process (each edit is one fit); drop the flag")
+    for m in args.retrigger:
+        if make_mitigation(m).kind != "permanent":
+            raise ValueError(f"--retrigger {m!r} is an {make_mitigation(m).kind}-time mitigation; give permanent "
+                             f"ones: {', '.join(permanent_methods())}")
+    if not (math.isfinite(args.probe_lr) and args.probe_lr > 0):
+        raise ValueError(f"--probe-lr {args.probe_lr!r} must be a finite step > 0, e.g. 0.1")
+    if args.probe_budget is not None and not (math.isfinite(args.probe_budget) and args.probe_budget > 0):
+        raise ValueError(f"--probe-budget {args.probe_budget!r} must be a finite bound > 0, e.g. 0.1")
 
 
 def _say(msg: str) -> None:
@@ -101,19 +135,23 @@ def _cli(args) -> int:
     if grids:
         methods = {m: grids.get(m, () if args.quick or args.no_sweep else None) for m in methods}
     subject = subject_from_args(args)
+    if args.retrigger:
+        return _retrigger(args, subject)
     if args.dry_run:
         return emit(args, {"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
                            "methods": methods, "gate": args.gate, "gate_fpr": args.gate_fpr,
                            "n_gen": args.n_gen or quick.get("n_gen", 4), "select": list(args.select),
                            "out": str(args.out)})
     start_run(args.out, ("summary.json", "rows.csv", "report.html"))
-    run = run_mitigate(subject, args.out, methods=methods, gate=args.gate,
-                       gate_fpr=args.gate_fpr, n_gen=args.n_gen or quick.get("n_gen", 4), base_seed=args.seed,
-                       guidance=args.guidance, grid=quick.get("grid", True) and not args.no_sweep,
-                       n_boot=quick.get("n_boot", 1000), select=tuple(args.select),
-                       negatives_per_kind=args.negatives_per_kind,
-                       progress=_say if progress_enabled(args) else None)
-    if not (args.json or args.quiet):
+    with executor_from_args(args) as executor:
+        run = run_mitigate(subject, args.out, methods=methods, gate=args.gate,
+                           gate_fpr=args.gate_fpr, n_gen=args.n_gen or quick.get("n_gen", 4), base_seed=args.seed,
+                           guidance=args.guidance, grid=quick.get("grid", True) and not args.no_sweep,
+                           n_boot=quick.get("n_boot", 1000), select=tuple(args.select),
+                           negatives_per_kind=args.negatives_per_kind, executor=executor,
+                           progress=_say if progress_enabled(args) else None)
+
+    def table():
         head, *lines = format_table(run)
         t = Table(title=f"mitigations on {run.summary.provenance['subject']['subject']} (trigger set; "
                   "general-set deltas)")
@@ -121,8 +159,30 @@ def _cli(args) -> int:
             t.add_column(col, no_wrap=True)
         for line in lines:
             t.add_row(*line)
-        Console(width=max(wide_console().width, 200)).print(t)
-    # the closing line stays one JSON object (scripts and the resume tests read it)
-    print(json.dumps({"out": str(args.out), "report": str(finish_report(args.out)),
-                      "seconds": round(run.summary.seconds, 1), **run.summary.units}))
-    return 0
+        console = wide_console()  # wide enough for every column unwrapped (pipes and logs included)
+        need = console.measure(t, options=console.options.update(max_width=100_000)).maximum
+        Console(width=max(console.width, need)).print(t)
+
+    best = [r for r in run.summary.rows if r.meets_goal]
+    return emit(args, {"subject": subject.name, "rows": len(run.summary.rows),
+                       "meets_goal": [f"{r.method} {r.setting}{' gated' if r.gated else ''}" for r in best],
+                       "pareto": [f"{p['method']} {p['setting']}{' gated' if p['gated'] else ''}"
+                                  for p in run.summary.pareto],
+                       "seconds": round(run.summary.seconds, 1), **run.summary.units, "out": str(args.out),
+                       "report": str(finish_report(args.out))}, table=table)
+
+
+def _retrigger(args, subject) -> int:
+    seeds = tuple(range(args.seed, args.seed + (args.n_gen or 4)))
+    if args.dry_run:
+        return emit(args, {"subject": subject.name, "retrigger": list(args.retrigger), "triggers": args.triggers,
+                           "seeds": list(seeds), "guidance": args.guidance, "probe_steps": args.probe_steps,
+                           "probe_lr": args.probe_lr, "probe_budget": args.probe_budget, "out": str(args.out)})
+    start_run(args.out, ("retrigger.json", "report.html"))
+    result = run_retrigger(subject, args.out, methods=args.retrigger, n_trigger=args.triggers, seeds=seeds,
+                           guidance=args.guidance, steps=args.probe_steps, lr=args.probe_lr, budget=args.probe_budget,
+                           progress=_say if progress_enabled(args) else None)
+    rows = {f"{r['method']}_{k}": r[k] for r in result["rows"] for k in
+            ("trigger_copy_before", "trigger_copy_after") if k in r}
+    return emit(args, {"subject": subject.name, "triggers": len(result["triggers"]), **rows, "out": str(args.out),
+                       "report": str(finish_report(args.out))})

@@ -21,8 +21,11 @@ higher = memorized, are thresholded at a target FPR calibrated on the calibratio
 (:func:`~diffmem.evaluation.detection.calibrate_threshold`); the false-gate rate is the flagged fraction of the
 general set, and the detector's cost is added to the gated rows' cost.
 
-**Resume**: each (run, set) is a unit written atomically to ``out/units/…json`` with the settings that made it;
-a rerun reuses a unit only under the same settings and recomputes it otherwise.
+**Units**: each (run, set) is a unit written atomically to ``out/units/…json`` with the settings that made it; a
+rerun reuses a unit only under the same settings and recomputes it otherwise. A unit's generations depend only on
+its prompts, seeds and settings (a gated run's unit holds only its flagged prompts; the rest is the plain unit's,
+merged by :func:`merge_gated`), so the units run on any executor (:mod:`diffmem.executor`, e.g. Ray workers) with
+the same records.
 
 Writes ``summary.json`` (:class:`MitigationSummary`, with ``rows``, the Pareto front and provenance) and ``rows.csv``.
 """
@@ -30,10 +33,12 @@ Writes ``summary.json`` (:class:`MitigationSummary`, with ``rows``, the Pareto f
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +46,14 @@ import torch
 from torch import Tensor
 
 from diffmem.detectors.base import Detector, generation_seeds, make_detector
-from diffmem.detectors.counting import Cost, measure, measure_call
-from diffmem.detectors.harness import unit_settings, write_csv
+from diffmem.detectors.counting import Cost, measure_call
+from diffmem.detectors.harness import score_task, unit_settings, write_csv
 from diffmem.detectors.labels import NEGATIVE_KINDS, POSITIVE_KINDS, _paired_index, assign_splits, template_mask
 from diffmem.evaluation.detection import calibrate_threshold
 from diffmem.evaluation.fid import fid
 from diffmem.evaluation.precision_recall import precision_recall
-from diffmem.io import resumable_unit, safe_name, write_json
+from diffmem.executor import Unit, pick, prompt_refs, run_units
+from diffmem.io import safe_name, write_json
 from diffmem.mitigations.base import InferenceMitigation, make_mitigation
 from diffmem.results import Record, package_version
 from diffmem.sampling.trajectory import Recorder
@@ -58,7 +64,7 @@ from diffmem.subject import Prompt, Subject
 
 __all__ = ["run_mitigation", "MitigationRow", "MitigationSummary", "MitigationRun", "ROW_COLUMNS", "settings_of",
            "default_sets", "Evaluator", "pareto_front", "digits_evaluator", "template_copies", "meets_goal",
-           "goal_check", "calibration_sets", "CHOSEN"]
+           "goal_check", "calibration_sets", "CHOSEN", "default_evaluator", "set_task", "merge_gated"]
 
 ROW_COLUMNS = ("method", "setting", "gated", "ours", "trigger_copy_rate_before", "trigger_copy_rate_after",
                "template_copy_rate_after", "alignment_before", "alignment_after", "fid_before", "fid_after",
@@ -126,11 +132,11 @@ class MitigationRow(Record):
     """One method at one setting, ungated or gated: trigger-set memorization and quality, general-set change, cost.
 
     Rates and alignments are fractions (alignment in [0, 1]; a 2-point drop is −0.02); ``*_ci`` are 95 % bootstrap
-    intervals over prompts (generations averaged per prompt first); None where a metric does not apply.
-    ``template_copy_rate_*``: the template prompts' copies judged on their template region only
-    (:func:`template_copies`). ``trigger_split``: the split the trigger prompts come from. ``chosen_on``: how the
-    setting was chosen (:data:`CHOSEN`: a published default, a sweep point, or a knob chosen on the calibration
-    split and reported here on the evaluation split)."""
+    intervals over prompts (generations averaged per prompt first), ``*_seed_ci`` over the generation seeds (each
+    seed's mean over prompts); None where a metric does not apply. ``template_copy_rate_*``: the template prompts'
+    copies judged on their template region only (:func:`template_copies`). ``trigger_split``: the split the trigger
+    prompts come from. ``chosen_on``: how the setting was chosen (:data:`CHOSEN`: a published default, a sweep
+    point, or a knob chosen on the calibration split and reported here on the evaluation split)."""
 
     method: str
     setting: str
@@ -168,6 +174,8 @@ class MitigationRow(Record):
     template_copy_rate_after_ci: tuple | None = None
     trigger_split: str = "evaluation"
     chosen_on: str = ""
+    trigger_copy_rate_after_seed_ci: tuple | None = None
+    copy_cut_seed_ci: tuple | None = None
 
 
 @dataclass(frozen=True)
@@ -242,29 +250,19 @@ def settings_of(method: str | InferenceMitigation, values: Sequence | None = Non
 
 # --- generation and judgement --------------------------------------------------------------------------------------
 
-def _generate(subject: Subject, prompts, seeds, mitigation, flagged, guidance, batch_size,
-              plain: Tensor | None = None) -> Tensor:
-    """x_0 [P·G, ...] in prompt-major order; the remedy only for prompts with ``flagged`` (all when None). The
-    unflagged generations are plain sampling's: taken from ``plain`` (the plain run's x_0) when given."""
+def _generate(subject: Subject, prompts, seeds, mitigation, guidance, batch_size) -> Tensor:
+    """x_0 [P·G, ...] of every (prompt, seed) in prompt-major order, with the remedy (plain sampling when None)."""
     pairs = [(i, s) for i in range(len(prompts)) for s in seeds]
-    use = [mitigation is not None and (flagged is None or bool(flagged[i])) for i, _ in pairs]
-    out: list[Tensor | None] = [None] * len(pairs)
-    for mitigated in (False, True):
-        idx = [k for k in range(len(pairs)) if use[k] == mitigated]
-        if not mitigated and plain is not None:
-            for k in idx:
-                out[k] = plain[k]
-            continue
-        for b in range(0, len(idx), batch_size):
-            chunk = idx[b:b + batch_size]
-            cond = subject.cond([prompts[pairs[k][0]] for k in chunk])
-            kw = dict(guidance=guidance, recorder=Recorder(keep=()))
-            seeds_k = [pairs[k][1] for k in chunk]
-            traj = (mitigation.sample(subject, cond, seeds_k, **kw) if mitigated
-                    else subject.sample(cond, seeds_k, **kw))
-            for j, k in enumerate(chunk):
-                out[k] = traj.x_0[j]
-    return torch.stack(out)
+    out = []
+    for b in range(0, len(pairs), batch_size):
+        chunk = pairs[b:b + batch_size]
+        cond = subject.cond([prompts[i] for i, _ in chunk])
+        kw = dict(guidance=guidance, recorder=Recorder(keep=()))
+        seeds_k = [s for _, s in chunk]
+        traj = (mitigation.sample(subject, cond, seeds_k, **kw) if mitigation is not None
+                else subject.sample(cond, seeds_k, **kw))
+        out.append(traj.x_0)
+    return torch.cat(out)
 
 
 def _target(prompt: Prompt):
@@ -304,19 +302,53 @@ def _judge(subject: Subject, prompts, x0: Tensor, n_gen: int, ev: Evaluator) -> 
             "template_copy": np.array(template, dtype=object).reshape(shape).tolist(), "features": feats}
 
 
-def _run_set(subject, prompts, seeds, mitigation, flagged, guidance, batch_size, ev, plain=None) -> dict:
-    """Judge one set's generations and measure their cost. ``plain`` = (plain x_0, the plain unit): the unflagged
-    generations of a gated run are reused from it and charged plain sampling's measured cost per image."""
-    x0_plain = None if plain is None else plain[0]
-    x0, cost = measure_call(subject, lambda s: _generate(s, prompts, seeds, mitigation, flagged, guidance,
-                                                           batch_size, x0_plain))
-    if plain is not None and flagged is not None:
-        reused = (len(prompts) - int(np.sum(flagged))) * len(seeds)
-        c, f = Cost.from_dict(plain[1]["cost"]), reused / max(len(prompts) * len(seeds), 1)
-        cost = replace(cost, nfe=cost.nfe + round(c.nfe * f), jvp=cost.jvp + round(c.jvp * f),
-                       vjp=cost.vjp + round(c.vjp * f), calls=cost.calls + round(c.calls * f),
-                       seconds=cost.seconds + c.seconds * f, peak_mem_mb=max(cost.peak_mem_mb, c.peak_mem_mb))
+_EVALUATORS: dict[tuple, Evaluator] = {}
+
+
+def default_evaluator(subject: Subject) -> Evaluator:
+    """:func:`digits_evaluator` for 8×8 and 16×16 grey states, else the template judge only; built once per process
+    (a Ray worker builds its own)."""
+    shape = tuple(subject.state_shape)
+    key = (shape, os.environ.get("DIFFMEM_HOME"))
+    if key not in _EVALUATORS:
+        _EVALUATORS[key] = digits_evaluator(shape) if shape in ((1, 8, 8), (1, 16, 16)) else Evaluator(
+            template_judge=template_copies, describe={"template": "masked 1/3 rule on meta['template_mask']"})
+    return _EVALUATORS[key]
+
+
+def set_task(refs, seeds, mitigation, guidance, batch_size, evaluator, subject: Subject) -> dict:
+    """One set's generations (plain sampling when ``mitigation`` is None), judged, with their measured cost: the
+    task of a harness unit (``evaluator`` None: :func:`default_evaluator` of the worker's subject)."""
+    prompts, ev = pick(subject, refs), evaluator or default_evaluator(subject)
+    if not prompts:  # a gated run that flagged nothing generates nothing
+        empty = {k: [] for k in ("copy", "ratio", "paired_distance", "aligned", "template_copy")}
+        return {**empty, "features": None if ev.extractor is None else [],
+                "cost": Cost(0, 0, 0, 0, 0.0, 0.0, "none").to_dict()}
+    x0, cost = measure_call(subject, lambda s: _generate(s, prompts, seeds, mitigation, guidance, batch_size))
     return {**_judge(subject, prompts, x0, len(seeds), ev), "cost": cost.to_dict()}
+
+
+def merge_gated(plain: dict, part: dict, flags) -> dict:
+    """A gated run's set as a whole unit: the flagged prompts' records from ``part`` (the remedy's generations, in
+    order), the others from ``plain`` (plain sampling's generations for the same seeds), charged plain sampling's
+    measured cost per image."""
+    flags = [bool(f) for f in flags]
+    rank = np.cumsum(flags) - 1
+    out = {k: [part[k][rank[i]] if f else plain[k][i] for i, f in enumerate(flags)]
+           for k in ("copy", "ratio", "paired_distance", "aligned", "template_copy")}
+    out["features"] = None
+    if plain["features"] is not None:
+        G = len(plain["copy"][0]) if flags else 0
+        out["features"] = [v for i, f in enumerate(flags) for v in
+                           (part["features"][rank[i] * G:(rank[i] + 1) * G] if f else
+                            plain["features"][i * G:(i + 1) * G])]
+    c, p = Cost.from_dict(part["cost"]), Cost.from_dict(plain["cost"])
+    share = (len(flags) - sum(flags)) / max(len(flags), 1)
+    out["cost"] = replace(c, nfe=c.nfe + round(p.nfe * share), jvp=c.jvp + round(p.jvp * share),
+                          vjp=c.vjp + round(p.vjp * share), calls=c.calls + round(p.calls * share),
+                          seconds=c.seconds + p.seconds * share, peak_mem_mb=max(c.peak_mem_mb, p.peak_mem_mb),
+                          memory=p.memory).to_dict()
+    return out
 
 
 # --- statistics ----------------------------------------------------------------------------------------------------
@@ -329,6 +361,12 @@ def _per_prompt(table) -> np.ndarray:
     with warnings.catch_warnings():  # a prompt without a value (no label, no paired image) is NaN, not a warning
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(a, axis=1)
+
+
+def _per_seed(table) -> np.ndarray:
+    """Per-generation-seed mean over prompts of a [P][G] table: [G] (the unit a seed bootstrap resamples)."""
+    a = np.array([[np.nan if v is None else v for v in row] for row in table], dtype=np.float64)
+    return np.nanmean(a, axis=0) if a.size else np.zeros(0)
 
 
 def _mean(table) -> float | None:
@@ -409,7 +447,9 @@ def _row(m: InferenceMitigation, setting: str, gated: bool, units: dict, real, g
         template_copy_rate_before=_mean(tb["template_copy"]),
         trigger_copy_rate_before_ci=_boot_ci(cb, n_boot),
         template_copy_rate_after_ci=_boot_ci(_per_prompt(ta["template_copy"]), n_boot),
-        trigger_split=split, chosen_on=chosen_on)
+        trigger_split=split, chosen_on=chosen_on,
+        trigger_copy_rate_after_seed_ci=_boot_ci(_per_seed(ta["copy"]), n_boot),
+        copy_cut_seed_ci=_boot_ci(np.stack([_per_seed(tb["copy"]), _per_seed(ta["copy"])], 1), n_boot, stat=cut))
     return replace(row, meets_goal=meets_goal(row))
 
 
@@ -451,41 +491,31 @@ def goal_check(summary: Mapping) -> list[dict]:
 
 # --- gating --------------------------------------------------------------------------------------------------------
 
-def _gate(subject, detector: Detector, fpr: float, trig, gen, cal, seeds, out, tally) -> dict:
-    """Scores of the detector on the three sets (units), the calibrated threshold and the flags."""
-    scores, cost_all, n_all = {}, [], 0
-    for name, prompts in (("calibration", cal), ("trigger", trig), ("general", gen)):
-        settings = unit_settings(subject, prompts, seeds, {"gate": detector.describe()})
-
-        def compute(prompts=prompts):
-            s, cost = measure(detector, subject, prompts, seeds)
-            return {"scores": s.tolist(), "cost": cost.to_dict()}
-
-        path = out / "units" / "_gate" / safe_name(detector.name) / f"{name}.json"
-        unit = resumable_unit(path, settings, compute, tally)
-        sign = 1.0 if detector.higher_is_memorized else -1.0
-        scores[name] = sign * np.asarray(unit["scores"], dtype=np.float64)
-        if name != "calibration":
-            cost_all.append(Cost.from_dict(unit["cost"]))
-            n_all += len(prompts) * len(seeds)
-    if not len(cal):
+def _gate(subject, detector: Detector, fpr: float, sets: dict, seeds, out, run) -> dict:
+    """Scores of the detector on the calibration, trigger and general sets (units), the calibrated threshold and
+    the flags."""
+    if not len(sets["calibration"]):
         raise ValueError("gating needs calibration negatives; the subject has none (give calibration prompts)")
+    units = run([Unit(out / "units" / "_gate" / safe_name(detector.name) / f"{name}.json",
+                      unit_settings(subject, prompts, seeds, {"gate": detector.describe()}),
+                      partial(score_task, detector, prompt_refs(subject, prompts), tuple(seeds)))
+                 for name, prompts in sets.items()])
+    sign = 1.0 if detector.higher_is_memorized else -1.0
+    scores = {name: sign * np.asarray(u["scores"], dtype=np.float64) for name, u in zip(sets, units, strict=True)}
+    cost = [Cost.from_dict(u["cost"]) for name, u in zip(sets, units, strict=True) if name != "calibration"]
+    n_all = (len(sets["trigger"]) + len(sets["general"])) * len(seeds)
     thr = calibrate_threshold(scores["calibration"], fpr)
     flags = {k: thr.flag(scores[k]) for k in ("trigger", "general")}
     return {"detector": detector.describe(), "threshold": thr, "flags": flags,
-            "how": f"calibrate_threshold on {len(cal)} calibration-split negatives at FPR {fpr:g}; flag when the "
-                   "oriented score (higher = memorized) > value",
-            "false_gate_rate": float(flags["general"].mean()) if len(gen) else None,
-            "trigger_gate_rate": float(flags["trigger"].mean()) if len(trig) else None,
-            "nfe_per_image": sum(c.nfe for c in cost_all) / max(n_all, 1),
-            "seconds_per_image": sum(c.seconds for c in cost_all) / max(n_all, 1)}
+            "how": f"calibrate_threshold on {len(sets['calibration'])} calibration-split negatives at FPR {fpr:g}; "
+                   "flag when the oriented score (higher = memorized) > value",
+            "false_gate_rate": float(flags["general"].mean()) if len(sets["general"]) else None,
+            "trigger_gate_rate": float(flags["trigger"].mean()) if len(sets["trigger"]) else None,
+            "nfe_per_image": sum(c.nfe for c in cost) / max(n_all, 1),
+            "seconds_per_image": sum(c.seconds for c in cost) / max(n_all, 1)}
 
 
 # --- the run -------------------------------------------------------------------------------------------------------
-
-def _set_unit(subject, prompts, seeds, what: dict, path: Path, tally, compute) -> dict:
-    return resumable_unit(path, unit_settings(subject, prompts, seeds, what), compute, tally)
-
 
 def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitigation] | Mapping, *,
                    trigger: Sequence[Prompt] | None = None, general: Sequence[Prompt] | None = None,
@@ -493,7 +523,7 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
                    guidance: float = 7.5, gate: str | Detector | None = None, gate_fpr: float = 0.01,
                    out: str | Path, evaluator: Evaluator | None = None, batch_size: int = 64, n_boot: int = 1000,
                    select: Sequence[str] = (), selection_sets: tuple[Sequence[Prompt], Sequence[Prompt]] | None = None,
-                   progress: Callable[[str], None] | None = None) -> MitigationRun:
+                   executor=None, progress: Callable[[str], None] | None = None) -> MitigationRun:
     """Run each method at its default and along its knob, ungated (and gated by ``gate``); write ``out``.
 
     Args:
@@ -505,12 +535,14 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
             first two and the calibration split's negatives for the gate).
         n_gen: generations per prompt (seed ``base_seed + j``); guidance: the plain CFG weight.
         gate: a detector (name or instance) whose threshold at ``gate_fpr`` decides which prompts get the remedy.
-        evaluator: aligner, feature extractor and template judge (default: :func:`digits_evaluator` on 8×8 and
-            16×16 grey states; otherwise the template judge only).
+        evaluator: aligner, feature extractor and template judge (default: :func:`default_evaluator`).
         select: methods (among ``mitigations``) whose knob is chosen from data: each is swept over its grid on
             ``selection_sets`` (default: :func:`calibration_sets`, the calibration split's trigger and negatives),
             the setting meeting :data:`SELECT_RULE` is kept, and it is reported on the evaluation sets as an extra
             row with setting ``"selected <knob>=<value>"``; the selection rows are kept in the provenance.
+        executor: where the units run (:mod:`diffmem.executor`; default: here, one after the other). A unit is one
+            (run, set); its generations and judgement depend only on its prompts, seeds and settings, so any
+            executor gives the same records.
     Returns:
         A :class:`MitigationRun`; ``out`` gets ``summary.json``, ``rows.csv`` and ``units/``.
     """
@@ -522,91 +554,83 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
     cal = list(d_cal if calibration is None else calibration)
     if not trig or not gen:
         raise ValueError(f"need a trigger set and a general set, got {len(trig)} and {len(gen)} prompts")
-    if evaluator is None:
-        shape = tuple(subject.state_shape)
-        evaluator = digits_evaluator(shape) if shape in ((1, 8, 8), (1, 16, 16)) else Evaluator(
-            template_judge=template_copies, describe={"template": "masked 1/3 rule on meta['template_mask']"})
+    ev = evaluator or default_evaluator(subject)
     items = mitigations.items() if isinstance(mitigations, Mapping) else [(m, None) for m in mitigations]
     methods = [(s, "default" if k == 0 else s.setting) for m, v in items for k, s in enumerate(settings_of(m, v))]
     unknown = [n for n in select if n not in {m.name for m, _ in methods}]
     if unknown:
         raise ValueError(f"select names {unknown[0]!r}, which is not among the methods run; add it to the methods")
     seeds, tally = generation_seeds(n_gen, base_seed), {"computed": 0, "reused": 0, "recomputed": 0}
+    run = partial(run_units, tally=tally, executor=executor, state=subject, progress=progress is not None,
+                  description="mitigation units")
     gate_info = None
     if gate is not None:
         det = make_detector(gate) if isinstance(gate, str) else gate
         say(f"gate {det.name}")
-        gate_info = _gate(subject, det, gate_fpr, trig, gen, cal, seeds, out, tally)
-    real = None if evaluator.extractor is None else evaluator.extractor(
+        gate_info = _gate(subject, det, gate_fpr, {"calibration": cal, "trigger": trig, "general": gen}, seeds,
+                          out, run)
+    real = None if ev.extractor is None else ev.extractor(
         subject.references if subject.decode is None else subject.decode(subject.references)).double()
-    plain_x0: dict[str, Tensor] = {}
 
-    def unit(set_name, prompts, m, flags, label="", root="units"):
+    def unit(set_name, prompts, m, flags, label="", root="units") -> Unit:
+        """One (run, set): a gated run's unit generates only its flagged prompts (:func:`merge_gated`)."""
         what = {"run": "plain" if m is None else m.describe(), "guidance": guidance, "steps": subject.steps,
                 "gate": None if flags is None else {"detector": gate_info["detector"],
                                                      "threshold": gate_info["threshold"].value,
-                                                     "flags": [bool(f) for f in flags], "unflagged": "plain reused"},
-                "evaluator": evaluator.describe}
+                                                     "flags": [bool(f) for f in flags],
+                                                     "unflagged": "plain sampling's judgement merged"},
+                "evaluator": ev.describe}
         tag = "plain" if m is None else f"{safe_name(m.name)}/{safe_name(label)}{'-gated' if flags is not None else ''}"
-        key = f"{root}/{set_name}"
+        todo = prompts if flags is None else [p for p, f in zip(prompts, flags, strict=True) if f]
+        return Unit(out / root / tag / f"{set_name}.json", unit_settings(subject, prompts, seeds, what),
+                    partial(set_task, prompt_refs(subject, todo), tuple(seeds), m, guidance, batch_size, evaluator))
 
-        def compute():
-            if m is None:  # keep plain x_0 for the gated runs' unflagged prompts
-                x0, cost = measure_call(subject, lambda s: _generate(s, prompts, seeds, None, None, guidance,
-                                                                       batch_size))
-                plain_x0[key] = x0
-                return {**_judge(subject, prompts, x0, len(seeds), evaluator), "cost": cost.to_dict()}
-            reuse = None
-            if flags is not None:
-                if key not in plain_x0:  # the plain unit was reused from disk: regenerate its x_0 once
-                    plain_x0[key] = _generate(subject, prompts, seeds, None, None, guidance, batch_size)
-                reuse = (plain_x0[key], plains[key])
-            return _run_set(subject, prompts, seeds, m, flags, guidance, batch_size, evaluator, reuse)
-
-        return _set_unit(subject, prompts, seeds, what, out / root / tag / f"{set_name}.json", tally, compute)
-
-    plains: dict[str, dict] = {}
     selected, selection = [], []
     if select:
         s_trig, s_gen = calibration_sets(subject) if selection_sets is None else map(list, selection_sets)
         if not s_trig or not s_gen:
             raise ValueError(f"selection needs calibration trigger and general prompts, got {len(s_trig)} and "
                              f"{len(s_gen)}; give selection_sets")
-        say("plain (calibration split)")
-        plains["selection/trigger"] = unit("trigger", s_trig, None, None, root="selection")
-        plains["selection/general"] = unit("general", s_gen, None, None, root="selection")
+        cands = [(name, m, label) for name in select for m, label in methods if m.name == name]
+        say(f"select {', '.join(select)}: {len(cands)} settings on the calibration split")
+        done = run([unit("trigger", s_trig, None, None, root="selection"),
+                    unit("general", s_gen, None, None, root="selection")]
+                   + [u for _, m, label in cands for u in (unit("trigger", s_trig, m, None, label, "selection"),
+                                                           unit("general", s_gen, m, None, label, "selection"))])
+        plain_s = {"trigger_plain": done[0], "general_plain": done[1]}
         for name in select:
-            cands = [(m, label) for m, label in methods if m.name == name]
-            rows_s = []
-            for m, label in cands:
-                say(f"select {m.name} {label} (calibration split)")
-                u = {"trigger_plain": plains["selection/trigger"], "general_plain": plains["selection/general"],
-                     "trigger": unit("trigger", s_trig, m, None, label, root="selection"),
-                     "general": unit("general", s_gen, m, None, label, root="selection")}
-                rows_s.append(_row(m, label, False, u, real, None, n_boot, "selection sweep", "calibration"))
-            best = _select(rows_s)
-            chosen = cands[best][0]
-            label = f"selected {chosen.setting}" if chosen.knob else "selected default"
-            selected.append((chosen, label))
+            rows_s, picks = [], []
+            for k, (n, m, label) in enumerate(cands):
+                if n == name:
+                    u = {**plain_s, "trigger": done[2 + 2 * k], "general": done[3 + 2 * k]}
+                    rows_s.append(_row(m, label, False, u, real, None, n_boot, "selection sweep", "calibration"))
+                    picks.append(m)
+            chosen = picks[_select(rows_s)]
+            selected.append((chosen, f"selected {chosen.setting}" if chosen.knob else "selected default"))
             selection.append({"method": name, "rule": SELECT_RULE, "chosen": chosen.describe()["params"],
                               "n_trigger": len(s_trig), "n_general": len(s_gen),
                               "trigger": [p.id for p in s_trig], "general": [p.id for p in s_gen],
                               "rows": [{k: getattr(r, k) for k in ROW_COLUMNS} for r in rows_s]})
-    say("plain")
-    plains["units/trigger"] = unit("trigger", trig, None, None)
-    plains["units/general"] = unit("general", gen, None, None)
-    plain = {"trigger_plain": plains["units/trigger"], "general_plain": plains["units/general"]}
+    jobs = [(m, label, gated) for m, label in methods + selected for gated in ((False, True) if gate_info else
+                                                                                (False,))]
+    say(f"plain and {len(jobs)} runs on the evaluation split")
+    flags = gate_info["flags"] if gate_info else {}
+    done = run([unit("trigger", trig, None, None), unit("general", gen, None, None)]
+               + [u for m, label, gated in jobs for u in (unit("trigger", trig, m, flags["trigger"] if gated else None,
+                                                               label),
+                                                          unit("general", gen, m, flags["general"] if gated else None,
+                                                               label))])
+    plain = {"trigger_plain": done[0], "general_plain": done[1]}
     split = _split_of(subject, trig)
     rows = []
-    for m, label in methods + selected:
+    for k, (m, label, gated) in enumerate(jobs):
         chosen_on = (CHOSEN["default"] if label == "default" else
                      CHOSEN["selected"].format(rule=SELECT_RULE) if label.startswith("selected") else CHOSEN["sweep"])
-        for gated in (False, True) if gate_info else (False,):
-            say(f"{m.name} {label}{' gated' if gated else ''}")
-            f = gate_info["flags"] if gated else {"trigger": None, "general": None}
-            units = {**plain, "trigger": unit("trigger", trig, m, f["trigger"], label),
-                     "general": unit("general", gen, m, f["general"], label)}
-            rows.append(_row(m, label, gated, units, real, gate_info, n_boot, chosen_on, split))
+        t, g = done[2 + 2 * k], done[3 + 2 * k]
+        if gated:
+            t, g = merge_gated(done[0], t, flags["trigger"]), merge_gated(done[1], g, flags["general"])
+        rows.append(_row(m, label, gated, {**plain, "trigger": t, "general": g}, real, gate_info, n_boot, chosen_on,
+                         split))
     rows, pareto = _with_pareto(rows)
     gate_out = None if gate_info is None else {
         "detector": gate_info["detector"], "threshold": asdict(gate_info["threshold"]), "how": gate_info["how"],
@@ -617,11 +641,12 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
             "base_seed": base_seed, "n_gen": n_gen, "guidance": guidance, "steps": subject.steps,
             "trigger": [p.id for p in trig], "general": [p.id for p in gen], "calibration": [p.id for p in cal],
             "trigger_split": split, "selection": selection,
-            "evaluator": evaluator.describe, "copy_rule": f"paired NN ratio <= {COPY_RATIO:g} (Ye et al., 2025)",
+            "evaluator": ev.describe, "copy_rule": f"paired NN ratio <= {COPY_RATIO:g} (Ye et al., 2025)",
             "template_rule": f"masked NN ratio <= {COPY_RATIO:g} on meta['template_mask'], nearest region = the "
                              "paired image's (template prompts only)",
             "fid_real": "the subject's distinct references", "n_boot": n_boot, "package": package_version(),
-            "ci": "95 % percentile bootstrap over prompts (generations averaged per prompt)",
+            "ci": "95 % percentile bootstrap over prompts (generations averaged per prompt); *_seed_ci: over the "
+                  "generation seeds (each seed's mean over prompts resampled; few seeds give a coarse interval)",
             "cost": "NFE counted by CountingDenoiser over both sets; extra = after − plain per image (+ the gate "
                     "detector's NFE per image when gated); a gated run's unflagged generations are plain "
                     "sampling's, reused and charged the plain run's measured cost per image"}

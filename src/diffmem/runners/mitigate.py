@@ -13,7 +13,7 @@ from diffmem.mitigations.harness import MitigationRun, run_mitigation
 from diffmem.mitigations.retrigger import retrigger_audit
 from diffmem.subject import Subject
 
-__all__ = ["run_mitigate", "inference_methods", "format_table", "QUICK", "fewer_negatives",
+__all__ = ["run_mitigate", "inference_methods", "permanent_methods", "format_table", "QUICK", "fewer_negatives",
            "run_retrigger", "retrigger_prompts"]
 
 # --quick: one generation per prompt, the default setting of each method only, a short bootstrap
@@ -23,6 +23,11 @@ QUICK = {"n_gen": 1, "grid": False, "n_boot": 200}
 def inference_methods() -> list[str]:
     """Every registered inference-time mitigation, by name."""
     return sorted(n for n, cls in MITIGATIONS.items() if cls.kind == "inference")
+
+
+def permanent_methods() -> list[str]:
+    """Every registered permanent (model-editing) mitigation, by name."""
+    return sorted(n for n, cls in MITIGATIONS.items() if cls.kind == "permanent")
 
 
 def fewer_negatives(subject: Subject, per_kind: int) -> Subject:
@@ -45,7 +50,7 @@ def fewer_negatives(subject: Subject, per_kind: int) -> Subject:
 def run_mitigate(subject: Subject, out: str | Path, *, methods: Sequence[str] | Mapping | None = None,
                  gate: str | None = None, gate_fpr: float = 0.01, n_gen: int = 4, base_seed: int = 0,
                  guidance: float = 7.5, grid: bool = True, n_boot: int = 1000, select: Sequence[str] = (),
-                 negatives_per_kind: int | None = None,
+                 negatives_per_kind: int | None = None, executor=None,
                  progress: Callable[[str], None] | None = None) -> MitigationRun:
     """The harness on ``subject`` for ``methods`` (default: every inference-time one), each along its grid (or
     only its default with ``grid=False``), ungated and, with ``gate``, gated; ``select`` methods also get a setting
@@ -60,7 +65,8 @@ def run_mitigate(subject: Subject, out: str | Path, *, methods: Sequence[str] | 
     if not isinstance(names, Mapping) and not grid:
         names = {m: () for m in names}
     return run_mitigation(subject, names, n_gen=n_gen, base_seed=base_seed, guidance=guidance, gate=gate,
-                          gate_fpr=gate_fpr, out=out, n_boot=n_boot, select=select, progress=progress)
+                          gate_fpr=gate_fpr, out=out, n_boot=n_boot, select=select, executor=executor,
+                          progress=progress)
 
 
 def _f(v, scale=1.0, fmt="{:.3f}") -> str:
@@ -69,12 +75,15 @@ def _f(v, scale=1.0, fmt="{:.3f}") -> str:
 
 def format_table(run: MitigationRun) -> list[list[str]]:
     """Header and one line per row: copy rate before → after (CI), alignment, FID, general deltas, cost, flags."""
-    head = ["method", "setting", "gated", "copy before", "copy after [95% CI]", "template b→a", "align b→a", "FID b→a",
-            "gen Δalign (pts)", "gen ΔFID", "extra NFE", "NFE ×", "s/img", "false gate", "pareto", "goal"]
+    head = ["method", "setting", "gated", "copy before", "copy after [CI prompts] {CI seeds}", "template b→a",
+            "align b→a", "FID b→a", "gen Δalign (pts)", "gen ΔFID", "extra NFE", "NFE ×", "s/img", "false gate",
+            "pareto", "goal"]
     lines = [head]
     for r in run.summary.rows:
         ci = "" if r.trigger_copy_rate_after_ci is None else \
             f" [{r.trigger_copy_rate_after_ci[0]:.2f}, {r.trigger_copy_rate_after_ci[1]:.2f}]"
+        seed = r.trigger_copy_rate_after_seed_ci
+        ci += "" if seed is None else f" {{{seed[0]:.2f}, {seed[1]:.2f}}}"
         lines.append([r.method + (" (ours)" if r.ours else ""), r.setting, "yes" if r.gated else "no",
                       _f(r.trigger_copy_rate_before), _f(r.trigger_copy_rate_after) + ci,
                       f"{_f(r.template_copy_rate_before)}→{_f(r.template_copy_rate_after)}",
@@ -127,7 +136,7 @@ def run_retrigger(subject: Subject, out: str | Path, *, methods: Sequence = ("he
                          "trigger_copy_after = the edited model with e_p + Δ (Δ by Adam on the diffusion loss of the "
                          "paired image, the DoRI probe); the 'none' row audits the unedited model",
                   "provenance": {"subject": subject.describe(), "methods": [m.describe() for m in ms],
-                                 "seeds": list(seeds), "guidance": guidance, "steps": steps, "lr": lr,
-                                 "budget": budget}}
+                                 "seeds": list(seeds), "guidance": guidance, "probe_steps": steps,
+                                 "sampling_steps": subject.steps, "lr": lr, "budget": budget}}
         write_json(Path(out) / "retrigger.json", result)  # after each method: a long fit loses nothing before it
     return result
