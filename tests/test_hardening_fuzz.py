@@ -389,6 +389,7 @@ finite = _float_outside(lambda v: v == v and abs(v) != float("inf"))
 WR, AN, DT, AU = ["world-report", "digits-t2i"], ["analyze", "kim"], ["detect", "--world", "digits-t2i"], \
     ["audit", "--world", "digits-t2i"]
 MI = ["mitigate", "--world", "digits-t2i"]
+MR = [*MI, "--retrigger", "head-pruning"]
 VALUES = [  # (argv before the flag, flag, strategy of values that must be refused)
     (WR, "--samples", bad_ints), (WR, "--steps", bad_ints), (WR, "--threads", bad_ints),
     (WR, "--weights", st.one_of(finite, st.lists(finite, min_size=2, max_size=3).map(",".join))),
@@ -423,7 +424,10 @@ VALUES = [  # (argv before the flag, flag, strategy of values that must be refus
     (MI, "--gate-fpr", _float_outside(lambda v: 0 < v < 1)), (MI, "--guidance", _float_outside(lambda v: v >= 0)),
     (MI, "--n-gen", bad_ints), (MI, "--negatives-per-kind", bad_ints),
     (MI, "--methods", st.text("abcz-", min_size=1, max_size=6).filter(lambda t: t.strip(", "))),
-    (MI, "--gate", st.text("abcz-", min_size=1, max_size=6)), (MI, "--workers", st.sampled_from(["1", "2"])),
+    (MI, "--gate", st.text("abcz-", min_size=1, max_size=6)),
+    (MI, "--retrigger", st.sampled_from(["jain-stp", "nope", "ours-overshoot"])),
+    (MR, "--workers", st.sampled_from(["1", "2"])), (MR, "--triggers", bad_ints), (MR, "--probe-steps", bad_ints),
+    (MR, "--probe-lr", _float_outside(lambda v: v > 0)), (MR, "--probe-budget", _float_outside(lambda v: v > 0)),
     (["analyze", "kim-theory"], "--workers", st.sampled_from(["1", "2"])),
     (["analyze", "kim-theory"], "--per-kind", st.sampled_from(["1", "3"])),
 ]
