@@ -75,13 +75,15 @@ def test_world_report_killed_then_resumed_equals_uninterrupted(home, tmp_path):
     _killed(home[0], 2, [*base, "--out", str(cut)])
     # the old report is marked stale, the new one is not there: nothing looks complete
     assert not (cut / "summary.json").exists() and not (cut / "world_report.json").exists()
-    assert (cut / "summary.json.stale").exists() and _units(cut) == ["units/w0.json", "units/w4.json"]
-    stamp = read_json(cut / "units/w4.json")
+    assert (cut / "summary.json.stale").exists() and _units(cut) == ["units/w0/00000.json", "units/w4/00000.json"]
+    stamp = read_json(cut / "units/w4/00000.json")
     stamp["settings"]["steps"] = 99  # as if made under other settings: recomputed, not reused
-    (cut / "units/w4.json").write_text(json.dumps(stamp))
+    (cut / "units/w4/00000.json").write_text(json.dumps(stamp))
     assert main([*base, "--out", str(cut)]) == 0
     a, b = read_json(tmp_path / "full/summary.json"), read_json(cut / "summary.json")
-    assert {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
+    assert b["units"] == {"computed": 2, "reused": 1, "recomputed": 1}  # w0 reused (samples and all), w4 again
+    timing = ("seconds", "units")
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
     xa, xb = read_arrays(tmp_path / "full/world_report.safetensors"), read_arrays(cut / "world_report.safetensors")
     assert xa.keys() == xb.keys() and all(torch.equal(xa[k], xb[k]) for k in xa)  # one thread each: same bits
     assert not (cut / "units").exists()  # the report holds every sample; no intermediate files left

@@ -1,10 +1,12 @@
 """``detect`` on a local two-worker Ray cluster gives the records of one process, bit for bit — also when a worker is
-killed mid-run, and when the driver is killed and the job resumed from the units on disk."""
+killed mid-run, and when the driver is killed and the job resumed from the units on disk; so do ``world-report``
+(units with samples) and a ``prune`` table."""
 
 import json
 import time
 
 import pytest
+import torch
 
 ray = pytest.importorskip("ray")
 
@@ -12,6 +14,7 @@ from diffmem.cli.detect import build_subject  # noqa: E402
 from diffmem.cli.main import main  # noqa: E402
 from diffmem.detectors.harness import run_detection  # noqa: E402
 from diffmem.executor import RayExecutor  # noqa: E402
+from diffmem.io import read_arrays  # noqa: E402
 from diffmem.worlds.world import load_world  # noqa: E402
 from test_training import tiny  # noqa: E402
 
@@ -182,6 +185,77 @@ def test_kim_analyses_on_two_workers_equal_one_process(world, cluster):
     assert all(torch.equal(serial[1][k], on_ray[1][k]) for k in serial[1])
 
 
+REPORT = ["--quick", "--samples", "2", "--steps", "3", "--weights", "0,7.5", "--chunk", "5", "--threads", "1",
+          "--no-progress", "--json"]
+
+
+@pytest.fixture(scope="module")
+def report(world, tmp_path_factory):
+    """The one-process world report: its arrays and summary."""
+    from diffmem.similarity.digits_classifier import load_digits_classifier
+
+    load_digits_classifier()  # trained once, in the module's home
+    out = tmp_path_factory.mktemp("report")
+    assert main(["world-report", str(world.directory), "--out", str(out), *REPORT]) == 0
+    return read_arrays(out / "world_report.safetensors"), json.loads((out / "summary.json").read_text())
+
+
+def _same_report(out, report):
+    arrays, summary = read_arrays(out / "world_report.safetensors"), json.loads((out / "summary.json").read_text())
+    assert arrays.keys() == report[0].keys() and all(torch.equal(arrays[k], report[0][k]) for k in arrays)
+    drop = ("seconds", "units")
+    assert {k: v for k, v in summary.items() if k not in drop} == {k: v for k, v in report[1].items() if k not in drop}
+    return summary
+
+
+def test_world_report_on_two_workers_equals_one_process(world, report, cluster, tmp_path):
+    assert main(["world-report", str(world.directory), "--out", str(tmp_path), *REPORT, "--workers", "2"]) == 0
+    summary = _same_report(tmp_path, report)
+    assert summary["units"] == report[1]["units"] and report[1]["units"]["computed"] >= 4  # 2 weights x 2+ chunks
+    assert not (tmp_path / "units").exists()
+
+
+def test_world_report_resumes_from_units_with_samples_made_on_ray(world, report, cluster, tmp_path):
+    from diffmem.worlds.report import report_rows, resumable_samples, world_recipe
+
+    rows = report_rows(world.data.prompts, True)
+    with KillDriverAfter(world_recipe(world), workers=2) as executor, pytest.raises(Killed):
+        resumable_samples(world, rows, 2, 3, (0.0, 7.5), 0, 1000, tmp_path / "units", executor=executor,
+                          chunk_size=5)
+    made = sorted((tmp_path / "units").rglob("*.safetensors"))
+    assert len(made) == KillDriverAfter.after == len(list((tmp_path / "units").rglob("*.json")))
+    assert main(["world-report", str(world.directory), "--out", str(tmp_path), *REPORT]) == 0  # resumed here
+    total = report[1]["units"]["computed"]
+    assert _same_report(tmp_path, report)["units"] == {"computed": total - 3, "reused": 3, "recomputed": 0}
+
+
+def table_state(directory):
+    """A Ray worker's prune table inputs: the tiny world's, pixels as features (no classifier to train)."""
+    from diffmem.mitigations.prune_backends import pixel_features, world_inputs
+
+    inputs = world_inputs(load_world(directory, progress=False, train=False), features=pixel_features)
+    return inputs.subject, inputs.evaluation, inputs.recipe
+
+
+def test_prune_table_on_two_workers_equals_one_process(world, cluster, tmp_path):
+    from functools import partial
+
+    from diffmem.mitigations.prune_table import TableSettings, run_table
+
+    settings = TableSettings(ratio=0.25, runs=2, num_batches=1, finetune_steps=2, n_samples=6, sample_steps=2)
+    subject, evaluation, recipe = table_state(str(world.directory))
+    serial = run_table(subject, evaluation, recipe, tmp_path / "serial", settings=settings)
+    with RayExecutor(partial(table_state, str(world.directory)), workers=2) as executor:
+        on_ray = run_table(subject, evaluation, recipe, tmp_path / "ray", settings=settings, executor=executor)
+    assert on_ray.to_dict() == serial.to_dict()
+    rows = {p.name: json.loads(p.read_text()) for p in sorted((tmp_path / "serial" / "runs").iterdir())}
+    assert len(rows) == 6 and rows == {p.name: json.loads(p.read_text())
+                                       for p in sorted((tmp_path / "ray" / "runs").iterdir())}
+    a, b = (read_arrays(tmp_path / d / "pruned" / "weights.safetensors") for d in ("serial", "ray"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # written by a worker into out/
+    assert not (tmp_path / "ray" / "state").exists()
+
+
 def test_without_the_flags_ray_is_never_imported(tmp_path):
     import subprocess
     import sys
@@ -192,7 +266,8 @@ def test_without_the_flags_ray_is_never_imported(tmp_path):
             "lambda state, i=i: {'v': i}) for i in range(3)], {'computed': 0, 'reused': 0, 'recomputed': 0}, "
             "executor=ex)\n"
             "assert [g['v'] for g in got] == [0, 1, 2]\n"
-            "import diffmem.cli.main, diffmem.cli.detect, diffmem.detectors.harness\n"
+            "import diffmem.cli.main, diffmem.cli.detect, diffmem.detectors.harness, diffmem.cli.world_report\n"
+            "import diffmem.cli.prune, diffmem.worlds.report, diffmem.mitigations.prune_table\n"
             "print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

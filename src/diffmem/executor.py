@@ -4,7 +4,8 @@ A long job cuts its work into :class:`Unit` s — a file, the settings that make
 whose inputs (prompt ids, seeds, parameters) are fixed by the unit's id, never by where or when it runs.
 :func:`run_units` reuses the units saved under the same settings, sends the others to an executor, writes each
 atomically as it arrives (the format of :func:`diffmem.io.resumable_unit`, so a killed driver resumes from disk) and
-returns them in unit order, so merging is deterministic.
+returns them in unit order, so merging is deterministic. A task may also return tensors (``{"arrays": {name:
+tensor}, ...}``): they are written next to the unit as safetensors before its JSON stamp, and read back with it.
 
 - :class:`SerialExecutor` (the default) runs the tasks here, in order, on the caller's subject: today's behaviour;
   Ray is never imported.
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from diffmem.io import saved_unit, write_json
+from diffmem.io import read_arrays, saved_unit, write_arrays, write_json
 from diffmem.progress import progress_bar
 
 __all__ = ["Unit", "SerialExecutor", "RayExecutor", "make_executor", "run_units", "prompt_refs", "pick"]
@@ -39,11 +40,17 @@ class Unit:
     """One resumable piece of a job: saved at ``path`` as ``{"settings": settings, **task(state)}``.
 
     ``task`` must be picklable for Ray (a ``functools.partial`` of a module-level function over small arguments:
-    prompt ids, seeds, a detector's parameters — never the subject, which each worker already holds)."""
+    prompt ids, seeds, a detector's parameters — never the subject, which each worker already holds). Tensors it
+    returns under ``"arrays"`` (``{name: tensor}``) go to :attr:`arrays_path`; the JSON then lists their names."""
 
     path: Path
     settings: dict
     task: Callable[[Any], dict]
+
+    @property
+    def arrays_path(self) -> Path:
+        """Where the unit's tensors lie (safetensors), when its task returns some."""
+        return Path(self.path).with_suffix(".safetensors")
 
 
 def prompt_refs(subject, prompts: Sequence) -> tuple:
@@ -248,11 +255,12 @@ def run_units(units: Sequence[Unit], tally: dict, *, executor=None, state: Any =
               description: str = "units", on_unit: Callable[[Unit], None] | None = None) -> list[dict]:
     """Every unit's saved dict, in the order of ``units``: reused from disk when made under the same settings, else
     computed by ``executor`` (default: serial, on ``state``) and written atomically as it arrives (then
-    ``on_unit(unit)`` is called).
+    ``on_unit(unit)`` is called). A unit whose task returned ``"arrays"`` comes back with them (tensors, read from
+    its :attr:`Unit.arrays_path` when reused).
 
     ``tally`` counts ``computed``, ``reused`` and ``recomputed`` units as :func:`diffmem.io.resumable_unit` does."""
     executor = executor or SerialExecutor()
-    done: list[dict | None] = [saved_unit(u.path, u.settings, tally) for u in units]
+    done: list[dict | None] = [_saved(u, tally) for u in units]
     todo = [k for k, d in enumerate(done) if d is None]
     if not todo:
         return done
@@ -260,10 +268,40 @@ def run_units(units: Sequence[Unit], tally: dict, *, executor=None, state: Any =
         job = bar.add_task(description, total=len(todo), alive=executor.alive())
         for j, payload in executor.imap([units[k].task for k in todo], state):
             unit = units[todo[j]]
-            done[todo[j]] = {"settings": unit.settings, **payload}
-            write_json(unit.path, done[todo[j]])
+            done[todo[j]] = _write(unit, payload)
             tally["computed"] += 1
             if on_unit is not None:
                 on_unit(unit)
             bar.update(job, advance=1, alive=executor.alive())
     return done
+
+
+def _saved(unit: Unit, tally: dict) -> dict | None:
+    """:func:`~diffmem.io.saved_unit` with the unit's tensors read back under ``"arrays"``; a stamp whose tensors
+    are missing, unreadable or other than it names is recomputed (counted so)."""
+    stored = saved_unit(unit.path, unit.settings, tally)
+    if stored is None or "arrays" not in stored:
+        return stored
+    try:
+        arrays = read_arrays(unit.arrays_path)
+    except (FileNotFoundError, ValueError):
+        arrays = None
+    if arrays is None or sorted(arrays) != stored["arrays"]:
+        tally["reused"] -= 1
+        tally["recomputed"] += 1
+        return None
+    return {**stored, "arrays": arrays}
+
+
+def _write(unit: Unit, payload: dict) -> dict:
+    """Write one computed unit: its tensors first (if any), then the JSON stamp that marks it finished."""
+    saved = {"settings": unit.settings, **payload}
+    arrays = payload.get("arrays")
+    if arrays is None:
+        write_json(unit.path, saved)
+        return saved
+    if not isinstance(arrays, dict) or not arrays:
+        raise ValueError(f"unit {unit.path}: 'arrays' must be a non-empty dict of tensors, got {type(arrays)}")
+    write_arrays(unit.arrays_path, arrays)
+    write_json(unit.path, {**saved, "arrays": sorted(arrays)})
+    return saved

@@ -8,7 +8,8 @@ may fill different --methods of one DIR) and the pruned models in DIR/pruned/ (A
 DIR/pruned-ours-copy-ablation/. A row's fine-tuning checkpoint (DIR/state/finetune-*.safetensors) is deleted once
 the row is written.
 
-Trains the world first if it is not in the cache (minutes on CPU).
+Trains the world first if it is not in the cache (minutes on CPU). ``--workers N`` / ``--ray ADDRESS`` run the rows
+on Ray workers that each load the model once (the same table); on several machines DIR must be a shared folder.
 
 ``diffmem prune --model LOCAL_DIR --data DATA.npz --ratio 0.2 --out DIR``: the same table for a diffusers DiT or
 PixArt pipeline saved in LOCAL_DIR (loaded offline). DATA.npz holds ``images`` [N, C, H, W] or [N, H, W, C] in
@@ -22,9 +23,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, replace
+from functools import partial
+from pathlib import Path
 
 from diffmem.adapters.subject_data import load_data_adapter, read_npz
-from diffmem.cli.common import add_command, add_common, emit, progress_enabled, resolve_device
+from diffmem.cli.common import add_command, add_common, add_scale, emit, progress_enabled, resolve_device
+from diffmem.executor import make_executor
 from diffmem.mitigations.prune_backends import diffusers_inputs, world_inputs
 from diffmem.mitigations.prune_results import format_table
 from diffmem.mitigations.prune_table import FULL, QUICK, TABLE_METHODS, VARIANTS, TableSettings, run_table
@@ -64,6 +68,7 @@ def add_parser(sub) -> None:
                    "--out (each method over the runs it has)")
     p.add_argument("--quick", action="store_true", help="smaller settings: " + ", ".join(
         f"{flag}={getattr(QUICK, key)}" for flag, (key, _) in {**FLAGS, "steps": ("sample_steps", "")}.items()))
+    add_scale(p)
     p.set_defaults(run=_cli, out_shared=True)  # run_table merges concurrent runs' rows under a file lock
 
 
@@ -95,16 +100,33 @@ def _check_flags(args) -> None:
         read_npz(args.data)  # a bad data file is refused before the pipeline loads
 
 
-def _inputs(args, quick: bool):
-    if args.model:
-        adapter = load_data_adapter(args.model)
-        device = resolve_device(args.device)
+def table_inputs(world: str | None, model: str | None, data: str | None, device: str, batch_size: int | None,
+                 features: str | None, preprocess: str | None, quick: bool, progress: bool = False):
+    """The table's subject, evaluation and recipe (:class:`~diffmem.mitigations.prune_backends.TableInputs`) of a
+    world, or of a diffusers model with its data."""
+    if model:
+        adapter = load_data_adapter(model)
+        device = resolve_device(device)
         adapter.pipeline.to(device)
-        features = args.features and TorchScriptExtractor(args.features, preprocess=args.preprocess or "inception299",
-                                                          device=device)
-        return diffusers_inputs(adapter, args.data, batch_size=args.batch_size or (16 if quick else 128),
-                                features=features or None)
-    return world_inputs(load_world(args.world, progress=progress_enabled(args)))
+        extractor = features and TorchScriptExtractor(features, preprocess=preprocess or "inception299", device=device)
+        return diffusers_inputs(adapter, data, batch_size=batch_size or (16 if quick else 128),
+                                features=extractor or None)
+    return world_inputs(load_world(world, progress=progress))
+
+
+def table_state(*recipe) -> tuple:
+    """What a Ray worker builds once: ``(subject, evaluation, recipe)`` of :func:`table_inputs` over ``recipe``."""
+    inputs = table_inputs(*recipe)
+    return inputs.subject, inputs.evaluation, inputs.recipe
+
+
+def _recipe(args, inputs) -> tuple:
+    """:func:`table_inputs`' arguments for the workers (which need not share the driver's working directory): a
+    world as the checkpoint folder the driver loaded, every path absolute."""
+    world = None if args.model else inputs.subject.info.get("checkpoint", args.world)
+    model, data, features = (p and str(Path(p).resolve()) for p in (args.model, args.data, args.features))
+    world = world and (str(Path(world).resolve()) if Path(world).exists() else world)
+    return (world, model, data, args.device, args.batch_size, features, args.preprocess, args.quick)
 
 
 def _cli(args) -> int:
@@ -117,15 +139,19 @@ def _cli(args) -> int:
         return emit(args, {"source": args.model or args.world, "out": str(args.out), "methods": list(methods),
                            **asdict(settings)})
     t0 = time.perf_counter()
-    inputs = _inputs(args, args.quick)
-    with progress_bar(progress_enabled(args)) as bar:
+    inputs = table_inputs(args.world, args.model, args.data, args.device, args.batch_size, args.features,
+                          args.preprocess, args.quick, progress=progress_enabled(args))
+    build = partial(table_state, *_recipe(args, inputs))
+    with progress_bar(progress_enabled(args)) as bar, \
+            make_executor(build, workers=args.workers, address=args.ray) as executor:
         task = bar.add_task("prune table: rows", total=settings.runs * len(methods))
         table = run_table(inputs.subject, inputs.evaluation, inputs.recipe, args.out, settings=settings,
-                          methods=methods, compute=not args.summarize_only,
+                          methods=methods, compute=not args.summarize_only, executor=executor,
                           progress=lambda done, total, row: bar.update(task, completed=done))
     return emit(args, {"subject": inputs.subject.name, "settings": _short(settings),
                        "batch_size": inputs.recipe.batch_size, "seconds": round(time.perf_counter() - t0, 1),
-                       "threads": args.threads, "out": str(args.out),
+                       "threads": args.threads, **({"workers": args.workers} if args.workers else {}),
+                       **({"ray": args.ray} if args.ray else {}), "out": str(args.out),
                        "report": str(finish_report(args.out))}, table=lambda: print(format_table(table)))
 
 

@@ -1,7 +1,9 @@
 """``diffmem world-report WORLD --out DIR``: sample every manifest prompt at several CFG weights and measure
 planted and non-planted copying and prompt alignment; writes DIR/summary.json, DIR/manifest.jsonl and sample grids.
 
-Trains the world first if it is not in the cache (minutes on CPU).
+Trains the world first if it is not in the cache (minutes on CPU). The sampling runs in units (one weight × a chunk
+of prompts, DIR/units/ until the report is written): here, or on Ray with ``--workers N`` / ``--ray ADDRESS``, with
+the same report.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from diffmem.cli.common import _positive, add_command, add_common, emit, progress_enabled
+from diffmem.cli.common import _positive, add_command, add_common, add_scale, emit, progress_enabled
 from diffmem.reports.html import finish_report
 
 __all__ = ["add_parser"]
@@ -38,6 +40,9 @@ def add_parser(sub) -> None:
     p.add_argument("--weights", type=_weights, help="CFG weights (default: 0,1,4,7.5; digits-bench: 1,3,7.5)")
     p.add_argument("--quick", action="store_true",
                    help="8 prompts per kind, 4 samples each (about 15 s with a trained world)")
+    p.add_argument("--chunk", type=_positive, metavar="N", help="prompts per checkpointed unit of one weight "
+                   "(default: 1000 samples a unit)")
+    add_scale(p)
     p.set_defaults(run=_cli)
 
 
@@ -45,13 +50,16 @@ def _cli(args) -> int:
     if args.dry_run:
         return emit(args, {"world": args.world, "out": str(args.out), "quick": args.quick,
                            "samples": args.samples, "steps": args.steps, "seed": args.seed,
-                           "weights": list(args.weights) if args.weights else None})
+                           "weights": list(args.weights) if args.weights else None, "chunk": args.chunk,
+                           "workers": args.workers, "ray": args.ray})
     from diffmem.worlds.report import world_report
 
     s = world_report(args.world, args.out, quick=args.quick, samples=args.samples, weights=args.weights,
-                     steps=args.steps, seed=args.seed, progress=progress_enabled(args))
+                     steps=args.steps, seed=args.seed, chunk_size=args.chunk, progress=progress_enabled(args),
+                     workers=args.workers, address=args.ray)
     summary = {"world": s["world"], "samples_per_prompt": s["samples_per_prompt"], "steps": s["steps"],
-               "seconds": round(s["seconds"], 1), "threads": args.threads}
+               "seconds": round(s["seconds"], 1), "threads": args.threads, **s["units"],
+               **({"workers": args.workers} if args.workers else {}), **({"ray": args.ray} if args.ray else {})}
     if "by_duplication" in s:  # the graded world: copy rate per rung, regime and w; templates; negatives
         summary.update({f"w{r['w']:g}_{r['regime']}_m{r['m']}_copy_rate": r["copy_rate"] for r in s["by_duplication"]})
         summary.update({f"w{w}_template_masked_copy_rate": t["masked"] for w, t in s["template"].items()})

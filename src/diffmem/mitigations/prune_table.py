@@ -8,6 +8,11 @@ batches (or the random pick), the fine-tuning draws and the sampling noise. Ever
 processes may fill disjoint methods of one table); ``OUT/summary.json`` holds the :class:`PruneTable`. The run-0
 models of Algorithm 1 and of ours are saved to ``OUT/pruned/`` and ``OUT/pruned-ours-copy-ablation/``. The
 subject's model is never changed: every pruned model is an edited copy.
+
+Each missing (method, run) row is one task of an executor (:mod:`diffmem.executor`): here, in order, or on Ray
+workers that each hold the subject and the evaluation once. A row depends on its seed only, so the table is the same
+either way. A row's own files (its fine-tuning checkpoint, the run-0 models) are written where it runs, into
+``OUT``: workers on other machines need ``OUT`` on a shared file system; the driver writes the row itself.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ import dataclasses
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 from torch import Tensor
 
 from diffmem.attention import Head, attention
+from diffmem.executor import SerialExecutor
 from diffmem.io import file_lock, read_json, remove_stale_tmp, write_arrays, write_json
 from diffmem.mitigations.copy_ablation import copy_ablation
 from diffmem.mitigations.diffusers_heads import save_pruned
@@ -181,6 +188,12 @@ def _one_run(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, meth
     return PruneRow(method, seed, metrics, v.ours, **fields)
 
 
+def _run_task(method: str, seed: int, out: Path, settings: TableSettings, state: tuple) -> dict:
+    """One row as a task of the executor; ``state`` is the worker's ``(subject, evaluation, recipe)``."""
+    subject, evaluation, recipe = state
+    return _one_run(subject, evaluation, recipe, method, seed, out, settings).to_dict()
+
+
 def _state(out: Path, method: str, seed: int) -> Path:
     """The resumable fine-tuning checkpoint of one row (safetensors), deleted once the row is written."""
     return out / "state" / f"finetune-{method}-{seed}.safetensors"
@@ -206,13 +219,16 @@ def _rows(out: Path, method: str, runs: int) -> list[PruneRow]:
 
 def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out: str | Path, *,
               settings: TableSettings = FULL, methods: Sequence[str] = TABLE_METHODS,
-              compute: bool = True, progress: Callable[[int, int, str], None] | None = None) -> PruneTable:
+              compute: bool = True, progress: Callable[[int, int, str], None] | None = None,
+              executor=None) -> PruneTable:
     """Fill the table for ``subject`` (its prompts are what samples cycle over; its training set is scored and
     fine-tuned on with ``recipe``) and return it (also written to ``out/summary.json``).
 
     ``methods`` are keys of :data:`VARIANTS`. ``compute=False`` only summarizes the rows already in ``out`` (each
     method over the runs it has; methods without any row are left out), e.g. to read a table still being filled.
-    ``progress(done, total, row)`` is called after each row (done or found).
+    ``progress(done, total, row)`` is called after each row (found, then done). ``executor``: where the missing
+    rows run (:mod:`diffmem.executor`; default: here, run by run); Ray workers hold ``(subject, evaluation,
+    recipe)`` built once each and write into ``out``.
     """
     for m in methods:
         _variant(m)  # an unknown method is refused before anything runs
@@ -228,15 +244,8 @@ def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out
         check_table_settings(out, identity)
         if compute:
             _register_methods(out, methods)
-    for seed in range(settings.runs if compute else 0):
-        for method in methods:
-            path = out / "runs" / f"{method}-{seed}.json"
-            if not path.exists():
-                write_json(path, _one_run(subject, evaluation, recipe, method, seed, out, settings).to_dict())
-            _state(out, method, seed).unlink(missing_ok=True)  # the fine-tuning checkpoint only serves a resume
-            if progress:
-                progress(seed * len(methods) + methods.index(method) + 1, settings.runs * len(methods),
-                         f"{method}-{seed}")
+    if compute:
+        _fill(subject, evaluation, recipe, out, settings, methods, progress, executor or SerialExecutor())
     if (out / "state").is_dir() and not any((out / "state").iterdir()):
         (out / "state").rmdir()
     with file_lock(out / ".table.lock"):  # the summary covers every method any process asked of this folder
@@ -244,6 +253,28 @@ def run_table(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out
         table = _table(subject, out, union, settings, info, identity)
         write_json(out / "summary.json", table.to_dict())
     return table if compute else _table(subject, out, methods, settings, info, identity)
+
+
+def _fill(subject: Subject, evaluation: Evaluation, recipe: TrainConfig, out: Path, settings: TableSettings,
+          methods: Sequence[str], progress, executor) -> None:
+    """Every missing (method, run) row, run by run, each written by the driver as it arrives."""
+    rows, todo = [(m, seed) for seed in range(settings.runs) for m in methods], []
+    for m, seed in rows:
+        if (out / "runs" / f"{m}-{seed}.json").exists():
+            _state(out, m, seed).unlink(missing_ok=True)  # a kill between the row and this cleanup left it
+        else:
+            todo.append((m, seed))
+    done = len(rows) - len(todo)
+    if progress and done:
+        progress(done, len(rows), "found")
+    tasks = [partial(_run_task, m, seed, out.resolve(), settings) for m, seed in todo]  # workers' cwd may differ
+    for j, row in executor.imap(tasks, (subject, evaluation, recipe)):
+        method, seed = todo[j]
+        write_json(out / "runs" / f"{method}-{seed}.json", row)
+        _state(out, method, seed).unlink(missing_ok=True)  # the fine-tuning checkpoint only serves a resume
+        done += 1
+        if progress:
+            progress(done, len(rows), f"{method}-{seed}")
 
 
 def _table(subject: Subject, out: Path, methods: Sequence[str], settings: TableSettings, info: dict,

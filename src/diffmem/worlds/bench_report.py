@@ -195,11 +195,13 @@ def _classifier():
 
 
 def bench_report(world: World, out: str | Path, *, quick: bool = False, samples: int | None = None,
-                 weights=None, steps: int | None = None, seed: int = 0, batch_size: int = 1000) -> dict:
+                 weights=None, steps: int | None = None, seed: int = 0, batch_size: int = 1000,
+                 chunk_size: int | None = None, executor=None, progress: bool = False) -> dict:
     """Sample every manifest prompt at each w (default 1, 3, 7.5), judge copies, write the report to ``out``.
 
-    ``quick``: 2 prompts per stratum and 4 samples (default: all prompts, 10 samples); 50 DDIM steps.
-    Returns the summary (``summary.json``)."""
+    ``quick``: 2 prompts per stratum and 4 samples (default: all prompts, 10 samples); 50 DDIM steps. The samples
+    are drawn in units of ``chunk_size`` prompts at one w on ``executor`` (default: here; see
+    :func:`~diffmem.worlds.report.resumable_samples`). Returns the summary (``summary.json``)."""
     t0 = time.perf_counter()
     weights = tuple(weights or BENCH_WEIGHTS)
     n, steps = samples or (4 if quick else 10), steps or 50
@@ -208,16 +210,19 @@ def bench_report(world: World, out: str | Path, *, quick: bool = False, samples:
     rows, out = bench_rows(world.data.prompts, quick), start_report(out)
     clf, clf_info = _classifier()
     seeds = list(range(seed, seed + n))
+    tally = {"computed": 0, "reused": 0, "recomputed": 0}
+    drawn = resumable_samples(world, rows, n, steps, weights, seed, batch_size, out / "units", tally=tally,
+                              executor=executor, progress=progress, chunk_size=chunk_size)
     per_w, arrays, by_dup = {}, {}, []
     for w in weights:
-        x0 = resumable_samples(world, rows, n, steps, float(w), seed, batch_size, out / "units")
+        x0 = drawn[float(w)]
         labels = judge(world, rows, x0)
         per_w[f"{w:g}"] = summarize(rows, labels, float(w), _alignment(rows, x0, clf))
         by_dup += per_w[f"{w:g}"]["by_duplication"]
         arrays.update({f"w{w:g}": x0, **{f"{k}_w{w:g}": v for k, v in labels.items()}})
         _grid(world, rows, x0, labels, seeds, out / f"grid_w{w:g}.png")
     summary = _summary(world, rows, per_w, by_dup, quick=quick, n=n, steps=steps, seeds=seeds, clf_info=clf_info)
-    summary["seconds"] = time.perf_counter() - t0
+    summary["units"], summary["seconds"] = tally, time.perf_counter() - t0
     prov = Provenance(model=world.denoiser.describe(), solver={"name": repr(world.solver)},
                       grid=world.grid(steps).spec, guidance={"kind": "Constant", "w": list(weights)}, seeds=seeds,
                       extra={"world": world.config.to_dict()})

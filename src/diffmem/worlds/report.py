@@ -16,10 +16,12 @@ Writes ``summary.json``, ``manifest.jsonl``, ``world_report.{json,safetensors}``
 verdicts) and ``grid_w<w>.png``.
 Kim et al. (2025): memorization should rise with w.
 
-Resumable: the samples of each weight are saved in ``units/`` as they finish, stamped with the settings that made
-them (world, prompts, samples, steps, seed, w); a rerun reuses only units of the same settings and deletes
-``units/`` once the report is written. A rerun first renames the old summary and result to ``*.stale``, so a
-killed run never leaves a complete-looking report.
+Resumable and scalable: the sampling is cut into units (one weight × a chunk of prompts; sample j of every prompt
+uses seed ``seed + j`` whatever the chunk), each saved in ``units/w<w>/`` as it finishes, stamped with the settings
+that made it (world, its prompts, samples, steps, seed, w), and run here or on Ray workers that each load the world
+once (:mod:`diffmem.executor`). A rerun reuses only units of the same settings and deletes ``units/`` once the
+report is written. A rerun first renames the old summary and result to ``*.stale``, so a killed run never leaves a
+complete-looking report.
 """
 
 from __future__ import annotations
@@ -29,29 +31,21 @@ import json
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from diffmem.io import (
-    check_out_dir,
-    claimed_out_dir,
-    mark_stale,
-    read_arrays,
-    read_json,
-    remove_stale_tmp,
-    write_arrays,
-    write_json,
-)
-from diffmem.progress import progress_bar
+from diffmem.executor import Unit, make_executor, run_units
+from diffmem.io import check_out_dir, claimed_out_dir, mark_stale, remove_stale_tmp, write_json
 from diffmem.results import Provenance, Result
 from diffmem.worlds.data import write_manifest
 from diffmem.worlds.grids import save_grid
 from diffmem.worlds.world import World, load_world
 
 __all__ = ["world_report", "WorldReport", "WEIGHTS", "report_rows", "generate_samples", "start_report",
-           "resumable_samples", "finish_units"]
+           "sample_plan", "resumable_samples", "finish_units", "world_recipe"]
 
 # what a finished report consists of: renamed to *.stale when a rerun starts
 FINISHED = ("summary.json", "world_report.json", "world_report.safetensors", "bench_report.json",
@@ -102,27 +96,54 @@ def start_report(out: str | Path) -> Path:
     return out
 
 
-def resumable_samples(world: World, rows, n: int, steps: int, w: float, seed: int, batch: int, units: Path,
-                      tally: dict | None = None) -> Tensor:
-    """:func:`generate_samples`, saved under ``units`` and reused by a rerun only when made under the same settings
-    (world, prompts, n, steps, seed, w). The samples are written before the settings stamp, which marks the unit
-    finished."""
-    rows_hash = hashlib.sha256(json.dumps(list(rows), sort_keys=True, default=str).encode()).hexdigest()
-    settings = {"world": world.config.to_dict(), "checkpoint": Path(world.directory).name, "rows": rows_hash,
-                "samples": n, "steps": steps, "seed": seed, "w": float(w)}
-    stamp, arrays = units / f"w{w:g}.json", units / f"w{w:g}.safetensors"
-    tally = {} if tally is None else tally
-    if stamp.exists() and arrays.exists():
-        if read_json(stamp).get("settings") == settings:
-            tally["reused"] = tally.get("reused", 0) + 1
-            return read_arrays(arrays)["x0"]
-        tally["recomputed"] = tally.get("recomputed", 0) + 1
-    stamp.unlink(missing_ok=True)  # from here until the new stamp, the unit is unfinished
-    x0 = generate_samples(world, rows, n, steps, w, seed, batch)
-    write_arrays(arrays, {"x0": x0})
-    write_json(stamp, {"settings": settings})
-    tally["computed"] = tally.get("computed", 0) + 1
-    return x0
+def _sample_task(rows: tuple, n: int, steps: int, w: float, seed: int, batch: int, world: World) -> dict:
+    """One unit of :func:`sample_plan` on ``world`` (the worker's own): the chunk's samples [P, N, C, H, W]."""
+    return {"arrays": {"x0": generate_samples(world, rows, n, steps, w, seed, batch)}}
+
+
+def _rows_hash(rows) -> str:
+    return hashlib.sha256(json.dumps(list(rows), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def sample_plan(world: World, rows, n: int, steps: int, weights, seed: int, batch: int, units: Path, *,
+                chunk_size: int | None = None) -> list[Unit]:
+    """The units of the sampling: each weight × ``chunk_size`` prompts (default: as many as one batch of ``batch``
+    samples holds), saved as ``units/w<w>/<k>.{json,safetensors}``. A sample's seed depends on its index j only
+    (:func:`generate_samples`), so the samples do not depend on the chunking but for float round-off of the batch."""
+    chunk = chunk_size or max(1, batch // n)
+    base = {"world": world.config.to_dict(), "checkpoint": Path(world.directory).name, "samples": n, "steps": steps,
+            "seed": seed}
+    plan = []
+    for w in dict.fromkeys(float(w) for w in weights):
+        for k in range(0, len(rows), chunk):
+            part = tuple(rows[k:k + chunk])
+            plan.append(Unit(units / f"w{w:g}" / f"{k // chunk:05d}.json", {**base, "rows": _rows_hash(part), "w": w},
+                             partial(_sample_task, part, n, steps, w, seed, batch)))
+    return plan
+
+
+def resumable_samples(world: World, rows, n: int, steps: int, weights, seed: int, batch: int, units: Path, *,
+                      tally: dict | None = None, executor=None, progress: bool = False,
+                      chunk_size: int | None = None) -> dict[float, Tensor]:
+    """:func:`generate_samples` of every weight ({w: [P, N, C, H, W]}), cut into the units of :func:`sample_plan`,
+    run on ``executor`` (default: here, in order) and reused by a rerun only when made under the same settings
+    (world, the unit's prompts, n, steps, seed, w). A unit's samples are written before its settings stamp, which
+    marks it finished."""
+    tally = {"computed": 0, "reused": 0, "recomputed": 0} if tally is None else tally
+    for key in ("computed", "reused", "recomputed"):
+        tally.setdefault(key, 0)
+    plan = sample_plan(world, rows, n, steps, weights, seed, batch, units, chunk_size=chunk_size)
+    done = run_units(plan, tally, executor=executor, state=world, progress=progress,
+                     description="world report: samples")
+    per_w: dict[float, list[Tensor]] = {}
+    for unit, d in zip(plan, done, strict=True):
+        per_w.setdefault(unit.settings["w"], []).append(d["arrays"]["x0"])
+    return {w: torch.cat(parts) for w, parts in per_w.items()}
+
+
+def world_recipe(world: World) -> partial:
+    """What a Ray worker runs once to hold ``world``: its checkpoint folder loaded as it is (never trained)."""
+    return partial(load_world, str(Path(world.directory).resolve()), progress=False, train=False)
 
 
 def finish_units(units: Path) -> None:
@@ -226,7 +247,8 @@ def _grid(world: World, rows, x0: Tensor, path: Path, per_kind: int = 8, cols: i
 
 def world_report(world: str | World = "digits-t2i", out: str | Path = "world-report", *, quick: bool = False,
                  samples: int | None = None, weights=None, steps: int | None = None, seed: int = 0,
-                 batch_size: int = 1000, progress: bool = True) -> dict:
+                 batch_size: int = 1000, chunk_size: int | None = None, progress: bool = True,
+                 workers: int | None = None, address: str | None = None) -> dict:
     """Sample every manifest prompt at each weight, measure copying and alignment, write the report to ``out``.
 
     ``quick``: 8 prompts per kind and 4 samples (defaults: all prompts, 10 samples), 50 DDIM steps either way:
@@ -234,7 +256,11 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     with 30, 1.0 with 50).
     ``weights`` default to :data:`WEIGHTS`. A world with a duplication ladder (``digits-bench``) gets the graded
     report of :func:`diffmem.worlds.bench_report.bench_report` instead (default w = 1, 3, 7.5).
-    Trains the world first when no finished checkpoint exists. Returns the summary dict (``summary.json``)."""
+    Trains the world first when no finished checkpoint exists. Returns the summary dict (``summary.json``).
+
+    The samples are drawn in units of ``chunk_size`` prompts at one weight (default: ``batch_size`` samples a unit)
+    here, or with ``workers=N`` (a local Ray cluster) / ``address=ADDRESS`` (a running one) on Ray workers that each
+    load the world once; the report is the same either way (:mod:`diffmem.executor`)."""
     t0 = time.perf_counter()
     # a given value is honoured or refused, never replaced (0 samples must not silently become 10), before any
     # world is loaded or trained
@@ -243,33 +269,35 @@ def world_report(world: str | World = "digits-t2i", out: str | Path = "world-rep
     if isinstance(n, bool) or not isinstance(n, int) or n < 1 or isinstance(steps, bool) or \
             not isinstance(steps, int) or steps < 1:
         raise ValueError(f"need samples >= 1, steps >= 1 (integers), got samples={samples!r}, steps={steps!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be an int >= 1 (prompts per unit), got {chunk_size!r}")
     world = world if isinstance(world, World) else load_world(world, progress=progress)
-    with claimed_out_dir(out):  # a second process writing this folder meanwhile is refused
-        return _report(world, out, quick=quick, n=n, weights=weights, steps=steps, seed=seed, batch_size=batch_size,
-                       progress=progress, t0=t0)
+    with claimed_out_dir(out), make_executor(world_recipe(world), workers=workers, address=address) as executor:
+        sampling = {"batch_size": batch_size, "chunk_size": chunk_size, "executor": executor, "progress": progress}
+        return _report(world, out, quick=quick, n=n, weights=weights, steps=steps, seed=seed, sampling=sampling,
+                       t0=t0)
 
 
-def _report(world: World, out, *, quick, n, weights, steps, seed, batch_size, progress, t0) -> dict:
+def _report(world: World, out, *, quick, n, weights, steps, seed, sampling, t0) -> dict:
     if "ladder" in world.data.meta:
         from diffmem.worlds.bench_report import bench_report
 
-        return bench_report(world, out, quick=quick, samples=n, weights=weights, steps=steps, seed=seed,
-                            batch_size=batch_size)
+        return bench_report(world, out, quick=quick, samples=n, weights=weights, steps=steps, seed=seed, **sampling)
     weights = WEIGHTS if weights is None else weights
     if not weights:
         raise ValueError(f"need samples >= 1, steps >= 1 and some weights, got {n}, {steps}, {weights!r}")
     rows, out = report_rows(world.data.prompts, quick), start_report(out)
     clf, clf_info = _classifier(world)
+    tally = {"computed": 0, "reused": 0, "recomputed": 0}
+    drawn = resumable_samples(world, rows, n, steps, weights, seed, sampling["batch_size"], out / "units",
+                              tally=tally, executor=sampling["executor"], progress=sampling["progress"],
+                              chunk_size=sampling["chunk_size"])
     per_w, arrays = {}, {}
-    with progress_bar(progress) as bar:
-        task = bar.add_task("world report: CFG weights", total=len(weights))
-        for w in weights:
-            x0 = resumable_samples(world, rows, n, steps, float(w), seed, batch_size, out / "units")
-            labels: dict = {}
-            per_w[f"{w:g}"] = {**_metrics(world, rows, x0, clf, labels), "samples": x0.shape[0] * x0.shape[1]}
-            arrays.update({f"w{w:g}": x0, **{f"{k}_w{w:g}": v for k, v in labels.items()}})
-            _grid(world, rows, x0, out / f"grid_w{w:g}.png")
-            bar.advance(task)
+    for w in weights:
+        x0, labels = drawn[float(w)], {}
+        per_w[f"{w:g}"] = {**_metrics(world, rows, x0, clf, labels), "samples": x0.shape[0] * x0.shape[1]}
+        arrays.update({f"w{w:g}": x0, **{f"{k}_w{w:g}": v for k, v in labels.items()}})
+        _grid(world, rows, x0, out / f"grid_w{w:g}.png")
     summary = {"world": world.name, "checkpoint": str(world.directory), "weights": [float(w) for w in weights],
                "samples_per_prompt": n, "steps": steps, "solver": repr(world.solver), "spacing": "trailing",
                "seeds": list(range(seed, seed + n)), "quick": quick,
@@ -277,7 +305,7 @@ def _report(world: World, out, *, quick, n, weights, steps, seed, batch_size, pr
                "copy_rule": "nn ratio <= 1/3 over distinct training images (planted: nearest is the paired image)",
                "classifier": clf_info, "per_w": per_w, "train": {k: world.train_info.get(k) for k in
                                                                  ("steps", "wall_s", "cpu_s", "threads")},
-               "seconds": time.perf_counter() - t0}
+               "units": tally, "seconds": time.perf_counter() - t0}
     prov = Provenance(model=world.denoiser.describe(), solver={"name": repr(world.solver)}, grid=world.grid(steps).spec,
                       guidance={"kind": "Constant", "w": summary["weights"]},
                       seeds=summary["seeds"], extra={"world": world.config.to_dict()})
