@@ -13,8 +13,8 @@ self-referenced D, seed convergence (A3) and, with references, the share of seed
 
 Seeds run ``batch_size`` at a time (:attr:`KimConfig.batch_size`): seed i draws x_T and the solver noise from its own
 stream, so the records do not depend on the batching beyond float round-off, while the forward batch — and what is
-held of the trajectories — shrinks with it: across seeds only x_t and x̂₀ are kept (A3, A4), the ε's are reduced to
-the A2 cosines chunk by chunk and the A5 sweep keeps only each seed's decomposition and final sample.
+held of the trajectories — shrinks with it: what is per seed (A2 cosines, A4 decompositions, the A5 sweep) is
+reduced chunk by chunk while the chunk's fields are in memory; across seeds only x_t and x̂₀ (A3) and x_0 are kept.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from diffmem.analyses.convergence import convergence
-from diffmem.analyses.decomposition import decompose_trajectory, schedule_deviation
+from diffmem.analyses.decomposition import Decomposition, decompose_trajectory, schedule_deviation
 from diffmem.analyses.kim_summary import KimSummary, summarize
 from diffmem.analyses.noise_content import noise_content
 from diffmem.analyses.overestimation import guided_loss
@@ -203,19 +203,24 @@ def _seed_buffer(v: Tensor | None, dim: int, n: int) -> Tensor | None:
     return None if v is None else v.new_empty((*v.shape[:dim], n, *v.shape[dim + 1:]))
 
 
-def _sweep(subject: Subject, p: Prompt, cfg: KimConfig, main) -> dict:
-    """A5: D1, D2 and every severity at each g of the sweep (the main trajectory ``main`` serves g = guidance);
-    each other g keeps only the per-seed decomposition and final samples."""
+def _joined(parts: list[Decomposition]) -> Decomposition:
+    """The decompositions of consecutive seed chunks as one (D1, D2 from the seed means, as for one batch)."""
+    w0, wT, resid = (torch.cat([getattr(q, k) for q in parts], 1) for k in ("w0", "wT", "resid"))
+    return Decomposition(w0, wT, resid, parts[0].alpha_bar, *schedule_deviation(w0, wT, parts[0].alpha_bar))
+
+
+def _sweep(subject: Subject, p: Prompt, cfg: KimConfig, main, main_dec: Decomposition) -> dict:
+    """A5: D1, D2 and every severity at each g of the sweep (the main trajectory ``main`` and its decomposition
+    serve g = guidance); each other g keeps only the per-seed decomposition and final samples."""
     d, sev = [], []
     for g in cfg.sweep:
         if g == cfg.guidance:
-            tr, dec = main, decompose_trajectory(main, p.x)
-            d.append((dec.D1, dec.D2))
+            tr, dec = main, main_dec
         else:
             tr, parts = _trajectory(subject, p, cfg, g, ("x_t",), keep=(),
                                     each=lambda t: decompose_trajectory(t, p.x))
-            w0, wT = (torch.cat([getattr(q, k) for q in parts], 1) for k in ("w0", "wT"))
-            d.append(schedule_deviation(w0, wT, parts[0].alpha_bar))
+            dec = _joined(parts)
+        d.append((dec.D1, dec.D2))
         sev.append(severity(tr.x_0, p.x, subject.references, decode=subject.decode))
     d = torch.tensor(d, dtype=torch.float64)
     return {"D1_by_g": d[:, 0], "D2_by_g": d[:, 1],
@@ -225,9 +230,9 @@ def _sweep(subject: Subject, p: Prompt, cfg: KimConfig, main) -> dict:
 _META = ("m", "regime", "template", "split")
 
 
-def _graded(subject: Subject, p: Prompt, tr) -> dict:
-    """The authors' variants and, for a template prompt (``meta["template_mask"]``), the template-region copy rate."""
-    own_in = decompose_trajectory(tr, tr.x_0, "input")
+def _graded(subject: Subject, p: Prompt, tr, own_in: Decomposition) -> dict:
+    """The authors' variants (``own_in``: the self-referenced decomposition with the "input" pairing) and, for a
+    template prompt (``meta["template_mask"]``), the template-region copy rate."""
     out = {"D1_selfref_input": own_in.D1, "D2_selfref_input": own_in.D2,
            "seed_severity": seed_severity(tr.x_0, decode=subject.decode),
            "meta": {k: p.meta[k] for k in _META if k in p.meta} or None}
@@ -236,12 +241,21 @@ def _graded(subject: Subject, p: Prompt, tr) -> dict:
     return out
 
 
+def _per_seed(x: Tensor, t: Trajectory) -> dict:
+    """What is per seed in a chunk of trajectories with paired image ``x``: the A2 cosines and the A4
+    decompositions against x and against each seed's own sample (both pairings)."""
+    return {"cos": noise_content(t, x), "dec": decompose_trajectory(t, x), "own": decompose_trajectory(t, t.x_0),
+            "own_in": decompose_trajectory(t, t.x_0, "input")}
+
+
 def analyze_prompt(subject: Subject, p: Prompt, cfg: KimConfig) -> tuple[PromptAnalysis, Provenance]:
     """A1–A4 and severity for one prompt of ``subject`` (with its paired training sample ``p.x``)."""
-    # A2 needs the ε's per seed only: reduced chunk by chunk; A3/A4 need x_t and x̂₀ across seeds
-    tr, cos = _trajectory(subject, p, cfg, cfg.guidance, TENSOR_FIELDS, keep=("x_t", "x0_hat"),
-                          each=lambda t: noise_content(t, p.x))
-    dec, own = decompose_trajectory(tr, p.x), decompose_trajectory(tr, tr.x_0)
+    # A2 and A4 are per seed: reduced chunk by chunk while its ε's and x_t are in memory; A3 needs x_t and x̂₀
+    # of all seeds
+    tr, parts = _trajectory(subject, p, cfg, cfg.guidance, TENSOR_FIELDS, keep=("x_t", "x0_hat"),
+                            each=partial(_per_seed, p.x))
+    cos = {k: torch.cat([q["cos"][k] for q in parts], 1).mean(1) for k in parts[0]["cos"]}
+    dec, own, own_in = (_joined([q[k] for q in parts]) for k in ("dec", "own", "own_in"))
     conv = convergence(tr, cfg.collapse_threshold)
     loss = guided_loss(subject.denoiser, p.x, p.cond, subject.grid, g=cfg.sweep, draws=cfg.draws,
                        batch_size=cfg.batch_size)
@@ -249,19 +263,20 @@ def analyze_prompt(subject: Subject, p: Prompt, cfg: KimConfig) -> tuple[PromptA
     pa = PromptAnalysis(
         id=p.id, text=p.text, kind=p.kind, D1=dec.D1, D2=dec.D2, D1_selfref=own.D1, D2_selfref=own.D2, severity=sev,
         w0=dec.w0.mean(1), wT=dec.wT.mean(1), resid=dec.resid.mean(1),
-        cos={k: torch.cat([c[k] for c in cos], 1).mean(1) for k in cos[0]},
+        cos=cos,
         V_ratio_x_t=conv["V_ratio_x_t"], V_ratio_x0_hat=conv["V_ratio_x0_hat"], collapse_x_t=conv["collapse_x_t"],
         loss_cond=loss.loss_cond, loss_uncond=loss.loss_uncond, loss_guided=loss.loss_guided, k_guided=loss.k_guided,
-        collapse_x0_hat=conv["collapse_x0_hat"], **_graded(subject, p, tr))
+        collapse_x0_hat=conv["collapse_x0_hat"], **_graded(subject, p, tr, own_in))
     if cfg.sample_sweep:
-        pa = replace(pa, **_sweep(subject, p, cfg, tr))
+        pa = replace(pa, **_sweep(subject, p, cfg, tr, dec))
     return pa, tr.provenance
 
 
 def analyze_unpaired(subject: Subject, p: Prompt, cfg: KimConfig) -> tuple[SelfRefAnalysis, Provenance]:
     """What needs no training image for one prompt: the self-referenced D, A3 and the copy share of references."""
-    tr, _ = _trajectory(subject, p, cfg, cfg.guidance, ("x_t", "x0_hat"))
-    own, conv = decompose_trajectory(tr, tr.x_0), convergence(tr, cfg.collapse_threshold)
+    tr, parts = _trajectory(subject, p, cfg, cfg.guidance, ("x_t", "x0_hat"),
+                            each=lambda t: decompose_trajectory(t, t.x_0))
+    own, conv = _joined(parts), convergence(tr, cfg.collapse_threshold)
     copy = None
     if subject.references is not None and len(subject.references) >= 2:
         ratio, _ = nn_ratio(tr.x_0.flatten(1), subject.references.flatten(1).to(tr.x_0))
