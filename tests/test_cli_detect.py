@@ -132,3 +132,47 @@ def test_model_kind_comes_from_the_pipeline_class(sd_model, tmp_path):
         model_kind(tmp_path)
     with pytest.raises(ValueError, match="needs --prompts"):
         model_subject(str(sd_model / "model"), None, steps=2)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
+def test_model_dtype_reaches_the_subject_and_the_dry_run(sd_model, tmp_path, capsys, dtype):
+    import torch
+
+    from diffmem.cli.detect import build_subject
+
+    subject = build_subject(None, str(sd_model / "model"), str(sd_model / "prompts.jsonl"), 2, False, dtype=dtype)
+    assert subject.dtype == getattr(torch, dtype) and subject.device == torch.device("cpu")
+    assert subject.prompts[0].x.dtype == getattr(torch, dtype)
+    base = ["--model", str(sd_model / "model"), "--prompts", str(sd_model / "prompts.jsonl"), "--steps", "2",
+            "--out", str(tmp_path / "o"), "--dry-run", "--threads", "1", "--dtype", dtype]
+    assert main(["detect", *base, "--detectors", "wen-step1"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["device"], plan["dtype"]) == ("cpu", dtype)  # --device auto on a machine without CUDA
+    assert main(["audit", *base, "--screen", "wen-step1", "--expensive", "wen-step1"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["device"], plan["dtype"]) == ("cpu", dtype)
+    assert not (tmp_path / "o").exists()
+
+
+def test_device_and_dtype_are_refused_in_one_line(world, sd_model, tmp_path, capsys):
+    import torch
+
+    model = ["--model", str(sd_model / "model"), "--prompts", str(sd_model / "prompts.jsonl")]
+    if not torch.cuda.is_available():  # a CPU-only torch: CUDA asked for is refused before anything loads
+        for cmd in ("detect", "audit", "mitigate"):
+            assert main([cmd, *model, "--out", str(tmp_path / cmd), "--device", "cuda"]) == 2
+            err = capsys.readouterr().err
+            assert len(err.strip().splitlines()) == 1 and "sees no CUDA GPU" in err and "--device cpu" in err
+    # an embedded world runs on the CPU in float32
+    assert main(["detect", "--world", str(world.directory), "--out", str(tmp_path / "w"), "--dtype", "float64",
+                 "--dry-run"]) == 2
+    assert "an embedded world runs on the CPU in float32" in capsys.readouterr().err
+
+
+def test_the_ray_recipe_carries_device_and_dtype_unresolved(tmp_path):
+    from diffmem.cli.detect import subject_recipe
+    from diffmem.cli.main import build_parser
+
+    args = build_parser("detect").parse_args(["detect", "--model", "m", "--prompts", "p", "--out", str(tmp_path),
+                                              "--dtype", "bfloat16"])
+    assert subject_recipe(args).keywords == {"device": "auto", "dtype": "bfloat16"}  # "auto": each worker's own

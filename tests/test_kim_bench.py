@@ -132,9 +132,8 @@ def test_kim_on_a_graded_world_round_trips(bench_world, tmp_path):
     assert row["n_prompts"] == 1 and row["m"] == 1 and len(row["D1_by_g"]) == 2 and row["n_steps"] == 4
     # the main trajectory serves g = 7.5 of the sweep: the same numbers as a sweep-only run keeping x_t alone
     from diffmem.analyses.kim import _trajectory
-    from diffmem.sampling.trajectory import Recorder
 
-    alone = _trajectory(s, s.prompts[0], res.config, 7.5, Recorder(keep=("x_t",)))
+    alone, _ = _trajectory(s, s.prompts[0], res.config, 7.5, ("x_t",))
     assert decompose_trajectory(alone, s.prompts[0].x).D1 == row["D1_by_g"][1] == row["D1"]
     assert res.provenance.extra["selection"]["split"] == "evaluation"
     res.save(tmp_path)

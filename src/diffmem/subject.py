@@ -169,9 +169,14 @@ class Subject:
         the solver's noise come from the same per-seed streams, so sample i depends on seed i only."""
         spec = self.sampler(steps or self.steps)
         grid = spec.grid if first is None else spec.grid.head(first)
-        noise = SeededNoise(list(seeds), device=_device(self.net), dtype=self.dtype)
+        noise = SeededNoise(list(seeds), device=self.device, dtype=self.dtype)
         x_T = spec.initial_latents(noise, self.state_shape)
         return sample(self.denoiser, x_T, grid, cond, solver=spec.solver, guidance=guidance, noise=noise, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the module's parameters live (the CPU when there are none)."""
+        return _device(self.net)
 
     @property
     def dtype(self) -> torch.dtype:

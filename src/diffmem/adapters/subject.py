@@ -21,11 +21,43 @@ from diffmem.adapters.diffusers_common import DiffusersAdapter
 from diffmem.adapters.diffusers_sd import StableDiffusionAdapter
 from diffmem.adapters.pixart import PixArtAdapter
 from diffmem.images import read_image
+from diffmem.io import check_device
 from diffmem.subject import Prompt, Subject
 
-__all__ = ["ADAPTER_KINDS", "read_manifest", "load_image", "adapter_subject", "diffusers_subject"]
+__all__ = ["ADAPTER_KINDS", "DTYPES", "read_manifest", "load_image", "model_device", "model_dtype", "load_adapter",
+           "adapter_subject", "diffusers_subject"]
 
 ADAPTER_KINDS = {"sd": StableDiffusionAdapter, "pixart": PixArtAdapter}  # text-to-image families by CLI key
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def model_device(device: str | torch.device = "auto") -> torch.device:
+    """Where a model runs: ``"auto"`` is the first CUDA device torch sees — in a Ray worker the one GPU it was
+    given — else the CPU; any other name must exist on this machine (:func:`diffmem.io.check_device`)."""
+    if str(device) == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return check_device(device)
+
+
+def model_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A dtype by name (``float32``, ``float64``, ``float16``, ``bfloat16``) or as given."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load_adapter(model_dir: str | Path, kind: str = "sd", *, device: str | torch.device = "cpu",
+                 dtype: str | torch.dtype = torch.float32) -> DiffusersAdapter:
+    """The local diffusers pipeline of family ``kind`` in ``model_dir`` (offline) on ``device`` (see
+    :func:`model_device`) in ``dtype``; both are checked before the pipeline loads."""
+    if kind not in ADAPTER_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(ADAPTER_KINDS)}")
+    device, dtype = model_device(device), model_dtype(dtype)
+    adapter = ADAPTER_KINDS[kind].from_pretrained(model_dir)
+    adapter.pipeline.to(device=device, dtype=dtype)
+    return adapter
 
 
 def read_manifest(path: str | Path, *, require_images: bool = True) -> list[dict]:
@@ -74,12 +106,12 @@ def load_image(path: str | Path, size: tuple[int, int]) -> Tensor:
 
 
 def diffusers_subject(model_dir: str | Path, manifest: str | Path, *, steps: int = 50, kind: str = "sd",
-                      dtype: torch.dtype = torch.float32) -> Subject:
-    """The subject of a local Stable Diffusion (``kind="sd"``) or PixArt (``"pixart"``) directory and a manifest."""
-    if kind not in ADAPTER_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(ADAPTER_KINDS)}")
-    adapter = ADAPTER_KINDS[kind].from_pretrained(model_dir)
-    return adapter_subject(adapter, read_manifest(manifest), steps=steps, dtype=dtype, name=str(model_dir))
+                      dtype: str | torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Subject:
+    """The subject of a local Stable Diffusion (``kind="sd"``) or PixArt (``"pixart"``) directory and a manifest,
+    the model on ``device`` (``"auto"``: CUDA when torch sees it) in ``dtype``, the paired latents in ``dtype``."""
+    rows = read_manifest(manifest)  # a bad manifest is refused before the model loads
+    adapter = load_adapter(model_dir, kind, device=device, dtype=dtype)
+    return adapter_subject(adapter, rows, steps=steps, dtype=model_dtype(dtype), name=str(model_dir))
 
 
 def adapter_subject(adapter: DiffusersAdapter, rows: list[dict], *, steps: int = 50,

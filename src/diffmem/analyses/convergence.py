@@ -16,16 +16,18 @@ def dispersion(z: Tensor) -> Tensor:
     """V per step for states [S, N, ...] (N ≥ 2 seeds): trace of the across-seed covariance divided by d."""
     if z.ndim < 3 or z.shape[1] < 2:
         raise ValueError(f"need states [S, N >= 2, ...], got shape {tuple(z.shape)}")
-    zf = z.double().flatten(2)
-    return (zf - zf.mean(1, keepdim=True)).pow(2).sum((1, 2)) / (zf.shape[2] * (zf.shape[1] - 1))
+    return torch.stack([_dispersion(z_k.double().flatten(1)) for z_k in z])  # a step at a time: float64 copies of
+    # one step, not of the whole trajectory
+
+
+def _dispersion(zf: Tensor) -> Tensor:
+    return (zf - zf.mean(0, keepdim=True)).pow(2).sum() / (zf.shape[1] * (zf.shape[0] - 1))
 
 
 def mean_pairwise_distance(z: Tensor) -> Tensor:
-    """Mean ‖z^(s) − z^(s')‖ over seed pairs s < s', per step, for states [S, N, ...]."""
-    zf = z.double().flatten(2)
-    d = torch.cdist(zf, zf)
-    n = zf.shape[1]
-    return d.sum((1, 2)) / (n * (n - 1))
+    """Mean ‖z^(s) − z^(s')‖ over seed pairs s < s', per step, for states [S, N, ...] (a step at a time)."""
+    n = z.shape[1]
+    return torch.stack([torch.cdist(zf, zf).sum() for zf in (z_k.double().flatten(1) for z_k in z)]) / (n * (n - 1))
 
 
 def collapse_step(ratio: Tensor, threshold: float = 0.1) -> int | None:

@@ -30,6 +30,7 @@ def decompose(z: Tensor, x: Tensor, x_T: Tensor) -> tuple[Tensor, Tensor, Tensor
         [0.3, 0.9, 0.0]
     """
     B, data = x_T.shape[0], x_T.shape[1:]
+    x = x.to(x_T.device)  # a model's paired latents may live on its GPU, the recorded trajectory on the CPU
     if x.shape == data:
         x = x.expand_as(x_T)
     if x.shape != x_T.shape or z.shape[z.ndim - x_T.ndim:] != x_T.shape:

@@ -10,6 +10,11 @@ A prompt *without* a training image (a prompts-only manifest row) gets what need
 self-referenced D, seed convergence (A3) and, with references, the share of seeds copying one of them
 (:class:`SelfRefAnalysis`); the rest is skipped with the reason recorded in :attr:`KimResult.skipped`. With
 ``units=DIR`` each prompt is saved as it finishes and a rerun with the same settings resumes from them.
+
+Seeds run ``batch_size`` at a time (:attr:`KimConfig.batch_size`): seed i draws x_T and the solver noise from its own
+stream, so the records do not depend on the batching beyond float round-off, while the forward batch — and what is
+held of the trajectories — shrinks with it: what is per seed (A2 cosines, A4 decompositions, the A5 sweep) is
+reduced chunk by chunk while the chunk's fields are in memory; across seeds only x_t and x̂₀ (A3) and x_0 are kept.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import torch
 from torch import Tensor
 
 from diffmem.analyses.convergence import convergence
-from diffmem.analyses.decomposition import decompose_trajectory
+from diffmem.analyses.decomposition import Decomposition, decompose_trajectory, schedule_deviation
 from diffmem.analyses.kim_summary import KimSummary, summarize
 from diffmem.analyses.noise_content import noise_content
 from diffmem.analyses.overestimation import guided_loss
@@ -32,7 +37,7 @@ from diffmem.analyses.severity import seed_severity, severity, template_copy
 from diffmem.executor import SerialExecutor, pick, prompt_refs
 from diffmem.results import Provenance, Result
 from diffmem.sampling.guidance import Constant
-from diffmem.sampling.trajectory import Recorder
+from diffmem.sampling.trajectory import TENSOR_FIELDS, Recorder, Trajectory
 from diffmem.similarity.criteria import COPY_RATIO, nn_ratio
 from diffmem.subject import Prompt, Subject
 
@@ -57,6 +62,8 @@ class KimConfig:
         n_boot: bootstrap resamples of the correlation intervals.
         collapse_threshold: dispersion ratio below which the seeds have collapsed (A3).
         sample_sweep: also sample every g of the sweep.
+        batch_size: seeds (and A1 noise draws) per forward batch; None: all at once. It changes the records only
+            by float round-off, so it is not part of the settings a resumed run must match.
     """
 
     n_seeds: int = 10
@@ -67,10 +74,14 @@ class KimConfig:
     n_boot: int = 2000
     collapse_threshold: float = 0.1
     sample_sweep: bool = True
+    batch_size: int | None = None
 
     def __post_init__(self):
         if isinstance(self.n_seeds, bool) or not isinstance(self.n_seeds, int) or self.n_seeds < 2:
             raise ValueError(f"n_seeds must be an int >= 2 (dispersion needs two), got {self.n_seeds!r}")
+        b = self.batch_size
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ValueError(f"batch_size must be a positive int (seeds per forward batch) or None, got {b!r}")
         object.__setattr__(self, "sweep", tuple(float(g) for g in self.sweep))
 
 
@@ -153,17 +164,62 @@ class _Unit(Result):
     unpaired: SelfRefAnalysis | None = None
 
 
-def _trajectory(subject: Subject, p: Prompt, cfg: KimConfig, g: float, recorder: Recorder):
-    cond = p.cond.select(torch.zeros(cfg.n_seeds, dtype=torch.long))
-    return subject.sample(cond, range(cfg.n_seeds), guidance=Constant(g, always_uncond=True), recorder=recorder)
+_SEED_DIM = {"x_T": 0, "x_0": 0, "w": 1, "d_t": 1, **dict.fromkeys(TENSOR_FIELDS, 1)}  # where a trajectory's seeds are
 
 
-def _sweep(subject: Subject, p: Prompt, cfg: KimConfig, main) -> dict:
-    """A5: D1, D2 and every severity at each g of the sweep (the main trajectory ``main`` serves g = guidance)."""
+def _chunks(cfg: KimConfig) -> list[list[int]]:
+    """Seeds 0 … n_seeds − 1 in forward batches of ``cfg.batch_size`` (None: one batch)."""
+    b = cfg.batch_size or cfg.n_seeds
+    return [list(range(i, min(i + b, cfg.n_seeds))) for i in range(0, cfg.n_seeds, b)]
+
+
+def _trajectory(subject: Subject, p: Prompt, cfg: KimConfig, g: float, record: tuple[str, ...],
+                keep: tuple[str, ...] | None = None, each: Callable[[Trajectory], object] | None = None):
+    """The ``n_seeds`` trajectories of ``p`` at CFG weight ``g``, sampled ``cfg.batch_size`` seeds at a time.
+
+    Each chunk records the fields ``record``; ``each(chunk)`` reduces it while they are in memory (its results are
+    returned in seed order); of the fields only ``keep`` (default: ``record``) are assembled for all seeds, in
+    buffers filled chunk by chunk. Returns (trajectory of all seeds, results of ``each``)."""
+    keep, chunks = record if keep is None else keep, _chunks(cfg)
+    full, seen = None, []
+    for seeds in chunks:
+        cond = p.cond.select(torch.zeros(len(seeds), dtype=torch.long))
+        tr = subject.sample(cond, seeds, guidance=Constant(g, always_uncond=True), recorder=Recorder(keep=record))
+        if each is not None:
+            seen.append(each(tr))
+        tr = replace(tr, **{f: None for f in TENSOR_FIELDS if f not in keep})  # the chunk's others are freed
+        if len(chunks) == 1:
+            return tr, seen
+        if full is None:
+            full = replace(tr, provenance=replace(tr.provenance, seeds=list(range(cfg.n_seeds))),
+                           **{f: _seed_buffer(getattr(tr, f), d, cfg.n_seeds) for f, d in _SEED_DIM.items()})
+        for f, d in _SEED_DIM.items():
+            if getattr(tr, f) is not None:
+                getattr(full, f).narrow(d, seeds[0], len(seeds)).copy_(getattr(tr, f))
+    return full, seen
+
+
+def _seed_buffer(v: Tensor | None, dim: int, n: int) -> Tensor | None:
+    return None if v is None else v.new_empty((*v.shape[:dim], n, *v.shape[dim + 1:]))
+
+
+def _joined(parts: list[Decomposition]) -> Decomposition:
+    """The decompositions of consecutive seed chunks as one (D1, D2 from the seed means, as for one batch)."""
+    w0, wT, resid = (torch.cat([getattr(q, k) for q in parts], 1) for k in ("w0", "wT", "resid"))
+    return Decomposition(w0, wT, resid, parts[0].alpha_bar, *schedule_deviation(w0, wT, parts[0].alpha_bar))
+
+
+def _sweep(subject: Subject, p: Prompt, cfg: KimConfig, main, main_dec: Decomposition) -> dict:
+    """A5: D1, D2 and every severity at each g of the sweep (the main trajectory ``main`` and its decomposition
+    serve g = guidance); each other g keeps only the per-seed decomposition and final samples."""
     d, sev = [], []
     for g in cfg.sweep:
-        tr = main if g == cfg.guidance else _trajectory(subject, p, cfg, g, Recorder(keep=("x_t",)))
-        dec = decompose_trajectory(tr, p.x)
+        if g == cfg.guidance:
+            tr, dec = main, main_dec
+        else:
+            tr, parts = _trajectory(subject, p, cfg, g, ("x_t",), keep=(),
+                                    each=lambda t: decompose_trajectory(t, p.x))
+            dec = _joined(parts)
         d.append((dec.D1, dec.D2))
         sev.append(severity(tr.x_0, p.x, subject.references, decode=subject.decode))
     d = torch.tensor(d, dtype=torch.float64)
@@ -174,9 +230,9 @@ def _sweep(subject: Subject, p: Prompt, cfg: KimConfig, main) -> dict:
 _META = ("m", "regime", "template", "split")
 
 
-def _graded(subject: Subject, p: Prompt, tr) -> dict:
-    """The authors' variants and, for a template prompt (``meta["template_mask"]``), the template-region copy rate."""
-    own_in = decompose_trajectory(tr, tr.x_0, "input")
+def _graded(subject: Subject, p: Prompt, tr, own_in: Decomposition) -> dict:
+    """The authors' variants (``own_in``: the self-referenced decomposition with the "input" pairing) and, for a
+    template prompt (``meta["template_mask"]``), the template-region copy rate."""
     out = {"D1_selfref_input": own_in.D1, "D2_selfref_input": own_in.D2,
            "seed_severity": seed_severity(tr.x_0, decode=subject.decode),
            "meta": {k: p.meta[k] for k in _META if k in p.meta} or None}
@@ -185,29 +241,42 @@ def _graded(subject: Subject, p: Prompt, tr) -> dict:
     return out
 
 
+def _per_seed(x: Tensor, t: Trajectory) -> dict:
+    """What is per seed in a chunk of trajectories with paired image ``x``: the A2 cosines and the A4
+    decompositions against x and against each seed's own sample (both pairings)."""
+    return {"cos": noise_content(t, x), "dec": decompose_trajectory(t, x), "own": decompose_trajectory(t, t.x_0),
+            "own_in": decompose_trajectory(t, t.x_0, "input")}
+
+
 def analyze_prompt(subject: Subject, p: Prompt, cfg: KimConfig) -> tuple[PromptAnalysis, Provenance]:
     """A1–A4 and severity for one prompt of ``subject`` (with its paired training sample ``p.x``)."""
-    tr = _trajectory(subject, p, cfg, cfg.guidance, Recorder())
-    dec, own = decompose_trajectory(tr, p.x), decompose_trajectory(tr, tr.x_0)
+    # A2 and A4 are per seed: reduced chunk by chunk while its ε's and x_t are in memory; A3 needs x_t and x̂₀
+    # of all seeds
+    tr, parts = _trajectory(subject, p, cfg, cfg.guidance, TENSOR_FIELDS, keep=("x_t", "x0_hat"),
+                            each=partial(_per_seed, p.x))
+    cos = {k: torch.cat([q["cos"][k] for q in parts], 1).mean(1) for k in parts[0]["cos"]}
+    dec, own, own_in = (_joined([q[k] for q in parts]) for k in ("dec", "own", "own_in"))
     conv = convergence(tr, cfg.collapse_threshold)
-    loss = guided_loss(subject.denoiser, p.x, p.cond, subject.grid, g=cfg.sweep, draws=cfg.draws)
+    loss = guided_loss(subject.denoiser, p.x, p.cond, subject.grid, g=cfg.sweep, draws=cfg.draws,
+                       batch_size=cfg.batch_size)
     sev = severity(tr.x_0, p.x, subject.references, decode=subject.decode)
     pa = PromptAnalysis(
         id=p.id, text=p.text, kind=p.kind, D1=dec.D1, D2=dec.D2, D1_selfref=own.D1, D2_selfref=own.D2, severity=sev,
         w0=dec.w0.mean(1), wT=dec.wT.mean(1), resid=dec.resid.mean(1),
-        cos={k: v.mean(1) for k, v in noise_content(tr, p.x).items()},
+        cos=cos,
         V_ratio_x_t=conv["V_ratio_x_t"], V_ratio_x0_hat=conv["V_ratio_x0_hat"], collapse_x_t=conv["collapse_x_t"],
         loss_cond=loss.loss_cond, loss_uncond=loss.loss_uncond, loss_guided=loss.loss_guided, k_guided=loss.k_guided,
-        collapse_x0_hat=conv["collapse_x0_hat"], **_graded(subject, p, tr))
+        collapse_x0_hat=conv["collapse_x0_hat"], **_graded(subject, p, tr, own_in))
     if cfg.sample_sweep:
-        pa = replace(pa, **_sweep(subject, p, cfg, tr))
+        pa = replace(pa, **_sweep(subject, p, cfg, tr, dec))
     return pa, tr.provenance
 
 
 def analyze_unpaired(subject: Subject, p: Prompt, cfg: KimConfig) -> tuple[SelfRefAnalysis, Provenance]:
     """What needs no training image for one prompt: the self-referenced D, A3 and the copy share of references."""
-    tr = _trajectory(subject, p, cfg, cfg.guidance, Recorder())
-    own, conv = decompose_trajectory(tr, tr.x_0), convergence(tr, cfg.collapse_threshold)
+    tr, parts = _trajectory(subject, p, cfg, cfg.guidance, ("x_t", "x0_hat"),
+                            each=lambda t: decompose_trajectory(t, t.x_0))
+    own, conv = _joined(parts), convergence(tr, cfg.collapse_threshold)
     copy = None
     if subject.references is not None and len(subject.references) >= 2:
         ratio, _ = nn_ratio(tr.x_0.flatten(1), subject.references.flatten(1).to(tr.x_0))
@@ -226,7 +295,8 @@ def _check(subject: Subject) -> None:
 def _settings(subject: Subject, p: Prompt, cfg: KimConfig) -> dict:
     """What a saved prompt was computed with, as JSON reads it back (so a resumed run compares equal)."""
     refs = subject.references
-    return json.loads(json.dumps({"config": asdict(cfg), "subject": subject.name, "steps": subject.steps, "id": p.id,
+    config = {k: v for k, v in asdict(cfg).items() if k != "batch_size"}  # round-off only: a rerun may change it
+    return json.loads(json.dumps({"config": config, "subject": subject.name, "steps": subject.steps, "id": p.id,
                                   "text": p.text, "paired": p.x is not None,
                                   "references": None if refs is None else list(refs.shape)}))
 

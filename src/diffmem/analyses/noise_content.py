@@ -27,6 +27,6 @@ def noise_content(traj, x: Tensor) -> dict[str, Tensor]:
         if e is None:
             raise ValueError(f"the trajectory did not keep {name}: record it with Recorder(keep=(..., '{name}'))")
         e = e.flatten(2)  # [S, N, d]
-        out[f"cos_{name}_x"] = cosine(e, x.flatten())
+        out[f"cos_{name}_x"] = cosine(e, x.flatten().to(e.device))  # x may sit on the model's GPU
         out[f"cos_{name}_xT"] = cosine(e, traj.x_T.flatten(1))
     return out

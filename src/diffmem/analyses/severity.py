@@ -38,6 +38,7 @@ def severity(samples: Tensor, x: Tensor, train: Tensor, *, decode: Callable[[Ten
     """Mean severity over the N samples [N, ...] of one prompt (see the module docstring for the judges)."""
     if samples.shape[1:] != x.shape:
         raise ValueError(f"samples {tuple(samples.shape)} do not match the paired image {tuple(x.shape)}")
+    x, train = x.to(samples.device), train.to(samples.device)  # a model's latents may sit on its GPU
     out = {"copy_rate": float(paired_copy(samples, x, train).double().mean())}
     a, b = (decode(samples), decode(x[None])[0]) if decode else (samples, x)
     a, b = a.double(), b.double()

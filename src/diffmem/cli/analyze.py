@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import math
 
+from diffmem.adapters.subject import model_device
 from diffmem.cli.common import add_command, add_common, add_scale, emit, progress_enabled
+from diffmem.detectors.counting import PeakMemory
 from diffmem.runners.kim import analyze_kim
 from diffmem.runners.kim_theory import analyze_kim_theory
 
@@ -39,7 +41,7 @@ def add_parser(sub) -> None:
                    "there is one (with --model)")
     p.add_argument("--refs", metavar="DIR|NPZ", help="reference images of the copy rule (default: the training "
                    "images of the manifest or world)")
-    add_common(p, model=("device", "dtype"), seed=None, steps=50)
+    add_common(p, model=("device", "dtype", "batch-size"), seed=None, steps=50)  # batch: seeds per forward
     p.add_argument("--seeds", dest="n_seeds", type=int, metavar="N", help="seeds per prompt, 0..N-1 (default 10; "
                    "--quick: 4)")
     p.add_argument("--guidance", type=float, metavar="W", help="CFG weight of the main trajectories (default 7.5)")
@@ -60,23 +62,29 @@ def _cli(args) -> int:
     if args.model and not args.prompts:
         raise ValueError("--model needs --prompts MANIFEST.jsonl (one prompt per line, with its training image "
                          "where there is one)")
-    overrides = {k: v for k, v in (("n_seeds", args.n_seeds), ("guidance", args.guidance)) if v is not None}
+    overrides = {k: v for k, v in (("n_seeds", args.n_seeds), ("guidance", args.guidance),
+                                   ("batch_size", args.batch_size)) if v is not None}
     settings = {"world": args.world, "model": args.model, "model_kind": args.model_kind, "prompts": args.prompts,
                 "refs": args.refs, "steps": args.steps, "per_kind": args.per_kind, "primary": args.primary,
                 "quick": args.quick, "device": args.device, "dtype": args.dtype}
     if args.dry_run:
-        return emit(args, {**settings, **overrides, "analysis": args.analysis, "out": str(args.out)})
+        where = str(model_device(args.device)) if args.model else "cpu"  # where it would run (a world: the CPU)
+        return emit(args, {**settings, **overrides, "device": where, "batch_size": args.batch_size,
+                           "analysis": args.analysis, "out": str(args.out)})
     if args.analysis == "kim-theory":
         return _theory(args, settings, overrides)
-    run = analyze_kim(args.out, **settings, progress=progress_enabled(args), workers=args.workers, address=args.ray,
-                      **overrides)
+    # the memory the run added at its peak: the GPU's when the model runs there, else this process's resident set
+    with PeakMemory(model_device(args.device) if args.model else "cpu") as peak:
+        run = analyze_kim(args.out, **settings, progress=progress_enabled(args), workers=args.workers,
+                          address=args.ray, **overrides)
     summary = {k: getattr(run.summary, k) for k in PRINTED} if run.summary else {}
     if run.selfref:
         summary["n_prompts_without_image"] = len(run.selfref)
         summary["median_D1_selfref_without_image"] = sorted(r["D1_selfref"] for r in run.selfref)[len(run.selfref) // 2]
     for what, why in (run.skipped or {}).items():
         summary[f"skipped: {what}"] = why
-    return emit(args, {**summary, "wall_seconds": run.wall_seconds, "threads": args.threads, "out": str(args.out)})
+    return emit(args, {**summary, "wall_seconds": run.wall_seconds, "peak_mem_mb": round(peak.peak_mb, 1),
+                       "batch_size": args.batch_size, "threads": args.threads, "out": str(args.out)})
 
 
 THEORY_PRINTED = ("n_prompts", "lemma4_max_residual", "lemma4_max_residual_solver", "lemma6_violations",
@@ -87,6 +95,7 @@ THEORY_PRINTED = ("n_prompts", "lemma4_max_residual", "lemma4_max_residual_solve
 def _theory(args, settings: dict, overrides: dict) -> int:
     """``analyze kim-theory``: the revised theorems of Kim et al. on the same subject sources."""
     extra = [f for f in ("refs", "per_kind", "primary") if settings[f] is not None]
+    extra += ["batch_size"] if overrides.pop("batch_size", None) is not None else []
     if extra:
         raise ValueError(f"--{extra[0].replace('_', '-')} belongs to 'analyze kim', not 'analyze kim-theory'; drop it")
     if args.workers or args.ray:

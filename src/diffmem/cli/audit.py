@@ -14,7 +14,7 @@ import sys
 from rich.table import Table
 
 from diffmem.cli.common import _positive, add_command, emit, progress_enabled, start_run
-from diffmem.cli.detect import add_subject_args, executor_from_args, subject_from_args, wide_console
+from diffmem.cli.detect import add_subject_args, executor_from_args, placement, subject_from_args, wide_console
 from diffmem.detectors.audit import AuditResult, audit, threshold_from_summary
 from diffmem.detectors.base import generation_seeds, make_detector
 from diffmem.detectors.counting import measure
@@ -73,9 +73,9 @@ def _plan(subject, args, threshold) -> dict:
     nfe["total"] = sum(nfe.values())
     if args.compare_full:
         nfe["full"] = P * per_prompt["expensive"]
-    return {"subject": subject.name, "prompts": P, "seeds": seeds, "steps": subject.steps, "screen": args.screen,
-            "expensive": args.expensive, "escalated": k, "threshold": threshold, "refs": args.refs,
-            "nfe_per_prompt": per_prompt, "nfe_estimate": nfe, "out": str(args.out)}
+    return {"subject": subject.name, "prompts": P, "seeds": seeds, "steps": subject.steps, **placement(subject),
+            "screen": args.screen, "expensive": args.expensive, "escalated": k, "threshold": threshold,
+            "refs": args.refs, "nfe_per_prompt": per_prompt, "nfe_estimate": nfe, "out": str(args.out)}
 
 
 def _cli(args) -> int:

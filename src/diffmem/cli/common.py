@@ -11,8 +11,8 @@ Shared options (each command takes those that apply; the same flag always means 
   ``--out`` is refused (``prune`` instead merges the rows of concurrent runs with different ``--methods``).
   ``--dry-run`` neither creates nor claims it.
 - ``--threads N``: torch CPU threads, set once before any work (default: :func:`default_threads`).
-- ``--device {auto,cpu,cuda,cuda:N}``, ``--dtype {float32,float16,bfloat16}``, ``--batch-size N``: where a
-  model runs; ``auto`` is CUDA when torch sees a GPU, else CPU.
+- ``--device {auto,cpu,cuda,cuda:N}``, ``--dtype {float32,float64,float16,bfloat16}``, ``--batch-size N``: where
+  and how a ``--model`` runs; ``auto`` is CUDA when torch sees a GPU, else CPU (embedded worlds: always the CPU).
 - ``--seed N``: the first seed; ``--steps N``: sampling steps (of the solver, never optimizer steps, except
   ``train``'s, which says so).
 - ``-q``: no progress and no tables, only the summary; ``-v``: tracebacks of internal errors; ``--json``: the
@@ -98,10 +98,11 @@ def add_common(p, *, out: str | None = "required", threads: bool = True, model: 
         p.add_argument("--device", default="auto", help="torch device of the model: auto (CUDA if present), cpu, "
                        "cuda, cuda:N (default: %(default)s)")
     if "dtype" in model:
-        p.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"),
-                       help="model weights dtype (default: %(default)s)")
+        p.add_argument("--dtype", default="float32", choices=("float32", "float64", "float16", "bfloat16"),
+                       help="model weights dtype; float16/bfloat16 are for GPUs (default: %(default)s)")
     if "batch-size" in model:
-        p.add_argument("--batch-size", type=_positive, metavar="N", help="samples per model call")
+        p.add_argument("--batch-size", type=_positive, metavar="N", help="samples per model call; lower it when "
+                       "GPU memory runs out (analyze: seeds per forward, same records up to round-off)")
     if seed is not None:
         p.add_argument("--seed", type=int, default=seed, metavar="N", help="first seed (default: %(default)s)")
     if steps is not None:

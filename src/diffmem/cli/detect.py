@@ -23,10 +23,10 @@ from diffmem.detectors.harness import LABELS, DetectionSummary, resolve_detector
 from diffmem.executor import make_executor
 from diffmem.reports.html import finish_report
 from diffmem.subject import Subject
-from diffmem.worlds.subject import world_subject
+from diffmem.worlds.subject import check_world_placement, world_subject
 from diffmem.worlds.world import load_world
 
-__all__ = ["add_parser", "add_subject_args", "subject_from_args", "print_table", "wide_console", "QUICK"]
+__all__ = ["add_parser", "add_subject_args", "subject_from_args", "placement", "print_table", "wide_console", "QUICK"]
 
 # --quick: at most per_kind prompts per kind (and rung m, caption regime), one generation, two label
 # generations, a short bootstrap
@@ -48,13 +48,13 @@ def names(text: str) -> tuple[str, ...]:
 
 
 def add_subject_args(p, *, dry_run: bool = False) -> None:
-    """--world | --model/--prompts, --quick and the shared options (shared by detect, audit and mitigate;
-    ``dry_run``: the command honours ``--dry-run``)."""
+    """--world | --model/--prompts, --quick and the shared options, with --device/--dtype for --model (shared by
+    detect, audit and mitigate; ``dry_run``: the command honours ``--dry-run``)."""
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--world", metavar="W", help="embedded world (digits-t2i, digits-bench, …) or checkpoint dir")
     src.add_argument("--model", metavar="DIR", help="local diffusers model directory (needs --prompts)")
     p.add_argument("--prompts", metavar="FILE", help="JSONL prompt manifest for --model")
-    add_common(p, seed=0, steps=50, dry_run=dry_run)  # generation j uses seed SEED + j
+    add_common(p, model=("device", "dtype"), seed=0, steps=50, dry_run=dry_run)  # generation j: seed SEED + j
     add_scale(p)
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}")
 
@@ -73,15 +73,19 @@ def add_parser(sub) -> None:
 
 
 def build_subject(world: str | None, model: str | None, prompts: str | None, steps: int, quick: bool,
-                  progress: bool = False, train: bool = True) -> Subject:
+                  progress: bool = False, train: bool = True, *, device: str = "auto",
+                  dtype: str = "float32") -> Subject:
     """The subject of a world or a model directory with its manifest (at most ``QUICK["per_kind"]`` prompts per
     kind with ``quick``): a module-level recipe, so that a Ray worker builds the same subject from these names.
-    ``train=False`` refuses an untrained world instead of training it."""
+    ``train=False`` refuses an untrained world instead of training it. A model runs on ``device`` in ``dtype``
+    (``auto``: CUDA when torch sees it, resolved where the subject is built — in a Ray worker, on the GPU it was
+    given); an embedded world on the CPU in float32."""
     if model is not None:
-        subject = model_subject(model, prompts, steps=steps)
+        subject = model_subject(model, prompts, steps=steps, device=device, dtype=dtype)
     elif prompts is not None:
         raise ValueError("--prompts goes with --model; a --world brings its own prompts")
     else:
+        check_world_placement(device, dtype)
         subject = world_subject(load_world(world, progress=progress, train=train), steps=steps)
     if quick:  # at most per_kind prompts of each kind, rung and caption regime, in manifest order
         strata: dict[tuple, list[str]] = {}
@@ -93,8 +97,10 @@ def build_subject(world: str | None, model: str | None, prompts: str | None, ste
 
 
 def subject_recipe(args) -> partial:
-    """``build_subject`` over the flags: what each Ray worker runs once to hold the subject."""
-    return partial(build_subject, args.world, args.model, args.prompts, args.steps, args.quick)
+    """``build_subject`` over the flags: what each Ray worker runs once to hold the subject (``--device auto`` is
+    carried unresolved, so that each worker resolves it on its own device)."""
+    return partial(build_subject, args.world, args.model, args.prompts, args.steps, args.quick,
+                   device=getattr(args, "device", "auto"), dtype=getattr(args, "dtype", "float32"))
 
 
 def subject_from_args(args) -> Subject:
@@ -130,11 +136,18 @@ def model_kind(model: str | Path) -> str:
     raise ValueError(f"--model {str(model)!r} is a {name!r}; detect and audit take a text-to-image pipeline: {known}")
 
 
-def model_subject(model: str, prompts: str | None, *, steps: int) -> Subject:
-    """A local diffusers model with a prompt manifest as a subject (the one place ``--model`` is wired)."""
+def model_subject(model: str, prompts: str | None, *, steps: int, device: str = "auto",
+                  dtype: str = "float32") -> Subject:
+    """A local diffusers model with a prompt manifest as a subject on ``device`` in ``dtype`` (the one place
+    ``--model`` is wired)."""
     if prompts is None:
         raise ValueError("--model needs --prompts FILE (a JSONL manifest: prompt, image, optional id, kind, split, m)")
-    return diffusers_subject(model, prompts, steps=steps, kind=model_kind(model))
+    return diffusers_subject(model, prompts, steps=steps, kind=model_kind(model), device=device, dtype=dtype)
+
+
+def placement(subject: Subject) -> dict:
+    """Where the subject's model runs, for a dry run's settings: ``{"device": ..., "dtype": ...}``."""
+    return {"device": str(subject.device), "dtype": str(subject.dtype).removeprefix("torch.")}
 
 
 def wide_console() -> Console:
@@ -172,7 +185,7 @@ def _cli(args) -> int:
     if args.dry_run:
         dets = [d.name for d in resolve_detectors(args.detectors)]
         return emit(args, {"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
-                           "detectors": dets, "workers": args.workers, "ray": args.ray, **kw})
+                           **placement(subject), "detectors": dets, "workers": args.workers, "ray": args.ray, **kw})
     start_run(args.out, ("summary.json", "scores.csv", "report.html"))
     with executor_from_args(args) as executor:
         run = run_detection(subject, args.detectors, **kw, executor=executor, progress=None if not

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from diffmem.adapters.subject import ADAPTER_KINDS, adapter_subject, read_manifest
+from diffmem.adapters.subject import adapter_subject, load_adapter, model_device, read_manifest
 from diffmem.analyses.kim import KimConfig, KimResult, KimSummary, run_kim
 from diffmem.executor import make_executor
 from diffmem.io import claim_out_dir, mark_stale, remove_stale_tmp, write_json
@@ -29,7 +29,7 @@ from diffmem.results import Record
 from diffmem.subject import Subject
 from diffmem.worlds.bench import template_mask
 from diffmem.worlds.custom import load_collection
-from diffmem.worlds.subject import world_subject
+from diffmem.worlds.subject import check_world_placement, world_subject
 from diffmem.worlds.world import World, load_world
 
 __all__ = ["KIM_PRESETS", "KimRun", "kim_world_subject", "kim_model_subject", "graded_world_subject", "run_kim_job",
@@ -43,7 +43,6 @@ KIM_PRESETS = {
     "graded": {"n_seeds": 6, "draws": 16, "sweep": (1.0, 3.0, 7.5), "n_boot": 1000},
 }
 QUICK_PER_KIND = 8  # prompts of each kind from a world in the quick preset
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 GRADED_NEGATIVES = 40  # negatives with a paired image in a graded subject, half of each paired subtype
 PAIRED_NEGATIVES = ("nonduplicated", "heldout")  # "novel" captions have no paired image: no D1/D2, no severity
 
@@ -167,12 +166,11 @@ def load_references(path: str | Path, shape: tuple[int, ...], encode=None) -> to
 
 
 def kim_model_subject(model, prompts, *, kind: str, steps: int, device: str, dtype: str, refs) -> Subject:
-    """A local diffusers model with a prompt manifest (images optional) as the subject of the Kim et al. analyses."""
+    """A local diffusers model with a prompt manifest (images optional) as the subject of the Kim et al. analyses,
+    the model on ``device`` (``auto``: CUDA when torch sees it, resolved here — in a Ray worker, its own GPU) in
+    ``dtype``; the paired latents stay float32."""
     rows = read_manifest(prompts, require_images=False)  # validated before the model loads
-    if kind not in ADAPTER_KINDS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(ADAPTER_KINDS)}")
-    adapter = ADAPTER_KINDS[kind].from_pretrained(model)
-    adapter.pipeline.to(device=device, dtype=DTYPES[dtype])
+    adapter = load_adapter(model, kind, device=device, dtype=dtype)
     subject = adapter_subject(adapter, rows, steps=steps, name=str(model))
     if refs is not None:
         c, h, w = adapter.latent_shape()
@@ -206,17 +204,12 @@ def analyze_kim(out: str | Path, *, world: str | None = None, model: str | Path 
     if refs is not None and not Path(refs).exists():
         raise ValueError(f"--refs {str(refs)!r} does not exist; give a folder of images or an .npz")
     if model is not None:
-        if device == "auto":  # the natural path for a real model is the GPU, when there is one
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cpu" and dtype != "float32":
-            raise ValueError(f"--dtype {dtype} needs a GPU (half precision on the CPU is slow or unsupported); "
-                             "use --dtype float32 or --device cuda")
-        if prompts is None:
+        model_device(device)  # a device this machine lacks is refused before anything loads; "auto" stays for
+        if prompts is None:  # each worker to resolve (the GPU it was given, when there is one)
             raise ValueError("--model needs --prompts MANIFEST.jsonl (one prompt per line, with its training image "
                              "where there is one)")
-    elif device not in ("cpu", "auto") or dtype != "float32":
-        raise ValueError(f"an embedded world runs on the CPU in float32, got --device {device} --dtype {dtype}; "
-                         "drop them or use --model")
+    else:
+        check_world_placement(device, dtype)
     recipe = partial(kim_subject, world, model, model_kind, prompts, steps, per_kind, quick, refs, device, dtype)
     subject, preset = recipe(progress=progress)
     with make_executor(partial(_subject_only, recipe), workers=workers, address=address) as executor:

@@ -11,7 +11,15 @@ from diffmem.subject import Prompt, Subject
 from diffmem.worlds.model import WorldDenoiser
 from diffmem.worlds.world import World, training_set
 
-__all__ = ["world_subject"]
+__all__ = ["world_subject", "check_world_placement"]
+
+
+def check_world_placement(device: str, dtype: str) -> None:
+    """An embedded world is tiny and runs on the CPU in float32 (``auto`` means the CPU for it, GPU or not);
+    asking for anything else is refused in one line."""
+    if device not in ("auto", "cpu") or dtype != "float32":
+        raise ValueError(f"an embedded world runs on the CPU in float32, got --device {device} --dtype {dtype}; "
+                         "drop them or use --model")
 
 
 def world_subject(world: World, *, steps: int = 50, kinds: Sequence[str] | None = None,
