@@ -21,7 +21,14 @@ from rich.console import Console
 from rich.table import Table
 
 from diffmem.cli.common import _positive, add_command, emit, progress_enabled, start_run
-from diffmem.cli.detect import add_subject_args, executor_from_args, names, subject_from_args, wide_console
+from diffmem.cli.detect import (
+    add_subject_args,
+    executor_from_args,
+    names,
+    placement,
+    subject_from_args,
+    wide_console,
+)
 from diffmem.detectors.base import make_detector
 from diffmem.mitigations.base import make_mitigation
 from diffmem.reports.html import finish_report
@@ -139,7 +146,9 @@ def _cli(args) -> int:
         return _retrigger(args, subject)
     if args.dry_run:
         return emit(args, {"subject": subject.name, "prompts": len(subject.prompts), "steps": subject.steps,
-                           "methods": methods, "gate": args.gate, "gate_fpr": args.gate_fpr,
+                           **placement(subject), "workers": args.workers, "ray": args.ray, "methods": methods,
+                           "gate": args.gate, "gate_fpr": args.gate_fpr,
+                           "negatives_per_kind": args.negatives_per_kind,
                            "n_gen": args.n_gen or quick.get("n_gen", 4), "select": list(args.select),
                            "out": str(args.out)})
     start_run(args.out, ("summary.json", "rows.csv", "report.html"))
@@ -175,7 +184,8 @@ def _cli(args) -> int:
 def _retrigger(args, subject) -> int:
     seeds = tuple(range(args.seed, args.seed + (args.n_gen or 4)))
     if args.dry_run:
-        return emit(args, {"subject": subject.name, "retrigger": list(args.retrigger), "triggers": args.triggers,
+        return emit(args, {"subject": subject.name, **placement(subject), "retrigger": list(args.retrigger),
+                           "triggers": args.triggers,
                            "seeds": list(seeds), "guidance": args.guidance, "probe_steps": args.probe_steps,
                            "probe_lr": args.probe_lr, "probe_budget": args.probe_budget, "out": str(args.out)})
     start_run(args.out, ("retrigger.json", "report.html"))
