@@ -117,14 +117,14 @@ def test_detect_killed_then_resumed_equals_uninterrupted(home, tmp_path, capsys)
 def test_mitigate_killed_then_resumed_equals_uninterrupted(home, tmp_path, capsys):
     base = ["mitigate", "--world", str(home[1].directory), "--steps", "3", "--methods", "jain-stp,ours-overshoot",
             "--grid", "jain-stp:300", "--grid", "ours-overshoot:0.55", "--n-gen", "1", "--threads", "1",
-            "--no-progress"]
+            "--no-progress", "--json"]
     assert main([*base, "--out", str(tmp_path / "full")]) == 0
-    full = json.loads(capsys.readouterr().out.splitlines()[-1])
+    full = json.loads(capsys.readouterr().out)
     cut = tmp_path / "cut"
     _killed(home[0], 2, [*base, "--out", str(cut)])
     assert not (cut / "summary.json").exists() and not (cut / "rows.csv").exists() and len(_units(cut)) == 2
     assert main([*base, "--out", str(cut)]) == 0
-    resumed = json.loads(capsys.readouterr().out.splitlines()[-1])
+    resumed = json.loads(capsys.readouterr().out)
     assert resumed["reused"] == 2 and resumed["computed"] == full["computed"] - 2
     drop = ("seconds_per_image", "seconds", "peak_mem_mb", "peak_mem_method")
     a, b = read_json(tmp_path / "full/summary.json"), read_json(cut / "summary.json")
