@@ -147,14 +147,6 @@ def _units(root):
             for p in sorted(root.rglob("units/**/*.json")) + sorted(root.rglob("rows/*.json"))}
 
 
-def test_mitigate_refuses_workers_until_its_units_run_on_the_executor(world, tmp_path, capsys):
-    # the mitigation harness keeps the plain samples in memory for the gated runs; it is not cut into units yet
-    args = ["mitigate", "--world", str(world.directory), "--quick", "--methods", "jain-og", "--workers", "2",
-            "--out", str(tmp_path / "ray")]
-    assert main(args) == 2
-    assert "--workers/--ray" in capsys.readouterr().err and not (tmp_path / "ray" / "summary.json").exists()
-
-
 def test_theory_sweep_on_two_workers_equals_one_process(cluster, tmp_path):
     from diffmem.theory.sweeps import run_sweep
     from test_theory_nets import TINY
