@@ -16,6 +16,7 @@ from diffmem.mitigations.harness import (
     Evaluator,
     MitigationSummary,
     default_sets,
+    evaluations,
     merge_gated,
     pareto_front,
     run_mitigation,
@@ -162,3 +163,20 @@ def test_settings_pareto_and_bad_input(oracle, tmp_path):
     with pytest.raises(ValueError, match="trigger set and a general set"):
         _run(oracle, tmp_path, general=[])
     assert np.isfinite(pareto_front([(0.0, 0.0)])).all()
+
+
+def test_a_remedy_that_back_propagates_is_charged_its_derivative_rows(tmp_path):
+    from mitigation_subjects import tiny_text_subject
+
+    subject = tiny_text_subject(steps=4)[1]
+    trig, gen, _ = default_sets(subject)
+    run = run_mitigation(subject, {"kim-embedding": ()}, trigger=trig[:2], general=gen[:2], n_gen=1, n_boot=20,
+                         evaluator=EVAL, out=tmp_path)
+    row = run.summary.row("kim-embedding")
+    units = [read_json(tmp_path / f"units/kim-embedding/default/{s}.json")["cost"] for s in ("trigger", "general")]
+    plain = [read_json(tmp_path / f"units/plain/{s}.json")["cost"] for s in ("trigger", "general")]
+    n = len(trig[:2]) + len(gen[:2])  # one generation each
+    assert sum(u["vjp"] for u in units) > 0 and all(p["vjp"] == p["jvp"] == 0 for p in plain)
+    assert row.derivative_rows_per_image == pytest.approx(sum(u["vjp"] + u["jvp"] for u in units) / n)
+    assert row.extra_nfe_per_image == pytest.approx(sum(map(evaluations, units)) / n - sum(map(evaluations, plain)) / n)
+    assert row.extra_nfe_per_image >= row.derivative_rows_per_image > 0 and row.nfe_ratio > 1

@@ -62,9 +62,9 @@ from diffmem.similarity.digits_classifier import load_digits_classifier
 from diffmem.similarity.local import masked_nn_ratio
 from diffmem.subject import Prompt, Subject
 
-__all__ = ["run_mitigation", "MitigationRow", "MitigationSummary", "MitigationRun", "ROW_COLUMNS", "settings_of",
-           "default_sets", "Evaluator", "pareto_front", "digits_evaluator", "template_copies", "meets_goal",
-           "goal_check", "calibration_sets", "CHOSEN", "default_evaluator", "set_task", "merge_gated"]
+__all__ = ["evaluations", "run_mitigation", "MitigationRow", "MitigationSummary", "MitigationRun", "ROW_COLUMNS",
+           "settings_of", "default_sets", "Evaluator", "pareto_front", "digits_evaluator", "template_copies",
+           "meets_goal", "goal_check", "calibration_sets", "CHOSEN", "default_evaluator", "set_task", "merge_gated"]
 
 ROW_COLUMNS = ("method", "setting", "gated", "ours", "trigger_copy_rate_before", "trigger_copy_rate_after",
                "template_copy_rate_after", "alignment_before", "alignment_after", "fid_before", "fid_after",
@@ -136,7 +136,9 @@ class MitigationRow(Record):
     seed's mean over prompts); None where a metric does not apply. ``template_copy_rate_*``: the template prompts'
     copies judged on their template region only (:func:`template_copies`). ``trigger_split``: the split the trigger
     prompts come from. ``chosen_on``: how the setting was chosen (:data:`CHOSEN`: a published default, a sweep
-    point, or a knob chosen on the calibration split and reported here on the evaluation split)."""
+    point, or a knob chosen on the calibration split and reported here on the evaluation split).
+    ``extra_nfe_per_image`` and ``nfe_ratio`` count network evaluations including derivative rows
+    (:func:`evaluations`); ``derivative_rows_per_image`` is the JVP + VJP share of the remedy's run."""
 
     method: str
     setting: str
@@ -176,6 +178,7 @@ class MitigationRow(Record):
     chosen_on: str = ""
     trigger_copy_rate_after_seed_ci: tuple | None = None
     copy_cut_seed_ci: tuple | None = None
+    derivative_rows_per_image: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -404,17 +407,21 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
     return out
 
 
-def _cost_per_image(unit: dict, n: int) -> tuple[float, float, float]:
-    c = Cost.from_dict(unit["cost"])
-    return c.nfe / n, c.seconds / n, c.peak_mem_mb
+def evaluations(cost: Cost | dict) -> int:
+    """Network evaluations a run is charged: plain forward rows plus derivative rows (a JVP or VJP row is one
+    forward of the network with its derivative pass), so a method that back-propagates through the denoiser is not
+    counted as free."""
+    c = Cost.from_dict(cost) if isinstance(cost, dict) else cost
+    return c.nfe + c.jvp + c.vjp
 
 
 def _row(m: InferenceMitigation, setting: str, gated: bool, units: dict, real, gate: dict | None,
          n_boot: int, chosen_on: str = "", split: str = "evaluation") -> MitigationRow:
     tb, ta, gb, ga = units["trigger_plain"], units["trigger"], units["general_plain"], units["general"]
     n_t, n_g = len(tb["copy"]) * len(tb["copy"][0]), len(gb["copy"]) * len(gb["copy"][0])
-    nfe_b = (Cost.from_dict(tb["cost"]).nfe + Cost.from_dict(gb["cost"]).nfe) / (n_t + n_g)
-    nfe_a = (Cost.from_dict(ta["cost"]).nfe + Cost.from_dict(ga["cost"]).nfe) / (n_t + n_g)
+    nfe_b = (evaluations(tb["cost"]) + evaluations(gb["cost"])) / (n_t + n_g)
+    nfe_a = (evaluations(ta["cost"]) + evaluations(ga["cost"])) / (n_t + n_g)
+    deriv = sum(Cost.from_dict(u["cost"]).jvp + Cost.from_dict(u["cost"]).vjp for u in (ta, ga)) / (n_t + n_g)
     sec_a = (Cost.from_dict(ta["cost"]).seconds + Cost.from_dict(ga["cost"]).seconds) / (n_t + n_g)
     peak = max(Cost.from_dict(ta["cost"]).peak_mem_mb, Cost.from_dict(ga["cost"]).peak_mem_mb)
     if gated:  # the detector ran on every prompt of both sets
@@ -435,6 +442,7 @@ def _row(m: InferenceMitigation, setting: str, gated: bool, units: dict, real, g
         alignment_before=_mean(tb["aligned"]), alignment_after=_mean(ta["aligned"]), fid_before=fid_b,
         fid_after=fid_a, general_alignment_delta=g_delta,
         general_fid_delta=None if gfid_a is None else gfid_a - gfid_b, extra_nfe_per_image=nfe_a - nfe_b,
+        derivative_rows_per_image=deriv,
         seconds_per_image=sec_a, peak_mem_mb=peak, nfe_ratio=nfe_a / nfe_b if nfe_b else math.nan,
         false_gate_rate=gate["false_gate_rate"] if gated else None,
         trigger_gate_rate=gate["trigger_gate_rate"] if gated else None,
@@ -511,7 +519,7 @@ def _gate(subject, detector: Detector, fpr: float, sets: dict, seeds, out, run) 
                    "flag when the oriented score (higher = memorized) > value",
             "false_gate_rate": float(flags["general"].mean()) if len(sets["general"]) else None,
             "trigger_gate_rate": float(flags["trigger"].mean()) if len(sets["trigger"]) else None,
-            "nfe_per_image": sum(c.nfe for c in cost) / max(n_all, 1),
+            "nfe_per_image": sum(evaluations(c) for c in cost) / max(n_all, 1),
             "seconds_per_image": sum(c.seconds for c in cost) / max(n_all, 1)}
 
 
@@ -647,9 +655,11 @@ def run_mitigation(subject: Subject, mitigations: Sequence[str | InferenceMitiga
             "fid_real": "the subject's distinct references", "n_boot": n_boot, "package": package_version(),
             "ci": "95 % percentile bootstrap over prompts (generations averaged per prompt); *_seed_ci: over the "
                   "generation seeds (each seed's mean over prompts resampled; few seeds give a coarse interval)",
-            "cost": "NFE counted by CountingDenoiser over both sets; extra = after − plain per image (+ the gate "
-                    "detector's NFE per image when gated); a gated run's unflagged generations are plain "
-                    "sampling's, reused and charged the plain run's measured cost per image"}
+            "cost": "NFE counted by CountingDenoiser over both sets, derivative rows included (a JVP or VJP row is "
+                    "one network evaluation with its derivative pass; derivative_rows_per_image says how many); "
+                    "extra = after − plain per image (+ the gate detector's per image when gated); a gated run's "
+                    "unflagged generations are plain sampling's, reused and charged the plain run's measured cost "
+                    "per image"}
     summary = MitigationSummary(tuple(rows), tuple(pareto), dict(GOAL), gate_out, dict(tally), prov,
                                 time.perf_counter() - start)
     records = tuple({k: getattr(r, k) for k in ROW_COLUMNS} for r in rows)
