@@ -410,7 +410,7 @@ def test_cli_prune_writes_summary(tmp_path, monkeypatch, capsys):
     from diffmem.cli.main import main
 
     world = _tiny_dit_world(tmp_path, monkeypatch)
-    monkeypatch.setattr("diffmem.cli.prune.load_world", lambda name, progress=True: world)
+    monkeypatch.setattr("diffmem.worlds.world.load_world", lambda name, progress=True: world)
     monkeypatch.setattr("diffmem.mitigations.prune_backends.load_digits_classifier",
                         lambda: SimpleNamespace(features=flat))
     out = tmp_path / "out"

@@ -15,11 +15,7 @@ from __future__ import annotations
 
 import math
 
-from diffmem.adapters.subject import model_device
 from diffmem.cli.common import add_command, add_common, add_scale, emit, progress_enabled
-from diffmem.detectors.counting import PeakMemory
-from diffmem.runners.kim import analyze_kim
-from diffmem.runners.kim_theory import analyze_kim_theory
 
 __all__ = ["add_parser"]
 
@@ -55,6 +51,10 @@ def add_parser(sub) -> None:
 
 
 def _cli(args) -> int:
+    from diffmem.adapters.subject import model_device
+    from diffmem.detectors.counting import PeakMemory
+    from diffmem.runners.kim import analyze_kim
+
     if args.n_seeds is not None and args.n_seeds < 2:
         raise ValueError(f"--seeds {args.n_seeds}: the seed analyses need at least 2 seeds per prompt")
     if args.guidance is not None and not math.isfinite(args.guidance):
@@ -94,6 +94,8 @@ THEORY_PRINTED = ("n_prompts", "lemma4_max_residual", "lemma4_max_residual_solve
 
 def _theory(args, settings: dict, overrides: dict) -> int:
     """``analyze kim-theory``: the revised theorems of Kim et al. on the same subject sources."""
+    from diffmem.runners.kim_theory import analyze_kim_theory
+
     extra = [f for f in ("refs", "per_kind", "primary") if settings[f] is not None]
     extra += ["batch_size"] if overrides.pop("batch_size", None) is not None else []
     if extra:

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import math
 import sys
-
-from rich.table import Table
+from typing import TYPE_CHECKING
 
 from diffmem.cli.common import _positive, add_command, emit, progress_enabled, start_run
 from diffmem.cli.detect import add_subject_args, executor_from_args, placement, subject_from_args, wide_console
-from diffmem.detectors.audit import AuditResult, audit, threshold_from_summary
-from diffmem.detectors.base import generation_seeds, make_detector
-from diffmem.detectors.counting import measure
-from diffmem.reports.html import finish_report
+
+if TYPE_CHECKING:
+    from diffmem.detectors.audit import AuditResult
 
 __all__ = ["add_parser"]
 
@@ -42,6 +40,8 @@ def add_parser(sub) -> None:
 
 
 def _print(result: AuditResult, top: int) -> None:
+    from rich.table import Table
+
     t = Table(title=f"audit: {result.screen} → {result.expensive} on the top {result.fraction:.0%}")
     for col in ("rank", "prompt", "verdict", "score", "screen", "nearest"):
         t.add_column(col, justify="right" if col in ("rank", "score", "screen") else "left")
@@ -62,6 +62,9 @@ def _check(args) -> None:
 def _plan(subject, args, threshold) -> dict:
     """What a run would do: prompts, seeds, how many escalate, and the NFE it would spend — each detector's cost
     measured on the first prompt (nothing is written), times the prompts it scores."""
+    from diffmem.detectors.base import generation_seeds, make_detector
+    from diffmem.detectors.counting import measure
+
     seeds, P = generation_seeds(args.n_gen, args.seed), len(subject.prompts)
     k = max(1, math.ceil(args.fraction * P))
     per_prompt = {}
@@ -79,6 +82,10 @@ def _plan(subject, args, threshold) -> dict:
 
 
 def _cli(args) -> int:
+    from diffmem.detectors.audit import audit, threshold_from_summary
+    from diffmem.detectors.base import make_detector
+    from diffmem.reports.html import finish_report
+
     _check(args)
     for name in (args.screen, args.expensive):  # a misspelt detector is refused before any model loads
         make_detector(name)

@@ -8,8 +8,8 @@ empirical denoiser copies, the population denoiser does not). ``--out`` is the e
 
 from __future__ import annotations
 
+from diffmem.cli._names import DEMO_SECTIONS
 from diffmem.cli.common import add_command, add_common, emit, progress_enabled
-from diffmem.runners.demo import SECTIONS, run_demo
 
 __all__ = ["add_parser"]
 
@@ -23,11 +23,14 @@ def add_parser(sub) -> None:
                    "(default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="a smoke run: quick world report, 4 prompts per kind for "
                    "kim, 8 closed-form samples with 20 steps")
-    p.add_argument("--skip", action="append", default=[], choices=SECTIONS, help="leave a section out (repeatable)")
+    p.add_argument("--skip", action="append", default=[], choices=DEMO_SECTIONS,
+                   help="leave a section out (repeatable)")
     p.set_defaults(run=_cli)
 
 
 def _cli(args) -> int:
+    from diffmem.runners.demo import SECTIONS, run_demo
+
     sections = tuple(s for s in SECTIONS if s not in args.skip)
     settings = {"out": str(args.out), "world": args.world, "quick": args.quick, "sections": list(sections),
                 "n_samples": args.n_samples, "steps": args.steps, "seed": args.seed}

@@ -12,19 +12,15 @@ import json
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from rich.console import Console
-from rich.table import Table
-
-from diffmem.adapters.subject import ADAPTER_KINDS, diffusers_subject
 from diffmem.cli.common import _positive, add_command, add_common, add_scale, emit, progress_enabled, start_run
-from diffmem.detectors.harness import LABELS, DetectionSummary, resolve_detectors, run_detection
-from diffmem.executor import make_executor
-from diffmem.reports.html import finish_report
-from diffmem.subject import Subject
-from diffmem.worlds.subject import check_world_placement, world_subject
-from diffmem.worlds.world import load_world
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from diffmem.detectors.harness import DetectionSummary
+    from diffmem.subject import Subject
 
 __all__ = ["add_parser", "add_subject_args", "subject_from_args", "placement", "print_table", "wide_console", "QUICK"]
 
@@ -80,6 +76,9 @@ def build_subject(world: str | None, model: str | None, prompts: str | None, ste
     ``train=False`` refuses an untrained world instead of training it. A model runs on ``device`` in ``dtype``
     (``auto``: CUDA when torch sees it, resolved where the subject is built — in a Ray worker, on the GPU it was
     given); an embedded world on the CPU in float32."""
+    from diffmem.worlds.subject import check_world_placement, world_subject
+    from diffmem.worlds.world import load_world
+
     if model is not None:
         subject = model_subject(model, prompts, steps=steps, device=device, dtype=dtype)
     elif prompts is not None:
@@ -106,6 +105,8 @@ def subject_recipe(args) -> partial:
 def subject_from_args(args) -> Subject:
     """The subject of ``--world`` or ``--model``/``--prompts`` (all prompts; at most ``QUICK["per_kind"]`` per kind
     with ``--quick``). A dry run never trains: an untrained world is refused in one line."""
+    import torch
+
     if args.threads:
         torch.set_num_threads(args.threads)
     dry = getattr(args, "dry_run", False)
@@ -120,11 +121,15 @@ def subject_from_args(args) -> Subject:
 
 def executor_from_args(args):
     """Serial unless ``--workers``/``--ray`` (then Ray workers that each build the subject once)."""
+    from diffmem.executor import make_executor
+
     return make_executor(subject_recipe(args), workers=args.workers, address=args.ray)
 
 
 def model_kind(model: str | Path) -> str:
     """The adapter kind (``sd``, ``pixart``) of a local diffusers directory, from its ``model_index.json``."""
+    from diffmem.adapters.subject import ADAPTER_KINDS
+
     index = Path(model) / "model_index.json"
     if not index.is_file():
         raise ValueError(f"--model {str(model)!r} has no model_index.json; give a local diffusers pipeline directory")
@@ -140,6 +145,8 @@ def model_subject(model: str, prompts: str | None, *, steps: int, device: str = 
                   dtype: str = "float32") -> Subject:
     """A local diffusers model with a prompt manifest as a subject on ``device`` in ``dtype`` (the one place
     ``--model`` is wired)."""
+    from diffmem.adapters.subject import diffusers_subject
+
     if prompts is None:
         raise ValueError("--model needs --prompts FILE (a JSONL manifest: prompt, image, optional id, kind, split, m)")
     return diffusers_subject(model, prompts, steps=steps, kind=model_kind(model), device=device, dtype=dtype)
@@ -152,6 +159,8 @@ def placement(subject: Subject) -> dict:
 
 def wide_console() -> Console:
     """A console at least 132 columns wide (pipes and logs default to 80, which wraps the tables)."""
+    from rich.console import Console
+
     console = Console()
     return console if console.is_terminal and console.width >= 132 else Console(width=max(console.width, 132))
 
@@ -162,6 +171,8 @@ def _cell(v, fmt="{:.3f}") -> str:
 
 def print_table(summary: DetectionSummary, console: Console | None = None) -> None:
     """The rows as a compact table (evaluation split)."""
+    from rich.table import Table
+
     t = Table(title=f"detection on {summary.provenance['subject']['subject']} (evaluation split)")
     for col in ("detector", "n", "label", "AUC [95% CI]", "TPR@1%", "TPR@0.1%", "NFE/gen", "s/prompt", "MB"):
         t.add_column(col, justify="left" if col in ("detector", "label") else "right", no_wrap=True)
@@ -174,6 +185,9 @@ def print_table(summary: DetectionSummary, console: Console | None = None) -> No
 
 
 def _cli(args) -> int:
+    from diffmem.detectors.harness import LABELS, resolve_detectors, run_detection
+    from diffmem.reports.html import finish_report
+
     resolve_detectors(args.detectors)  # a misspelt name is refused before any model loads
     if not args.labels or set(args.labels) - set(LABELS):
         raise ValueError(f"--labels {','.join(args.labels)!r}: give a comma-separated subset of {', '.join(LABELS)}")

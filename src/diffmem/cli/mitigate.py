@@ -17,9 +17,6 @@ import argparse
 import math
 import sys
 
-from rich.console import Console
-from rich.table import Table
-
 from diffmem.cli.common import _positive, add_command, emit, progress_enabled, start_run
 from diffmem.cli.detect import (
     add_subject_args,
@@ -28,17 +25,6 @@ from diffmem.cli.detect import (
     placement,
     subject_from_args,
     wide_console,
-)
-from diffmem.detectors.base import make_detector
-from diffmem.mitigations.base import make_mitigation
-from diffmem.reports.html import finish_report
-from diffmem.runners.mitigate import (
-    QUICK,
-    format_table,
-    inference_methods,
-    permanent_methods,
-    run_mitigate,
-    run_retrigger,
 )
 
 __all__ = ["add_parser"]
@@ -90,6 +76,8 @@ def grid_arg(text: str) -> tuple[str, tuple]:
 def knob_values(method: str, values: tuple) -> tuple:
     """``values`` as the type of ``method``'s knob (``somepalli-rt:1,8`` gives int counts, ``jain-stp:300`` a float
     τ), so a setting typed on the command line is the same setting, label and unit as the grid's."""
+    from diffmem.mitigations.base import make_mitigation
+
     base = make_mitigation(method)
     kind = type(getattr(base, base.knob)) if base.knob else None
     if kind not in (int, float):
@@ -102,6 +90,9 @@ def knob_values(method: str, values: tuple) -> tuple:
 
 def _check(args) -> None:
     """Every value checked before any model loads: names against the registries, numbers finite and in range."""
+    from diffmem.detectors.base import make_detector
+    from diffmem.mitigations.base import make_mitigation
+
     if args.retrigger:
         _check_retrigger(args)
     if not 0 < args.gate_fpr < 1:  # NaN fails this too
@@ -115,6 +106,9 @@ def _check(args) -> None:
 
 
 def _check_retrigger(args) -> None:
+    from diffmem.mitigations.base import make_mitigation
+    from diffmem.runners.mitigate import permanent_methods
+
     if args.workers or args.ray:
         raise ValueError("--workers/--ray: --retrigger runs in this process (each edit is one fit); drop the flag")
     for m in args.retrigger:
@@ -132,6 +126,12 @@ def _say(msg: str) -> None:
 
 
 def _cli(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from diffmem.reports.html import finish_report
+    from diffmem.runners.mitigate import QUICK, format_table, inference_methods, run_mitigate
+
     _check(args)
     quick = QUICK if args.quick else {}
     methods = list(args.methods or inference_methods())
@@ -182,6 +182,9 @@ def _cli(args) -> int:
 
 
 def _retrigger(args, subject) -> int:
+    from diffmem.reports.html import finish_report
+    from diffmem.runners.mitigate import run_retrigger
+
     seeds = tuple(range(args.seed, args.seed + (args.n_gen or 4)))
     if args.dry_run:
         return emit(args, {"subject": subject.name, **placement(subject), "retrigger": list(args.retrigger),

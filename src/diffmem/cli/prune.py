@@ -25,18 +25,13 @@ import time
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from diffmem.adapters.subject_data import load_data_adapter, read_npz
+from diffmem.cli._names import PRUNE_FULL, PRUNE_QUICK, PRUNE_VARIANTS
 from diffmem.cli.common import add_command, add_common, add_scale, emit, progress_enabled, resolve_device
-from diffmem.executor import make_executor
-from diffmem.mitigations.prune_backends import diffusers_inputs, world_inputs
-from diffmem.mitigations.prune_results import format_table
-from diffmem.mitigations.prune_table import FULL, QUICK, TABLE_METHODS, VARIANTS, TableSettings, run_table
-from diffmem.progress import progress_bar
-from diffmem.reports.html import finish_report
-from diffmem.similarity.features import TorchScriptExtractor
-from diffmem.similarity.preprocess import get_preprocess
-from diffmem.worlds.world import load_world
+
+if TYPE_CHECKING:
+    from diffmem.mitigations.prune_table import TableSettings
 
 __all__ = ["add_parser"]
 
@@ -52,7 +47,7 @@ def add_parser(sub) -> None:
     source.add_argument("--model", help="local diffusers DiTPipeline or PixArt pipeline directory (instead of --world)")
     p.add_argument("--data", help="with --model: .npz with images in [0, 1] and labels or captions")
     add_common(p, model=("device", "batch-size"), seed=None,
-               steps=f"DDIM; default {FULL.sample_steps}, quick: {QUICK.sample_steps}")
+               steps=f"DDIM; default {PRUNE_FULL['sample_steps']}, quick: {PRUNE_QUICK['sample_steps']}")
     p.add_argument("--features", help="with --model: local TorchScript feature model for FID and precision/recall "
                    "(default: decoded pixels pooled to <= 32x32)")
     p.add_argument("--preprocess", help="with --features: preprocessing preset (default: inception299)")
@@ -61,18 +56,20 @@ def add_parser(sub) -> None:
                    help="scoring time law: Beta(0.8, 2) or uniform (default: %(default)s)")
     for flag, (key, help_) in FLAGS.items():
         p.add_argument(f"--{flag}", type=int, dest=key, metavar="N",
-                       help=f"{help_} (default {getattr(FULL, key)}; quick: {getattr(QUICK, key)})")
+                       help=f"{help_} (default {PRUNE_FULL[key]}; quick: {PRUNE_QUICK[key]})")
     p.add_argument("--methods", help="comma-separated rows of the table, or 'all' or 'table' (original,importance,"
-                   "random); default: all with --world, table with --model; known: " + ", ".join(VARIANTS))
+                   "random); default: all with --world, table with --model; known: " + ", ".join(PRUNE_VARIANTS))
     p.add_argument("--summarize-only", action="store_true", help="compute nothing: summarize the rows already in "
                    "--out (each method over the runs it has)")
     p.add_argument("--quick", action="store_true", help="smaller settings: " + ", ".join(
-        f"{flag}={getattr(QUICK, key)}" for flag, (key, _) in {**FLAGS, "steps": ("sample_steps", "")}.items()))
+        f"{flag}={PRUNE_QUICK[key]}" for flag, (key, _) in {**FLAGS, "steps": ("sample_steps", "")}.items()))
     add_scale(p)
     p.set_defaults(run=_cli, out_shared=True)  # run_table merges concurrent runs' rows under a file lock
 
 
 def _methods(text: str | None, model: bool) -> tuple[str, ...]:
+    from diffmem.mitigations.prune_table import TABLE_METHODS, VARIANTS
+
     text = text or ("table" if model else "all")
     if text in ("all", "table"):
         return tuple(VARIANTS) if text == "all" else TABLE_METHODS
@@ -85,6 +82,9 @@ def _methods(text: str | None, model: bool) -> tuple[str, ...]:
 
 def _check_flags(args) -> None:
     """Flags of another mode are refused, not ignored; checked before any model loads."""
+    from diffmem.adapters.subject_data import read_npz
+    from diffmem.similarity.preprocess import get_preprocess
+
     if args.preprocess is not None:
         if not args.features:
             raise ValueError(f"--preprocess {args.preprocess!r} applies to --features (a TorchScript feature model); "
@@ -104,6 +104,11 @@ def table_inputs(world: str | None, model: str | None, data: str | None, device:
                  features: str | None, preprocess: str | None, quick: bool, progress: bool = False):
     """The table's subject, evaluation and recipe (:class:`~diffmem.mitigations.prune_backends.TableInputs`) of a
     world, or of a diffusers model with its data."""
+    from diffmem.adapters.subject_data import load_data_adapter
+    from diffmem.mitigations.prune_backends import diffusers_inputs, world_inputs
+    from diffmem.similarity.features import TorchScriptExtractor
+    from diffmem.worlds.world import load_world
+
     if model:
         adapter = load_data_adapter(model)
         device = resolve_device(device)
@@ -130,6 +135,12 @@ def _recipe(args, inputs) -> tuple:
 
 
 def _cli(args) -> int:
+    from diffmem.executor import make_executor
+    from diffmem.mitigations.prune_results import format_table
+    from diffmem.mitigations.prune_table import FULL, QUICK, run_table
+    from diffmem.progress import progress_bar
+    from diffmem.reports.html import finish_report
+
     settings = replace(QUICK if args.quick else FULL, ratio=args.ratio, law=args.law,
                        **{k: getattr(args, k) for k, _ in FLAGS.values() if getattr(args, k) is not None},
                        **({"sample_steps": args.steps} if args.steps is not None else {}))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffmem.cli.common import add_command, add_common, emit
-from diffmem.reports.html import export_figures, write_report
 
 __all__ = ["add_parser"]
 
@@ -26,6 +25,8 @@ def add_parser(sub) -> None:
 
 
 def _cli(args) -> int:
+    from diffmem.reports.html import export_figures, write_report
+
     if args.dpi < 10:
         raise ValueError(f"--dpi must be at least 10, got {args.dpi}")
     if not args.run_dir.is_dir():

@@ -10,14 +10,13 @@ from __future__ import annotations
 import math
 
 from diffmem.cli.common import add_command, add_common, emit
-from diffmem.similarity.digits_classifier import load_digits_classifier
-from diffmem.similarity.duplicates import exact_duplicates, near_duplicates
-from diffmem.similarity.inputs import load_tensor, memorization_summary
 
 __all__ = ["add_parser"]
 
 
 def _memorization(args) -> int:
+    from diffmem.similarity.inputs import load_tensor, memorization_summary
+
     samples, refs = load_tensor(args.samples, args.samples_key), load_tensor(args.refs, args.refs_key)
     return emit(args, memorization_summary(samples, refs, threshold=args.threshold, k=args.k,
                                            dedup=not args.no_dedup, backend=args.backend))
@@ -28,6 +27,9 @@ def _duplicates(args) -> int:
     if t is not None and not (math.isfinite(t) and (-1 <= t <= 1 if args.metric == "cosine" else t >= 0)):
         raise ValueError(f"--threshold {t!r} is not a {args.metric} threshold; give a finite number "
                          f"{'in [-1, 1]' if args.metric == 'cosine' else '>= 0'}")
+    from diffmem.similarity.duplicates import exact_duplicates, near_duplicates
+    from diffmem.similarity.inputs import load_tensor
+
     refs = load_tensor(args.refs, args.refs_key)
     res = exact_duplicates(refs) if args.threshold is None else near_duplicates(refs, args.threshold,
                                                                                 metric=args.metric)
@@ -35,6 +37,8 @@ def _duplicates(args) -> int:
 
 
 def _classifier(args) -> int:
+    from diffmem.similarity.digits_classifier import load_digits_classifier
+
     clf = load_digits_classifier(retrain=args.retrain)
     return emit(args, {"path": str(clf.path), "test_accuracy": clf.test_accuracy, "sha256": clf.sha256})
 

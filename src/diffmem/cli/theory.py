@@ -13,11 +13,6 @@ from __future__ import annotations
 import sys
 
 from diffmem.cli.common import add_command, add_common, add_scale, emit, progress_enabled, start_run
-from diffmem.executor import make_executor
-from diffmem.reports.html import finish_report
-from diffmem.theory import lab
-from diffmem.theory.sweeps import PRESETS, plan
-from diffmem.theory.teaser import TEASER_PRESETS
 
 __all__ = ["add_parser"]
 
@@ -37,6 +32,10 @@ def add_parser(sub) -> None:
 
 
 def _cli(args) -> int:
+    from diffmem.executor import make_executor
+    from diffmem.reports.html import finish_report
+    from diffmem.theory import lab
+
     figures = not args.no_figures
     preset = args.preset or ("quick" if args.quick else "default")
     if args.dry_run:
@@ -67,6 +66,9 @@ def _cli(args) -> int:
 
 
 def _settings(experiment: str, preset: str) -> dict:
+    from diffmem.theory.sweeps import PRESETS, plan
+    from diffmem.theory.teaser import TEASER_PRESETS
+
     if experiment == "sweep":
         cfg = PRESETS[preset]
         runs = {s.key for specs in plan(cfg).values() for s in specs}

@@ -12,7 +12,6 @@ import argparse
 import math
 
 from diffmem.cli.common import _positive, add_command, add_common, add_scale, emit, progress_enabled
-from diffmem.reports.html import finish_report
 
 __all__ = ["add_parser"]
 
@@ -52,6 +51,7 @@ def _cli(args) -> int:
                            "samples": args.samples, "steps": args.steps, "seed": args.seed,
                            "weights": list(args.weights) if args.weights else None, "chunk": args.chunk,
                            "workers": args.workers, "ray": args.ray})
+    from diffmem.reports.html import finish_report
     from diffmem.worlds.report import world_report
 
     s = world_report(args.world, args.out, quick=args.quick, samples=args.samples, weights=args.weights,
