@@ -33,7 +33,7 @@ from diffmem.worlds.subject import check_world_placement, world_subject
 from diffmem.worlds.world import World, load_world
 
 __all__ = ["KIM_PRESETS", "KimRun", "kim_world_subject", "kim_model_subject", "graded_world_subject", "run_kim_job",
-           "analyze_kim", "load_references"]
+           "analyze_kim", "load_references", "finish_job"]
 
 KIM_PRESETS = {
     "quick": {"n_seeds": 4, "draws": 8, "sweep": (1.0, 4.0, 7.5), "n_boot": 500},
@@ -143,14 +143,20 @@ def run_kim_job(subject: Subject, out: str | Path, *, quick: bool = False, prima
     run = KimRun(res.summary, round(time.perf_counter() - start, 1), quick, res.to_dict()[0]["provenance"],
                  _selfref_rows(res), dict(res.skipped))
     write_json(out / "summary.json", run.to_dict())
-    try:
-        if res.summary is not None:
-            render_kim_figures(KimResult.load(out), out)
-    except ImportError:  # matplotlib is the optional ``plots`` extra
-        pass
-    shutil.rmtree(out / "units", ignore_errors=True)  # the result holds every prompt now
-    finish_report(out)
+    finish_job(out, (lambda: render_kim_figures(KimResult.load(out), out)) if res.summary is not None else None)
     return run
+
+
+def finish_job(out: Path, render=None) -> None:
+    """The end of an analysis job whose result is saved: its figures (``render()``; skipped without matplotlib,
+    the optional ``plots`` extra), ``out/units`` removed (the result holds every prompt now), the report."""
+    try:
+        if render is not None:
+            render()
+    except ImportError:
+        pass
+    shutil.rmtree(out / "units", ignore_errors=True)
+    finish_report(out)
 
 
 def load_references(path: str | Path, shape: tuple[int, ...], encode=None) -> torch.Tensor:

@@ -10,7 +10,6 @@ prompts: a killed run resumes from them and they are deleted once the result is 
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from pathlib import Path
 
@@ -21,9 +20,8 @@ from diffmem.detectors.harness import write_csv
 from diffmem.detectors.labels import planted_label
 from diffmem.io import claim_out_dir, mark_stale, remove_stale_tmp, write_json
 from diffmem.progress import progress_bar
-from diffmem.reports.html import finish_report
 from diffmem.reports.kim_theory_figures import render_kim_theory_figures
-from diffmem.runners.kim import graded_world_subject, is_graded, kim_model_subject, kim_world_subject
+from diffmem.runners.kim import finish_job, graded_world_subject, is_graded, kim_model_subject, kim_world_subject
 from diffmem.subject import Subject
 from diffmem.worlds.world import load_world
 
@@ -52,12 +50,7 @@ def run_kim_theory_job(subject: Subject, out: str | Path, *, quick: bool = False
     summary = {**res.summary.to_dict(), "wall_seconds": round(time.perf_counter() - start, 1), "quick": quick,
                "units": tally, "config": dataclasses.asdict(cfg), "provenance": res.to_dict()[0]["provenance"]}
     write_json(out / "summary.json", summary)
-    try:
-        render_kim_theory_figures(KimTheoryResult.load(out), out)
-    except ImportError:  # matplotlib is the optional ``plots`` extra
-        pass
-    shutil.rmtree(out / "units", ignore_errors=True)  # the result holds every prompt now
-    finish_report(out)
+    finish_job(out, lambda: render_kim_theory_figures(KimTheoryResult.load(out), out))
     return summary
 
 
