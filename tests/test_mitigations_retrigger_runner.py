@@ -1,5 +1,6 @@
 """The re-trigger runner: the unedited model and each permanent edit audited on the same triggers and controls."""
 
+import csv
 import json
 
 import pytest
@@ -53,6 +54,12 @@ def test_cli_retrigger_writes_the_audit_and_refuses_what_it_cannot_audit(directo
     assert [r["method"] for r in saved["rows"]] == ["none", "head-pruning"] and saved["complete"]
     assert saved["provenance"]["probe_steps"] == 2 and saved["provenance"]["seeds"] == [0, 1]
     assert printed["head-pruning_trigger_copy_after"] == saved["rows"][1]["trigger_copy_after"]
+    # the report renders the saved audit: its table (retrigger.csv) holds the saved rows' numbers
+    assert printed["report"].endswith("report.html") and "Re-trigger audit" in (tmp_path / "rt/report.html").read_text()
+    with open(tmp_path / "rt/retrigger.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["method"] for r in table] == ["none", "head-pruning"]
+    assert [float(r["trigger_copy_after"]) for r in table] == [r["trigger_copy_after"] for r in saved["rows"]]
     for bad in (["--retrigger", "jain-stp"], ["--workers", "2"], ["--probe-lr", "nan"], ["--probe-budget", "-1"]):
         assert main([*args, *bad]) == 2
         assert "--" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -12,6 +12,7 @@ from pathlib import Path
 from diffmem.analyses.kim import KimResult
 from diffmem.io import atomic_write_bytes, atomic_write_text
 from diffmem.reports import kim_theory_section as _kim_theory_section  # noqa: F401  (registers its section)
+from diffmem.reports import retrigger_section as _retrigger_section  # noqa: F401  (registers its section)
 from diffmem.reports import sections as _sections  # noqa: F401  (registers the built-in sections)
 from diffmem.reports.kim_figures import FORMATS, render_kim_figures
 from diffmem.reports.parts import MAX_DEPTH, SECTIONS, SKIP_DIRS, Page, Section, figure_bytes, files_block
