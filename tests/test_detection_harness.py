@@ -195,3 +195,23 @@ def test_template_prompts_are_judged_on_their_region_by_the_given_rule(oracle):
     assert got["judged"] == ["region", "whole"] and len(calls) == 1 and torch.equal(calls[0], mask)
     plain = copy_judgement(subject, [tp, p], [0, 1], guidance=7.5, region_rule=None)
     assert plain["judged"] == ["whole: no region rule", "whole"] and plain["ratio"][1] == got["ratio"][1]
+
+
+def test_units_of_a_world_copied_elsewhere_are_reused_there(tmp_path, monkeypatch):
+    import shutil
+
+    from diffmem.detectors.harness import unit_settings
+    from diffmem.worlds.subject import world_subject
+    from diffmem.worlds.world import load_world
+    from test_training import tiny
+
+    monkeypatch.setenv("DIFFMEM_HOME", str(tmp_path / "home"))
+    world = load_world(tiny(steps=2), progress=False)
+    moved = tmp_path / "elsewhere" / world.directory.name
+    shutil.copytree(world.directory, moved)
+    a, b = world_subject(world, steps=4), world_subject(load_world(moved, progress=False), steps=4)
+    assert a.describe()["checkpoint"] != b.describe()["checkpoint"]  # provenance keeps the real path
+    prompts = list(a.prompts[:3])
+    assert unit_settings(a, prompts, [0, 1], {"d": 1}) == unit_settings(b, prompts, [0, 1], {"d": 1})
+    other = world_subject(load_world(tiny(steps=3), progress=False), steps=4)  # another world is another subject
+    assert unit_settings(other, prompts, [0, 1], {"d": 1}) != unit_settings(a, prompts, [0, 1], {"d": 1})

@@ -146,9 +146,21 @@ def _plain(obj):
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+def _portable(obj):
+    """``obj`` with a world's checkpoint named by its folder (the config key) instead of its absolute path: the same
+    trained world copied to another checkout or home is the same subject, and its units are reused there."""
+    if isinstance(obj, dict):
+        out = {k: _portable(v) for k, v in obj.items()}
+        if "config_key" in obj and isinstance(obj.get("checkpoint"), str):
+            out["checkpoint"] = Path(obj["checkpoint"]).name
+        return out
+    return obj
+
+
 def unit_settings(subject: Subject, prompts: Sequence[Prompt], seeds: Sequence[int], what: dict) -> dict:
-    """What makes a unit: the subject (not its prompt count), ``what`` (detector or labels), seeds and prompts."""
-    model = {k: v for k, v in subject.describe().items() if k != "n_prompts"}
+    """What makes a unit: the subject (not its prompt count; a world's checkpoint by name, :func:`_portable`),
+    ``what`` (detector or labels), seeds and prompts."""
+    model = {k: v for k, v in _portable(subject.describe()).items() if k != "n_prompts"}
     return _plain({"subject": model, "what": what, "seeds": list(seeds), "prompt_ids": [p.id for p in prompts],
                    "prompt_texts": [p.text for p in prompts], "package": package_version()})
 
