@@ -15,8 +15,8 @@ import torch
 from diffmem.analyses.kim_summary import PAPER_PEARSON, prompt_severities
 from diffmem.io import atomic_write_bytes
 
-__all__ = ["render_kim_figures", "save_figure", "plot_loss", "plot_cosines", "plot_dispersion", "plot_decomposition",
-           "plot_d_vs_severity", "plot_sweep",
+__all__ = ["render_kim_figures", "render_figures", "save_figure", "plot_loss", "plot_cosines", "plot_dispersion",
+           "plot_decomposition", "plot_d_vs_severity", "plot_sweep",
            "plot_d_vs_severity_by_rung", "FORMATS"]
 
 FORMATS = ("png", "svg", "pdf")
@@ -161,23 +161,31 @@ def save_figure(fig, path: Path, fmt: str, dpi: int) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def render_kim_figures(res, out: str | Path, *, fmt: str = "png", dpi: int = 110) -> list[Path]:
-    """Write F1–F6 (F6 only when the sweep was sampled) as ``fmt`` files into ``out``; returns their paths."""
+def render_figures(figures: dict, res, out: str | Path, *, fmt: str = "png", dpi: int = 110) -> list[Path]:
+    """Write ``name: plot(res)`` of ``figures`` (a plot returns a Figure or an Axes) as ``fmt`` files into ``out``;
+    returns their paths."""
     if fmt not in FORMATS:
         raise ValueError(f"figure format {fmt!r} is not one of {FORMATS}")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     paths = []
-    for name, plot in FIGURES.items():
-        if name == "F6_sweep" and res.prompts[0].D1_by_g is None:
-            continue
-        fig = plot(res)
+    for name, plot in figures.items():
+        drawn = plot(res)
+        fig = drawn if isinstance(drawn, Figure) else drawn.figure
         paths.append(save_figure(fig, Path(out) / f"{name}.{fmt}", fmt, dpi))
         plt.close(fig)
     return paths
+
+
+def render_kim_figures(res, out: str | Path, *, fmt: str = "png", dpi: int = 110) -> list[Path]:
+    """Write F1–F6 (F6 only when the sweep was sampled) as ``fmt`` files into ``out``; returns their paths."""
+    figures = {name: plot for name, plot in FIGURES.items()
+               if not (name == "F6_sweep" and res.prompts[0].D1_by_g is None)}
+    return render_figures(figures, res, out, fmt=fmt, dpi=dpi)
 
 
 def plot_d_vs_severity_by_rung(res, ax=None, *, d: str = "D1", severity: str | None = None):

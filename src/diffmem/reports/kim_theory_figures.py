@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from diffmem.reports.kim_figures import FORMATS, save_figure
+from diffmem.reports.kim_figures import render_figures
 
 __all__ = ["plot_loss_recovery", "plot_unconditional_baseline", "plot_guidance_fit", "plot_displacement",
            "plot_feedback", "plot_synchronisation", "plot_terminal", "plot_proximity", "plot_selection",
@@ -208,17 +208,5 @@ KIM_THEORY_FIGURES = {"M1_loss_recovery": plot_loss_recovery, "M2_unconditional"
 
 def render_kim_theory_figures(res, out: str | Path, *, fmt: str = "png", dpi: int = 110) -> list[Path]:
     """Write every figure of :data:`KIM_THEORY_FIGURES` as ``fmt`` into ``out``; returns their paths."""
-    if fmt not in FORMATS:
-        raise ValueError(f"figure format {fmt!r} is not one of {FORMATS}")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for name, plot in KIM_THEORY_FIGURES.items():
-        ax = plot(res)
-        paths.append(save_figure(ax.figure, Path(out) / f"{name}.{fmt}", fmt, dpi))
-        plt.close(ax.figure)
-    return paths
+    return render_figures(KIM_THEORY_FIGURES, res, out, fmt=fmt, dpi=dpi)
 
